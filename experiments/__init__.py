@@ -1,0 +1,1 @@
+"""absl entry points: `python -m experiments.<name>`."""

@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# One machine, CPU or one accelerator: set up a virtual environment, then run a job.
+#   bash launch/local.sh main [--workdir DIR]   # the main job on its offline default
+#   bash launch/local.sh test                   # the test suite
+#   bash launch/local.sh run signals1d --regime generalization --workdir /tmp/gen
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${VENV:-.venv}
+if [[ ! -x "$VENV/bin/python" ]]; then
+  python3 -m venv "$VENV"
+fi
+"$VENV/bin/python" -m pip install -q --upgrade pip
+"$VENV/bin/python" -m pip install -q -e '.[test]'
+job=${1:-main}
+shift || true
+case "$job" in
+  main) exec "$VENV/bin/python" -m experiments.signals1d --regime approximation \
+          --workdir "${WORKDIR:-workdir/signals1d}" "$@" ;;
+  test) exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
+  run)  exp=$1; shift; exec "$VENV/bin/python" -m "experiments.$exp" "$@" ;;
+  *) echo "usage: launch/local.sh main|test|run EXPERIMENT [flags]" >&2; exit 2 ;;
+esac

@@ -1,0 +1,28 @@
+"""thickets_jax: RandOpt, solution density and spectral discordance in JAX/Flax."""
+
+from setuptools import find_packages, setup
+
+setup(
+    name="thickets_jax",
+    version="0.1.0",
+    description="Neural Thickets in JAX: RandOpt, solution density, spectral discordance.",
+    packages=find_packages(include=["thickets_jax", "thickets_jax.*", "experiments"]),
+    python_requires=">=3.10",
+    install_requires=[
+        "jax>=0.10.2,<0.11",
+        "flax>=0.12,<0.13",
+        "optax>=0.2.8",
+        "orbax-checkpoint>=0.12,<0.13",
+        "chex>=0.1.92",
+        "absl-py>=2.1",
+        "ml_collections>=1.0",
+        "numpy>=2.0",
+        "scipy>=1.13",
+        "matplotlib>=3.9",
+        "safetensors>=0.4",
+        "gguf>=0.17",
+    ],
+    extras_require={
+        "test": ["pytest>=8", "hypothesis>=6.100"],
+    },
+)

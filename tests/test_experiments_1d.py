@@ -1,0 +1,120 @@
+"""End to end: `experiments.signals1d` and `experiments.scaling1d` on tiny configs."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--width", "16", "--depth", "3", "--pretrain_steps", "20", "--posttrain_size", "32",
+        "--test_size", "8", "--fut", "12"]
+
+
+def _run(module, *args):
+  return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600)
+
+
+def _lines(path):
+  with open(path) as f:
+    return f.read().splitlines()
+
+
+def test_signals1d_custom_run_resumes_without_rescoring(tmp_path):
+  workdir = str(tmp_path / "w")
+  args = ["--regime", "custom", "--pretrain", "mixed", "--posttrain", "sinusoid", "--N", "12",
+          "--K", "2,4", "--chunk_size", "4", "--workdir", workdir, *TINY]
+  first = _run("signals1d", *args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  run_dir = os.path.join(workdir, "runs", "mixed_to_sinusoid")
+  with open(os.path.join(workdir, "results.json")) as f:
+    results = json.load(f)
+  (result,) = results["runs"]
+  assert set(result["ensemble_test_mse"]) == {"2", "4"}
+  assert len(result["top_members"]) == 4
+  for name in ("bars.png", "log.txt", "flags.json"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+  assert os.path.getsize(os.path.join(run_dir, "rollouts.png")) > 0
+  candidates = os.path.join(run_dir, "candidates.jsonl")
+  assert len(_lines(candidates)) == 12
+
+  # A kill after 5 candidates: the rerun scores the other 7 and reproduces every figure.
+  kept = _lines(candidates)[:5]
+  with open(candidates, "w") as f:
+    f.write("\n".join(kept) + "\n")
+  second = _run("signals1d", *args)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming: 5 of 12 candidates already scored" in second.stderr
+  assert len(_lines(candidates)) == 12
+  with open(os.path.join(workdir, "results.json")) as f:
+    again = json.load(f)["runs"][0]
+  for key in ("train_mse", "test_mse", "ensemble_test_mse", "density", "top_members"):
+    assert again[key] == result[key], key
+
+
+def test_signals1d_refuses_to_resume_with_other_settings(tmp_path):
+  workdir = str(tmp_path / "w")
+  args = ["--regime", "custom", "--pretrain", "xavier", "--posttrain", "one_line", "--K", "2",
+          "--workdir", workdir, *TINY]
+  assert _run("signals1d", "--N", "4", *args).returncode == 0
+  clash = _run("signals1d", "--N", "6", *args)
+  assert clash.returncode == 2
+  assert "holds a run with other settings (n);" in clash.stderr
+
+
+def test_signals1d_approximation_regime_tiny(tmp_path):
+  workdir = str(tmp_path / "w")
+  out = _run("signals1d", "--regime", "approximation", "--N", "8", "--K", "2", "--workdir",
+             workdir, *TINY)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    names = [r["name"] for r in json.load(f)["runs"]]
+  assert names == ["xavier_to_one_line", "mixed_to_one_line", "line_to_one_line"]
+  assert "xavier_to_one_line" in out.stdout
+
+
+def test_scaling1d_tiny(tmp_path):
+  workdir = str(tmp_path / "w")
+  out = _run("scaling1d", "--widths", "8,16", "--N", "10", "--pretrain_steps", "20",
+             "--fut", "12", "--samples", "16", "--workdir", workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  with open(os.path.join(workdir, "results.json")) as f:
+    points = json.load(f)["points"]
+  assert [(p["base"], p["width"]) for p in points] == [
+      ("mixed", 8), ("mixed", 16), ("xavier", 8), ("xavier", 16)]
+  for p in points:
+    assert set(p["density"]) == {"one_line", "one_sinusoid", "one_squarewave"}
+    assert p["discordance"]["upper_bound"] == 1.5
+  for name in ("density_vs_width.png", "discordance_vs_width.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (["--regime", "needle"], "unknown --regime 'needle'"),
+    (["--regime", "custom", "--pretrain", "zigzag", "--posttrain", "one_line"], "unknown --pretrain 'zigzag'"),
+    (["--regime", "custom", "--pretrain", "mixed", "--posttrain", "zigzag"], "unknown signal family 'zigzag'"),
+    (["--N", "10", "--K", "20"], "K=20 is larger than the population N=10"),
+    (["--sigma", "0"], "sigma must be a positive finite number, got 0.0"),
+    (["--sigma", "-0.01"], "sigma must be a positive finite number, got -0.01"),
+    (["--width", "0"], "--width must be at least 1, got 0"),
+    (["--K", "five"], "--K takes integers"),
+])
+def test_signals1d_bad_input_is_one_sentence_before_any_compute(tmp_path, args, sentence):
+  workdir = str(tmp_path / "never_created")
+  out = _run("signals1d", *args, "--workdir", workdir)
+  assert out.returncode == 2
+  assert "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines() == [f"error: {out.stderr.strip()[len('error: '):]}"]
+  assert sentence in out.stderr
+  assert not os.path.exists(workdir)
+
+
+def test_unwritable_workdir_is_one_sentence(tmp_path):
+  blocker = tmp_path / "a_file"
+  blocker.write_text("")
+  for module in ("signals1d", "scaling1d"):
+    out = _run(module, "--workdir", str(blocker / "sub"))
+    assert out.returncode == 2 and "Traceback" not in out.stderr
+    assert out.stderr.startswith("error: cannot write to --workdir")

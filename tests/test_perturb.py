@@ -1,0 +1,105 @@
+"""Noise independence, upstream mode, relative sigma, include filter, bit-identical rebuilds."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from thickets_jax import perturb as P
+
+
+def _params():
+  return {
+      "embed": jnp.zeros((64, 32)),
+      "layers": {"q": jnp.zeros((4, 32, 32)), "k": jnp.zeros((4, 32, 32))},
+      "head": {"a": jnp.zeros((32, 32)), "b": jnp.zeros((32, 32)), "bias": jnp.zeros((32,))},
+      "step": jnp.zeros((), jnp.int32),
+  }
+
+
+def _noise(params, seed=3, sigma=1.0, **kw):
+  return P.rebuild_member(params, seed, sigma, **kw)
+
+
+def _corr(a, b):
+  return float(np.corrcoef(np.ravel(a), np.ravel(b))[0, 1])
+
+
+def test_equal_shaped_leaves_get_independent_noise():
+  out = _noise(_params())
+  assert abs(_corr(out["head"]["a"], out["head"]["b"])) < 0.1
+  assert abs(_corr(out["layers"]["q"], out["layers"]["k"])) < 0.05
+  assert abs(_corr(out["head"]["a"], out["layers"]["q"][0])) < 0.1
+
+
+def test_stacked_leaf_gets_independent_noise_per_layer():
+  q = _noise(_params(), stacked="layers")["layers"]["q"]
+  for i in range(1, 4):
+    assert abs(_corr(q[0], q[i])) < 0.1
+
+
+def test_upstream_mode_shares_noise_between_equal_shapes_and_layers():
+  out = _noise(_params(), mode="upstream", stacked="layers")
+  np.testing.assert_array_equal(out["head"]["a"], out["head"]["b"])
+  np.testing.assert_array_equal(out["layers"]["q"], out["layers"]["k"])
+  for i in range(1, 4):
+    np.testing.assert_array_equal(out["layers"]["q"][0], out["layers"]["q"][i])
+  np.testing.assert_array_equal(out["layers"]["q"][0], out["head"]["a"])
+
+
+def test_noise_is_standard_normal_times_sigma():
+  out = _noise({"w": jnp.full((256, 256), 2.0)}, sigma=0.01)["w"] - 2.0
+  assert abs(float(out.mean())) < 2e-4
+  assert float(out.std()) == pytest.approx(0.01, rel=0.02)
+
+
+def test_rebuild_is_bit_identical_and_seeds_differ():
+  params = {"w": jax.random.normal(jax.random.key(0), (64, 64))}
+  a = _noise(params, seed=11, sigma=1e-3)
+  b = _noise(params, seed=11, sigma=1e-3)
+  chex.assert_trees_all_equal(a, b)
+  c = _noise(params, seed=12, sigma=1e-3)
+  assert abs(_corr(a["w"] - params["w"], c["w"] - params["w"])) < 0.1
+
+
+def test_relative_sigma_scales_by_leaf_std_per_layer():
+  scales = jnp.array([1.0, 10.0])[:, None, None]
+  params = {"big": 5.0 * jax.random.normal(jax.random.key(1), (128, 128)),
+            "layers": scales * jax.random.normal(jax.random.key(2), (2, 128, 128))}
+  out = _noise(params, sigma=0.1, relative=True, stacked="layers")
+  delta_big = out["big"] - params["big"]
+  assert float(delta_big.std()) == pytest.approx(0.1 * float(params["big"].std()), rel=0.05)
+  for i, scale in enumerate([1.0, 10.0]):
+    delta = out["layers"][i] - params["layers"][i]
+    assert float(delta.std()) == pytest.approx(0.1 * scale, rel=0.05)
+
+
+def test_include_filter_perturbs_only_matching_leaves_with_unchanged_noise():
+  params = _params()
+  full = _noise(params)
+  only_head = _noise(params, include=r"^head/")
+  np.testing.assert_array_equal(only_head["head"]["a"], full["head"]["a"])
+  np.testing.assert_array_equal(only_head["embed"], params["embed"])
+  np.testing.assert_array_equal(only_head["layers"]["q"], params["layers"]["q"])
+
+
+def test_dtypes_are_kept_and_integer_leaves_untouched():
+  params = {"w": jnp.ones((8, 8), jnp.bfloat16), "count": jnp.arange(4)}
+  out = _noise(params, sigma=0.1)
+  assert out["w"].dtype == jnp.bfloat16
+  np.testing.assert_array_equal(out["count"], params["count"])
+  assert not np.array_equal(np.asarray(out["w"], np.float32), np.ones((8, 8)))
+
+
+def test_leaf_indices_follow_sorted_paths():
+  assert P.stable_leaf_indices({"b": 1.0, "a": {"z": 2.0, "c": 3.0}}) == [0, 1, 2]
+  assert P.leaf_names({"b": 1.0, "a": {"z": 2.0, "c": 3.0}}) == ["a/c", "a/z", "b"]
+  # List positions sort as strings: "0" < "1" < "10" < "2".
+  indices = P.stable_leaf_indices([1.0] * 11)
+  assert indices[:3] == [0, 1, 3] and indices[10] == 2
+
+
+def test_unknown_mode_is_refused():
+  with pytest.raises(ValueError, match="unknown perturbation mode"):
+    P.perturb({"w": jnp.ones(3)}, P.member_key(0), 0.1, mode="shared")

@@ -1,0 +1,91 @@
+"""Ranking, top-K, the voting tie rule, mean ensembles and resumable scoring."""
+
+import json
+
+import numpy as np
+import pytest
+
+from thickets_jax import randopt
+from thickets_jax.errors import InputError
+
+
+def test_rank_is_descending_and_ties_keep_sampling_order():
+  np.testing.assert_array_equal(randopt.rank([0.5, 0.9, 0.5, 0.9, 0.1]), [1, 3, 0, 2, 4])
+
+
+def test_top_k_for_several_k_and_k_larger_than_n_refused():
+  best = randopt.top_k(np.array([3.0, 1.0, 2.0, 5.0]), [1, 3])
+  np.testing.assert_array_equal(best[1], [3])
+  np.testing.assert_array_equal(best[3], [3, 0, 2])
+  with pytest.raises(InputError, match="larger than the population"):
+    randopt.top_k(np.zeros(4), [5])
+  with pytest.raises(InputError, match="positive"):
+    randopt.top_k(np.zeros(4), [0])
+
+
+@pytest.mark.parametrize("votes, winner", [
+    (["a", "b", "b"], "b"),                 # plain majority
+    (["a", "b", "b", "a"], "a"),            # 2-2 tie: first cast by the better-ranked member
+    (["b", "a", "a", "b"], "b"),
+    ([None, "b", "a", None, "a"], "a"),     # invalid answers cast no vote
+    ([None, "c", "a"], "c"),                # 1-1 tie among valid votes: better-ranked wins
+    ([None, None], None),                   # nobody voted
+    ([], None),
+])
+def test_majority_vote_tie_rule(votes, winner):
+  assert randopt.majority_vote(votes) == winner
+
+
+def test_vote_accuracy_counts_items_without_votes_as_wrong():
+  members = [["4", None, "7"], ["4", None, "8"], ["5", None, "8"]]
+  assert randopt.vote_accuracy(members, ["4", "1", "8"]) == pytest.approx(2 / 3)
+
+
+def test_mean_ensemble():
+  np.testing.assert_allclose(randopt.mean_ensemble(np.array([[1.0, 2.0], [3.0, 6.0]])), [2.0, 4.0])
+
+
+def _chunks(calls):
+  """A score_chunk that scores seed -> 0.5·seed in chunks of 3, logging every call."""
+  def score_chunk(seeds, sigmas):
+    for start in range(0, len(seeds), 3):
+      part = slice(start, min(start + 3, len(seeds)))
+      calls.extend(seeds[part].tolist())
+      yield part, {"score": 0.5 * seeds[part] + sigmas[part]}
+  return score_chunk
+
+
+def test_scoring_resumes_without_rescoring(tmp_path):
+  seeds, sigmas = np.arange(10), np.full(10, 0.25)
+  path = str(tmp_path / "candidates.jsonl")
+  calls = []
+  interrupted = _chunks(calls)
+
+  def killed_after_two_chunks(s, g):
+    for i, item in enumerate(interrupted(s, g)):
+      if i == 2:
+        raise KeyboardInterrupt
+      yield item
+
+  with pytest.raises(KeyboardInterrupt):
+    randopt.score_candidates(killed_after_two_chunks, seeds, sigmas, randopt.CandidateStore(path))
+  assert calls == list(range(9))  # the third chunk was scored but never persisted
+  with open(path) as f:
+    assert len(f.readlines()) == 6
+  calls.clear()
+  records = randopt.score_candidates(_chunks(calls), seeds, sigmas, randopt.CandidateStore(path))
+  assert calls == [6, 7, 8, 9]
+  assert [r["score"] for r in records] == [0.5 * s + 0.25 for s in range(10)]
+  calls.clear()
+  randopt.score_candidates(_chunks(calls), seeds, sigmas, randopt.CandidateStore(path))
+  assert calls == []
+
+
+def test_store_drops_a_cut_last_line_and_refuses_a_corrupt_file(tmp_path):
+  path = tmp_path / "candidates.jsonl"
+  good = json.dumps({"seed": 1, "sigma": 0.1, "score": 2.0})
+  path.write_text(good + "\n" + '{"seed": 2, "sig')
+  assert list(randopt.CandidateStore(str(path)).records) == [(1, 0.1)]
+  path.write_text('{"seed": 2, "sig\n' + good + "\n")
+  with pytest.raises(InputError, match="candidates.jsonl line 1"):
+    randopt.CandidateStore(str(path))

@@ -1,0 +1,39 @@
+"""Entry-point plumbing shared by `experiments/*`: bad input exits with one sentence."""
+
+import sys
+from typing import Callable, Sequence
+
+from absl import app
+
+from thickets_jax.errors import InputError
+
+
+def run(main: Callable[[Sequence[str]], None]) -> None:
+  """`app.run(main)`, turning an `InputError` into `error: <sentence>` and exit status 2."""
+  def checked(argv):
+    if len(argv) > 1:
+      _fail(f"unexpected arguments {' '.join(argv[1:])!r}; every option is a --flag.")
+    try:
+      main(argv)
+    except InputError as e:
+      _fail(str(e))
+  app.run(checked)
+
+
+def _fail(sentence: str) -> None:
+  print(f"error: {sentence}", file=sys.stderr)
+  sys.exit(2)
+
+
+def ints(values: Sequence[str], flag: str) -> tuple[int, ...]:
+  try:
+    return tuple(int(v) for v in values)
+  except ValueError:
+    raise InputError(f"--{flag} takes integers, got {','.join(values)!r}.") from None
+
+
+def floats(values: Sequence[str], flag: str) -> tuple[float, ...]:
+  try:
+    return tuple(float(v) for v in values)
+  except ValueError:
+    raise InputError(f"--{flag} takes numbers, got {','.join(values)!r}.") from None

@@ -1,0 +1,84 @@
+"""Solution density (Def. 2.1) and spectral discordance (Def. 2.2) of METHOD.md §2."""
+
+from typing import Optional, Sequence
+
+import numpy as np
+from scipy import stats
+
+
+def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -> tuple[float, float]:
+  """Wilson score interval of a binomial proportion (95% by default)."""
+  if trials <= 0:
+    return 0.0, 1.0
+  p = successes / trials
+  denom = 1 + z**2 / trials
+  center = (p + z**2 / (2 * trials)) / denom
+  half = z * np.sqrt(p * (1 - p) / trials + z**2 / (4 * trials**2)) / denom
+  return float(max(0.0, center - half)), float(min(1.0, center + half))
+
+
+def improvements(scores: np.ndarray, base: float, relative: bool = False) -> np.ndarray:
+  """s(θ+ε) − s(θ), or that divided by |s(θ)| when `relative` (for MSE-like scales)."""
+  gain = np.asarray(scores, np.float64) - base
+  return gain / abs(base) if relative else gain
+
+
+def solution_density(scores: np.ndarray, base: float, margins: Sequence[float], *,
+                     sigmas: Optional[np.ndarray] = None, relative: bool = False) -> list[dict]:
+  """δ(m) = P[s(θ+ε) ≥ s(θ) + m], estimated per sigma and margin, with Wilson 95% intervals.
+
+  Args:
+    scores: [N] higher-is-better scores of the perturbations (negate losses first).
+    base: the base model's score.
+    margins: margins m, absolute (accuracy) or relative to |base| when `relative`.
+    sigmas: [N] each perturbation's sigma; None pools everything under sigma "all".
+
+  Returns:
+    One row per (sigma, margin): {sigma, margin, density, ci_low, ci_high, count, n}.
+  """
+  gain = improvements(scores, base, relative)
+  groups = {"all": np.ones(len(gain), bool)} if sigmas is None else {
+      float(s): np.asarray(sigmas) == s for s in sorted(set(np.asarray(sigmas).tolist()))}
+  rows = []
+  for sigma, mask in groups.items():
+    n = int(mask.sum())
+    for m in margins:
+      # A tiny tolerance so that "matches the base" (m = 0) is not lost to float round-off.
+      count = int(np.sum(gain[mask] >= m - 1e-12))
+      low, high = wilson_interval(count, n)
+      rows.append({"sigma": sigma, "margin": float(m), "density": count / max(n, 1),
+                   "ci_low": low, "ci_high": high, "count": count, "n": n})
+  return rows
+
+
+def percentile_ranks(scores: np.ndarray) -> np.ndarray:
+  """Each row's percentile rank within each column, in (0, 1]; ties share their mean rank.
+
+  [N, M] -> [N, M].
+  """
+  scores = np.asarray(scores, np.float64)
+  return stats.rankdata(scores, axis=0) / scores.shape[0]
+
+
+def spectral_discordance(scores: np.ndarray) -> dict:
+  """D = 1 − mean off-diagonal Pearson correlation of the percentile-rank columns.
+
+  Args:
+    scores: [N, M] score of perturbation n on task m.
+
+  Returns:
+    {discordance, upper_bound = M/(M−1), correlation [M, M], constant_tasks}. A task whose
+    column is constant has no rank order; D is then undefined and reported as None.
+  """
+  scores = np.asarray(scores, np.float64)
+  n, m = scores.shape
+  if m < 2 or n < 2:
+    raise ValueError(f"spectral discordance needs N >= 2 perturbations and M >= 2 tasks, got {scores.shape}")
+  ranks = percentile_ranks(scores)
+  constant = [j for j in range(m) if np.ptp(ranks[:, j]) == 0]
+  result = {"upper_bound": m / (m - 1), "constant_tasks": constant, "n": n, "m": m}
+  if constant:
+    return {**result, "discordance": None, "correlation": None}
+  corr = np.corrcoef(ranks, rowvar=False)
+  off_diagonal = corr[~np.eye(m, dtype=bool)]
+  return {**result, "discordance": float(1 - off_diagonal.mean()), "correlation": corr.tolist()}

@@ -1,0 +1,90 @@
+"""Figures: Figure-5-style rollouts, bar charts, density-vs-scale curves (matplotlib, Agg)."""
+
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+import numpy as np
+
+BASE, RANDOM, TOP_K, ENSEMBLE, SIGNAL = "black", "0.6", "coral", "gold", "tab:blue"
+
+
+def rollouts(path: str, x: np.ndarray, context: np.ndarray, truth: np.ndarray, base: np.ndarray,
+             random_members: np.ndarray, top_members: np.ndarray, ensemble: np.ndarray,
+             title: str) -> None:
+  """Figure 5 style for one curve: context solid blue, truth dashed blue, base black,
+  random perturbations thin grey, top-K coral, ensemble gold.
+
+  Args:
+    x: [ctx + fut] grid. context: [ctx]. truth, base, ensemble: [fut].
+    random_members: [R, fut]. top_members: [K, fut].
+  """
+  ctx = len(context)
+  future_x = x[ctx:]
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for y in random_members:
+    ax.plot(future_x, y, color=RANDOM, lw=0.5, alpha=0.6)
+  for y in top_members:
+    ax.plot(future_x, y, color=TOP_K, lw=1.0, alpha=0.8)
+  ax.plot(future_x, base, color=BASE, lw=1.5, label="base")
+  ax.plot(future_x, ensemble, color=ENSEMBLE, lw=2.0, label=f"ensemble of top {len(top_members)}")
+  ax.plot(x[:ctx], context, color=SIGNAL, lw=2.0, label="context")
+  ax.plot(future_x, truth, color=SIGNAL, lw=1.5, ls="--", label="ground truth")
+  ax.plot([], [], color=RANDOM, lw=0.5, label="random perturbations")
+  ax.plot([], [], color=TOP_K, label="top-K members")
+  spread = np.concatenate([context, truth])
+  pad = 0.5 * (np.ptp(spread) + 0.5)
+  ax.set_ylim(spread.min() - pad, spread.max() + pad)
+  ax.set_title(title, fontsize=10)
+  ax.set_xlabel("x")
+  ax.legend(fontsize=7, loc="best")
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def grouped_bars(path: str, groups: Sequence[str], series: dict[str, tuple[np.ndarray, np.ndarray]],
+                 ylabel: str, title: str, log: bool = True) -> None:
+  """One group of bars per run, one bar per series, with error bars.
+
+  Args:
+    series: {label: (values [G], errors [G])}.
+  """
+  fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(groups) * len(series) / 2), 4))
+  width = 0.8 / len(series)
+  colors = {"base": BASE, "top-1": TOP_K, "ensemble": ENSEMBLE}
+  for i, (label, (values, errors)) in enumerate(series.items()):
+    pos = np.arange(len(groups)) + (i - (len(series) - 1) / 2) * width
+    ax.bar(pos, values, width, yerr=errors, label=label, color=colors.get(label), capsize=2)
+  ax.set_xticks(np.arange(len(groups)), groups, rotation=30, ha="right", fontsize=8)
+  if log:
+    ax.set_yscale("log")
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def curves_vs_scale(path: str, sizes: Sequence[float], curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    xlabel: str, ylabel: str, title: str) -> None:
+  """Lines against a log-scaled size axis with shaded intervals.
+
+  Args:
+    curves: {label: (values [S], low [S], high [S])}.
+  """
+  fig, ax = plt.subplots(figsize=(6, 4))
+  for label, (values, low, high) in curves.items():
+    line, = ax.plot(sizes, values, marker="o", label=label)
+    ax.fill_between(sizes, low, high, color=line.get_color(), alpha=0.2)
+  ax.set_xscale("log")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel(ylabel)
+  ax.set_title(title, fontsize=10)
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -1,0 +1,113 @@
+"""Populations of perturbed members: drawing `(seed, sigma)` and scoring them in vmapped chunks.
+
+A chunk of members is one `jit(vmap(...))` call: the member parameters are built inside it from
+the base parameters and each member's `(seed, sigma)`, so memory is bounded by the chunk size,
+never by N. The last chunk is padded to the chunk size, so the function compiles once.
+With a mesh, the member axis of a chunk is sharded over the mesh axis `population`.
+"""
+
+from typing import Any, Callable, Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from thickets_jax.errors import InputError
+from thickets_jax.perturb import member_key, perturb
+
+PyTree = Any
+POPULATION_AXIS = "population"
+_SEED_LIMIT = 2**31 - 1  # seeds are int32 so they can be traced
+
+
+def draw_candidates(root_seed: int, n: int, sigmas: Sequence[float]) -> tuple[np.ndarray, np.ndarray]:
+  """N distinct member seeds and their sigmas, drawn from `root_seed`.
+
+  Seeds come from one PCG64 stream and sigmas from a second, so the first n candidates are
+  the same whatever N is (a run can be extended without changing its members).
+
+  Returns:
+    seeds: [n] int64, distinct, in [0, 2^31 - 1).
+    sigmas: [n] float64, each drawn uniformly from `sigmas`.
+  """
+  if n <= 0:
+    raise InputError(f"the population size must be positive, got N={n}.")
+  validate_sigmas(sigmas)
+  seed_stream, sigma_stream = np.random.SeedSequence(root_seed).spawn(2)
+  seed_rng = np.random.Generator(np.random.PCG64(seed_stream))
+  seeds, seen = [], set()
+  while len(seeds) < n:
+    for seed in seed_rng.integers(0, _SEED_LIMIT, size=n - len(seeds)).tolist():
+      if seed not in seen:
+        seen.add(seed)
+        seeds.append(seed)
+  sigma_rng = np.random.Generator(np.random.PCG64(sigma_stream))
+  picks = sigma_rng.integers(0, len(sigmas), size=n)
+  return np.asarray(seeds, np.int64), np.asarray(sigmas, np.float64)[picks]
+
+
+def validate_sigmas(sigmas: Sequence[float]) -> None:
+  if len(sigmas) == 0:
+    raise InputError("the sigma list is empty; give at least one positive sigma.")
+  bad = [s for s in sigmas if not (s > 0 and np.isfinite(s))]
+  if bad:
+    raise InputError(f"sigma must be a positive finite number, got {bad[0]}.")
+
+
+def population_fn(score_fn: Callable[[PyTree], PyTree], **perturb_kwargs) -> Callable:
+  """`jit(vmap)` of `score_fn(perturb(params, member_key(seed), sigma))` over members.
+
+  Returns:
+    f(params, seeds [C] int32, sigmas [C] float32) -> pytree of [C, ...] outputs.
+  """
+  def member(params, seed, sigma):
+    return score_fn(perturb(params, member_key(seed), sigma, **perturb_kwargs))
+  return jax.jit(jax.vmap(member, in_axes=(None, 0, 0)))
+
+
+def population_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
+  """A 1-D mesh whose single axis, `population`, spreads members over devices."""
+  devices = jax.devices() if devices is None else devices
+  return Mesh(np.asarray(devices), (POPULATION_AXIS,))
+
+
+def iter_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.ndarray, *,
+                    chunk_size: int, mesh: Optional[Mesh] = None) -> Iterator[tuple[slice, PyTree]]:
+  """Yields `(slice of members, outputs as numpy)` chunk by chunk.
+
+  Args:
+    fn: from `population_fn`.
+    params: base parameters (replicated over the mesh, if any).
+    seeds, sigmas: [N] member identities.
+    chunk_size: members per call; with a mesh, a multiple of the mesh size.
+    mesh: optional mesh with a `population` axis.
+  """
+  if chunk_size <= 0:
+    raise InputError(f"the chunk size must be positive, got {chunk_size}.")
+  member_sharding = None
+  if mesh is not None:
+    if chunk_size % mesh.shape[POPULATION_AXIS]:
+      raise InputError(f"the chunk size {chunk_size} must be a multiple of the "
+                       f"{mesh.shape[POPULATION_AXIS]} devices of the population mesh.")
+    member_sharding = NamedSharding(mesh, PartitionSpec(POPULATION_AXIS))
+    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+  n = len(seeds)
+  for start in range(0, n, chunk_size):
+    stop = min(start + chunk_size, n)
+    pad = chunk_size - (stop - start)
+    chunk_seeds = np.pad(np.asarray(seeds[start:stop], np.int32), (0, pad), mode="edge")
+    chunk_sigmas = np.pad(np.asarray(sigmas[start:stop], np.float32), (0, pad), mode="edge")
+    args = (jnp.asarray(chunk_seeds), jnp.asarray(chunk_sigmas))
+    if member_sharding is not None:
+      args = jax.device_put(args, member_sharding)
+    outputs = fn(params, *args)
+    yield slice(start, stop), jax.tree.map(lambda x: np.asarray(x)[:stop - start], outputs)
+
+
+def evaluate_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.ndarray, *,
+                        chunk_size: int, mesh: Optional[Mesh] = None) -> PyTree:
+  """All members' outputs, stacked: a pytree of [N, ...] numpy arrays."""
+  parts = [out for _, out in iter_population(fn, params, seeds, sigmas,
+                                             chunk_size=chunk_size, mesh=mesh)]
+  return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)

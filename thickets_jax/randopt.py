@@ -1,0 +1,155 @@
+"""RandOpt: rank scored candidates, keep the top K, ensemble them (METHOD.md §1).
+
+Scoring is resumable: `CandidateStore` appends each chunk of scored candidates to a JSONL file
+as it finishes (flushed and fsynced), and `score_candidates` skips what the store already holds.
+"""
+
+import collections
+import json
+import os
+import time
+from typing import Callable, Hashable, Iterable, Optional, Sequence
+
+import numpy as np
+from absl import logging
+
+from thickets_jax.errors import InputError
+
+
+def validate_top_k(ks: Sequence[int], n: int) -> None:
+  for k in ks:
+    if k <= 0:
+      raise InputError(f"K must be positive, got K={k}.")
+    if k > n:
+      raise InputError(f"K={k} is larger than the population N={n}; choose K <= N.")
+
+
+def rank(scores: np.ndarray) -> np.ndarray:
+  """Member indices by score, best (highest) first; ties keep sampling order. [N] -> [N]."""
+  return np.argsort(-np.asarray(scores, np.float64), kind="stable")
+
+
+def top_k(scores: np.ndarray, ks: Sequence[int]) -> dict[int, np.ndarray]:
+  """{K: the indices of the K best members, best first} for several K at once."""
+  validate_top_k(ks, len(scores))
+  order = rank(scores)
+  return {k: order[:k] for k in ks}
+
+
+def majority_vote(votes: Sequence[Optional[Hashable]]) -> Optional[Hashable]:
+  """The winning vote key among members listed best-ranked first.
+
+  `None` casts no vote. The most frequent key wins; a tie goes to the key first cast by the
+  better-ranked member. Returns None when nobody voted.
+  """
+  counts = collections.Counter(v for v in votes if v is not None)
+  if not counts:
+    return None
+  best = max(counts.values())
+  return next(v for v in votes if v is not None and counts[v] == best)
+
+
+def vote_accuracy(member_votes: Sequence[Sequence[Optional[Hashable]]],
+                  gold: Sequence[Hashable]) -> float:
+  """Majority-vote accuracy over test items; an item with no valid vote counts as wrong.
+
+  Args:
+    member_votes: [K][T] vote keys, members best-ranked first.
+    gold: [T] the correct keys.
+  """
+  if not gold:
+    raise ValueError("vote_accuracy needs at least one test item")
+  correct = sum(majority_vote([m[t] for m in member_votes]) == g for t, g in enumerate(gold))
+  return correct / len(gold)
+
+
+def mean_ensemble(predictions: np.ndarray) -> np.ndarray:
+  """Regression ensemble: the element-wise mean of [K, ...] member predictions."""
+  return np.mean(predictions, axis=0)
+
+
+class CandidateStore:
+  """Append-only JSONL record of scored candidates, keyed by (seed, sigma)."""
+
+  def __init__(self, path: str):
+    self.path = path
+    self.records: dict[tuple[int, float], dict] = {}
+    if os.path.exists(path):
+      self._load()
+
+  def _load(self) -> None:
+    with open(self.path) as f:
+      lines = f.read().split("\n")
+    for number, line in enumerate(lines, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        if number == len(lines):  # a line cut by a kill mid-write: drop it, it is re-scored
+          break
+        raise InputError(f"{self.path} line {number} is not valid JSON ({e.msg}); "
+                         "the file is corrupt, move it away to re-score.") from None
+      self.records[(int(record["seed"]), float(record["sigma"]))] = record
+
+  def __contains__(self, member: tuple[int, float]) -> bool:
+    return member in self.records
+
+  def append(self, records: Iterable[dict]) -> None:
+    lines = []
+    for record in records:
+      self.records[(int(record["seed"]), float(record["sigma"]))] = record
+      lines.append(json.dumps(record) + "\n")
+    with open(self.path, "a") as f:
+      f.writelines(lines)
+      f.flush()
+      os.fsync(f.fileno())
+
+
+class Progress:
+  """Logs done/total, rate and ETA at most every `every_s` seconds."""
+
+  def __init__(self, total: int, done: int = 0, what: str = "candidates", every_s: float = 10.0):
+    self.total, self.done, self.what, self.every_s = total, done, what, every_s
+    self._start_done, self._start = done, time.perf_counter()
+    self._last_log = -float("inf")
+
+  def update(self, n: int) -> None:
+    self.done += n
+    now = time.perf_counter()
+    if now - self._last_log >= self.every_s or self.done >= self.total:
+      self._last_log = now
+      rate = (self.done - self._start_done) / max(now - self._start, 1e-9)
+      eta = (self.total - self.done) / rate if rate > 0 else float("inf")
+      logging.info("scored %d/%d %s (%.0f%%), %.2f/s, ETA %.0f s", self.done, self.total,
+                   self.what, 100 * self.done / self.total, rate, eta)
+
+
+def score_candidates(score_chunk: Callable[[np.ndarray, np.ndarray], Iterable[tuple[slice, dict]]],
+                     seeds: np.ndarray, sigmas: np.ndarray, store: CandidateStore) -> list[dict]:
+  """Scores every candidate the store lacks, persisting each chunk as it finishes.
+
+  Args:
+    score_chunk: `(seeds [P], sigmas [P]) -> iterator of (slice, {field: [len(slice), ...]})`,
+      e.g. `iter_population` over a score function; fields become the JSONL record's fields.
+    seeds, sigmas: [N] candidates in sampling order.
+    store: the run's store; candidates it already holds are not re-scored.
+
+  Returns:
+    [N] records in sampling order, each with `seed`, `sigma` and the score fields.
+  """
+  pending = [i for i, member in enumerate(zip(seeds.tolist(), sigmas.tolist()))
+             if member not in store]
+  if len(pending) < len(seeds):
+    logging.info("resuming: %d of %d candidates already scored in %s",
+                 len(seeds) - len(pending), len(seeds), store.path)
+  progress = Progress(len(seeds), done=len(seeds) - len(pending))
+  if pending:
+    pending = np.asarray(pending)
+    for part, outputs in score_chunk(seeds[pending], sigmas[pending]):
+      chunk = pending[part]
+      store.append({"seed": int(seeds[i]), "sigma": float(sigmas[i]),
+                    **{k: np.asarray(v[j]).tolist() for k, v in outputs.items()}}
+                   for j, i in enumerate(chunk))
+      progress.update(len(chunk))
+  return [store.records[(s, g)] for s, g in zip(seeds.tolist(), sigmas.tolist())]

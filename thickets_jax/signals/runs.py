@@ -1,0 +1,216 @@
+"""One 1D RandOpt run (base → post-train → test) and the named regimes of METHOD.md §3.
+
+A run: build the base (an untrained init, or pretrained on a family), score N perturbations by
+the MSE of a `fut`-step rollout on the post-train set, keep the K lowest, and report base, top-1
+and ensemble (mean of the K rollouts) test MSE, plus the solution density of the perturbations.
+"""
+
+import dataclasses
+import os
+import time
+from typing import Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from jax.sharding import Mesh
+
+from thickets_jax import checkpoint, metrics, plotting, population, randopt, workdir
+from thickets_jax.errors import InputError
+from thickets_jax.registry import Registry
+from thickets_jax.signals import families, model as signal_model
+
+UNTRAINED_SIGMA, PRETRAINED_SIGMA = 0.05, 0.002
+# Relative MSE reductions: δ(m) = P[mse ≤ (1 − m)·base_mse].
+DENSITY_MARGINS = (0.0, 0.1, 0.5, 0.9)
+N_RANDOM_PLOTTED = 24
+
+
+@dataclasses.dataclass(frozen=True)
+class RunSpec:
+  """One post-training run. `pretrain` is an init name (untrained) or a family to pretrain on."""
+  pretrain: str
+  posttrain: str
+  test: str
+  n: int = 1000
+  ks: tuple[int, ...] = (5,)
+  sigma: Optional[float] = None  # None: 0.05 for an untrained base, 0.002 for a pretrained one
+  width: int = 128
+  depth: int = 5
+  ctx: int = 10
+  fut: int = 60
+  seed: int = 0
+  init: str = "xavier"  # the init a pretrained base starts from
+  pretrain_steps: int = 1000
+  posttrain_size: int = 1024
+  test_size: int = 256
+
+  @property
+  def untrained(self) -> bool:
+    return self.pretrain in signal_model.INITS
+
+  @property
+  def effective_sigma(self) -> float:
+    if self.sigma is not None:
+      return self.sigma
+    return UNTRAINED_SIGMA if self.untrained else PRETRAINED_SIGMA
+
+  @property
+  def name(self) -> str:
+    test = "" if self.test == self.posttrain else f"_test-{self.test}"
+    return f"{self.pretrain}_to_{self.posttrain}{test}"
+
+  def validate(self) -> None:
+    if not self.untrained and self.pretrain not in families.FAMILIES:
+      raise InputError(f"unknown --pretrain {self.pretrain!r}; give an init "
+                       f"({', '.join(signal_model.INITS.names())}) or a family "
+                       f"({', '.join(families.FAMILIES.names())}).")
+    families.FAMILIES.get(self.posttrain)
+    families.FAMILIES.get(self.test)
+    signal_model.INITS.get(self.init)
+    signal_model.validate_shape(self.width, self.depth, self.ctx, self.fut)
+    population.validate_sigmas([self.effective_sigma])
+    if self.n <= 0:
+      raise InputError(f"--N must be positive, got {self.n}.")
+    randopt.validate_top_k(self.ks, self.n)
+    for name in ("pretrain_steps", "posttrain_size", "test_size"):
+      if getattr(self, name) <= 0:
+        raise InputError(f"{name} must be positive, got {getattr(self, name)}.")
+
+
+REGIMES = Registry("regime")
+
+
+@REGIMES.register("approximation")
+def approximation() -> list[RunSpec]:
+  """Needle (xavier init), thicket (pretrained mixed), ceiling (pretrained line) → one_line."""
+  return [RunSpec(base, "one_line", "one_line", n=1000, ks=(5,))
+          for base in ("xavier", "mixed", "line")]
+
+
+@REGIMES.register("generalization")
+def generalization() -> list[RunSpec]:
+  pairs = [(base, target) for base in ("xavier", "kaiming", "ortho", "mixed", "line")
+           for target in ("one_line", "one_squarewave", "one_sinusoid")]
+  pairs += [("mixed", "line"), ("mixed", "sinusoid"), ("mixed", "squarewave"),
+            ("sinusoid", "squarewave"), ("squarewave", "squarewave")]
+  return [RunSpec(base, target, target, n=1000, ks=(10,)) for base, target in pairs]
+
+
+def build_base(pretrain: str, bases_dir: str, *, width: int, depth: int, ctx: int, seed: int,
+               init: str = "xavier", pretrain_steps: int = 1000):
+  """A base MLP: the init `pretrain` names, or `init` pretrained on the family `pretrain`.
+
+  Pretrained bases are checkpointed under `bases_dir` and restored on reuse or resume.
+
+  Returns:
+    (model, params, final pretraining loss or None for an untrained base).
+  """
+  untrained = pretrain in signal_model.INITS
+  model = signal_model.SignalMLP(width, depth, pretrain if untrained else init)
+  init_key, pretrain_key = jax.random.split(jax.random.key(seed))
+  params = signal_model.init_params(model, init_key, ctx)
+  if untrained:
+    return model, params, None
+  name = f"{pretrain}_from-{init}_w{width}_d{depth}_c{ctx}_s{seed}_{pretrain_steps}steps"
+  os.makedirs(bases_dir, exist_ok=True)
+  loss_path = os.path.join(bases_dir, f"{name}.json")
+
+  def build():
+    trained, loss = signal_model.pretrain(model, params, pretrain, pretrain_key, ctx=ctx,
+                                          steps=pretrain_steps)
+    final = float(jnp.mean(loss[-50:]))
+    workdir.write_json(loss_path, {"final_loss": final})
+    logging.info("pretrained %s: final loss %.4g", name, final)
+    return trained
+
+  params = checkpoint.cached(os.path.join(bases_dir, name), params, build)
+  return model, params, workdir.read_json(loss_path)["final_loss"]
+
+
+def _data(spec: RunSpec):
+  posttrain_key, test_key = jax.random.split(jax.random.fold_in(jax.random.key(spec.seed), 1))
+  post_ctx, post_fut = families.sample(spec.posttrain, posttrain_key, spec.posttrain_size,
+                                       spec.ctx, spec.fut)
+  test_ctx, test_fut = families.sample(spec.test, test_key, spec.test_size, spec.ctx, spec.fut)
+  return signal_model.unique_samples(np.asarray(post_ctx), np.asarray(post_fut)), (
+      np.asarray(test_ctx), np.asarray(test_fut))
+
+
+def _mean_se(errors: np.ndarray) -> dict:
+  return {"mean": float(errors.mean()),
+          "se": float(errors.std(ddof=1) / np.sqrt(len(errors))) if len(errors) > 1 else 0.0}
+
+
+def run(spec: RunSpec, run_dir: str, bases_dir: str, *, chunk_size: int = 8,
+        mesh: Optional[Mesh] = None, plot: bool = True) -> dict:
+  """Runs (or resumes) one post-training run under `run_dir`; returns its result record.
+
+  `chunk_size` members go through one vmapped call, sharded over `mesh` if one is given;
+  neither changes any member, so a run may resume with other values.
+  """
+  spec.validate()
+  start = time.perf_counter()
+  workdir.claim(run_dir, dataclasses.asdict(spec))
+  model, params, pretrain_loss = build_base(
+      spec.pretrain, bases_dir, width=spec.width, depth=spec.depth, ctx=spec.ctx, seed=spec.seed,
+      init=spec.init, pretrain_steps=spec.pretrain_steps)
+  (post_ctx, post_fut, weights), (test_ctx, test_fut) = _data(spec)
+  logging.info("%s: %d post-train samples (%d distinct), %d test samples, %d parameters",
+               spec.name, spec.posttrain_size, len(weights), spec.test_size,
+               signal_model.count_params(params))
+
+  def train_mse(p):
+    return signal_model.weighted_mse(signal_model.rollout(model, p, post_ctx, spec.fut),
+                                     post_fut, weights)
+
+  def test_rollouts(p):
+    return signal_model.rollout(model, p, test_ctx, spec.fut)  # [test, fut]
+
+  seeds, sigmas = population.draw_candidates(spec.seed, spec.n, [spec.effective_sigma])
+  score_fn = population.population_fn(lambda p: {"mse": train_mse(p)})
+  store = randopt.CandidateStore(os.path.join(run_dir, "candidates.jsonl"))
+  records = randopt.score_candidates(
+      lambda s, g: population.iter_population(score_fn, params, s, g, chunk_size=chunk_size,
+                                              mesh=mesh),
+      seeds, sigmas, store)
+  mse = np.asarray([r["mse"] for r in records])
+  base_train_mse = float(jax.jit(train_mse)(params))
+  best = randopt.top_k(-mse, spec.ks)
+  k_max = max(spec.ks)
+
+  test_fn = population.population_fn(test_rollouts)
+  top_pred = population.evaluate_population(test_fn, params, seeds[best[k_max]],
+                                            sigmas[best[k_max]], chunk_size=chunk_size, mesh=mesh)
+  base_pred = np.asarray(jax.jit(test_rollouts)(params))
+
+  def errors(pred):  # [test, fut] -> [test]
+    return np.mean((pred - test_fut) ** 2, axis=-1)
+
+  result = {
+      "name": spec.name, "spec": dataclasses.asdict(spec), "sigma": spec.effective_sigma,
+      "n_params": signal_model.count_params(params), "pretrain_final_loss": pretrain_loss,
+      "distinct_posttrain_samples": int(len(weights)),
+      "train_mse": {"base": base_train_mse, "top1": float(mse[best[k_max][0]]),
+                    "median_perturbation": float(np.median(mse))},
+      "test_mse": {"base": _mean_se(errors(base_pred)), "top1": _mean_se(errors(top_pred[0]))},
+      "ensemble_test_mse": {str(k): _mean_se(errors(randopt.mean_ensemble(top_pred[:k])))
+                            for k in spec.ks},
+      "density": metrics.solution_density(-mse, -base_train_mse, DENSITY_MARGINS, relative=True),
+      "top_members": [{"seed": int(seeds[i]), "sigma": float(sigmas[i]), "train_mse": float(mse[i])}
+                      for i in best[k_max]],
+  }
+  if plot:
+    shown = min(N_RANDOM_PLOTTED, spec.n)
+    random_pred = population.evaluate_population(
+        population.population_fn(lambda p: test_rollouts(p)[0]), params, seeds[:shown],
+        sigmas[:shown], chunk_size=chunk_size, mesh=mesh)
+    plotting.rollouts(
+        os.path.join(run_dir, "rollouts.png"), np.asarray(families.grid(spec.ctx + spec.fut)),
+        test_ctx[0], test_fut[0], base_pred[0], random_pred, top_pred[:, 0],
+        randopt.mean_ensemble(top_pred)[0],
+        f"{spec.name}: N={spec.n}, K={k_max}, σ={spec.effective_sigma:g}")
+  result["time_s"] = time.perf_counter() - start
+  workdir.write_json(os.path.join(run_dir, "result.json"), result)
+  return result
