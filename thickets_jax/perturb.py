@@ -6,8 +6,8 @@ applied in place, so "restoring" the base is exact by construction.
 
 Noise modes (see METHOD.md §1):
   * "independent" (default): leaf i draws from `fold_in(member_key, i)`, i the leaf's index in
-    the sorted list of pytree paths. Every leaf, and every layer of a stacked `[layers, ...]`
-    leaf, gets its own noise.
+    the sorted list of pytree paths; layer l of a stacked `[layers, ...]` leaf draws from
+    `fold_in(fold_in(member_key, i), l)`. Every leaf and every layer gets its own noise.
   * "upstream": the reference code's behaviour, kept for comparison with published numbers:
     every leaf draws from the member key itself, so equal-shaped tensors (and all layers of a
     stacked leaf) receive identical noise.
@@ -65,11 +65,16 @@ def _validate(mode: str, include: Optional[str], stacked: Optional[str]) -> None
 
 
 def _leaf_noise(key, index: int, shape, mode: str, is_stacked: bool) -> jax.Array:
-  if mode == "independent":
-    return jax.random.normal(jax.random.fold_in(key, index), shape, jnp.float32)
-  layer_shape = shape[1:] if is_stacked else shape
-  noise = jax.random.normal(key, layer_shape, jnp.float32)
-  return jnp.broadcast_to(noise, shape)
+  """Standard normal noise [shape]; a stacked leaf's layer l draws from fold_in(leaf key, l)."""
+  if mode == "upstream":
+    noise = jax.random.normal(key, shape[1:] if is_stacked else shape, jnp.float32)
+    return jnp.broadcast_to(noise, shape)
+  leaf_key = jax.random.fold_in(key, index)
+  if not is_stacked:
+    return jax.random.normal(leaf_key, shape, jnp.float32)
+  layer_noise = lambda layer: jax.random.normal(jax.random.fold_in(leaf_key, layer), shape[1:],
+                                                jnp.float32)
+  return jax.vmap(layer_noise)(jnp.arange(shape[0]))
 
 
 def _leaf_std(leaf: jax.Array, is_stacked: bool) -> jax.Array:

@@ -55,15 +55,35 @@ def validate_sigmas(sigmas: Sequence[float]) -> None:
     raise InputError(f"sigma must be a positive finite number, got {bad[0]}.")
 
 
-def population_fn(score_fn: Callable[[PyTree], PyTree], **perturb_kwargs) -> Callable:
-  """`jit(vmap)` of `score_fn(perturb(params, member_key(seed), sigma))` over members.
+MEMBER_AXES = ("vmap", "map")
+
+
+def population_fn(score_fn: Callable[..., PyTree], *, member_axis: str = "vmap",
+                  **perturb_kwargs) -> Callable:
+  """`jit` of `score_fn(perturb(params, member_key(seed), sigma), *args)` over members.
+
+  Args:
+    member_axis: "vmap" batches the members of a chunk into every op (best for small models and
+      accelerators; shardable over a mesh); "map" runs them one after another inside the same
+      program (`lax.map`), so only one member's parameters exist at a time: memory stays at one
+      perturbed copy whatever the chunk, and each matmul stays a plain 2-D one.
 
   Returns:
-    f(params, seeds [C] int32, sigmas [C] float32) -> pytree of [C, ...] outputs.
+    f(params, seeds [C] int32, sigmas [C] float32, *args) -> pytree of [C, ...] outputs; `args`
+    (e.g. a prompt batch) are shared by all members and are traced, not baked into the program.
   """
-  def member(params, seed, sigma):
-    return score_fn(perturb(params, member_key(seed), sigma, **perturb_kwargs))
-  return jax.jit(jax.vmap(member, in_axes=(None, 0, 0)))
+  if member_axis not in MEMBER_AXES:
+    raise InputError(f"unknown member axis {member_axis!r}; known: {', '.join(MEMBER_AXES)}.")
+
+  def member(params, seed, sigma, args):
+    return score_fn(perturb(params, member_key(seed), sigma, **perturb_kwargs), *args)
+
+  if member_axis == "vmap":
+    batched = jax.jit(jax.vmap(member, in_axes=(None, 0, 0, None)))
+  else:
+    batched = jax.jit(lambda params, seeds, sigmas, args: jax.lax.map(
+        lambda one: member(params, *one, args), (seeds, sigmas)))
+  return lambda params, seeds, sigmas, *args: batched(params, seeds, sigmas, args)
 
 
 def population_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
@@ -73,7 +93,8 @@ def population_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
 
 
 def iter_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.ndarray, *,
-                    chunk_size: int, mesh: Optional[Mesh] = None) -> Iterator[tuple[slice, PyTree]]:
+                    chunk_size: int, mesh: Optional[Mesh] = None,
+                    args: tuple = ()) -> Iterator[tuple[slice, PyTree]]:
   """Yields `(slice of members, outputs as numpy)` chunk by chunk.
 
   Args:
@@ -82,6 +103,7 @@ def iter_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.
     seeds, sigmas: [N] member identities.
     chunk_size: members per call; with a mesh, a multiple of the mesh size.
     mesh: optional mesh with a `population` axis.
+    args: further arguments of `fn`, shared by all members.
   """
   if chunk_size <= 0:
     raise InputError(f"the chunk size must be positive, got {chunk_size}.")
@@ -98,16 +120,16 @@ def iter_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.
     pad = chunk_size - (stop - start)
     chunk_seeds = np.pad(np.asarray(seeds[start:stop], np.int32), (0, pad), mode="edge")
     chunk_sigmas = np.pad(np.asarray(sigmas[start:stop], np.float32), (0, pad), mode="edge")
-    args = (jnp.asarray(chunk_seeds), jnp.asarray(chunk_sigmas))
+    member_args = (jnp.asarray(chunk_seeds), jnp.asarray(chunk_sigmas))
     if member_sharding is not None:
-      args = jax.device_put(args, member_sharding)
-    outputs = fn(params, *args)
+      member_args = jax.device_put(member_args, member_sharding)
+    outputs = fn(params, *member_args, *args)
     yield slice(start, stop), jax.tree.map(lambda x: np.asarray(x)[:stop - start], outputs)
 
 
 def evaluate_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.ndarray, *,
-                        chunk_size: int, mesh: Optional[Mesh] = None) -> PyTree:
+                        chunk_size: int, mesh: Optional[Mesh] = None, args: tuple = ()) -> PyTree:
   """All members' outputs, stacked: a pytree of [N, ...] numpy arrays."""
-  parts = [out for _, out in iter_population(fn, params, seeds, sigmas,
-                                             chunk_size=chunk_size, mesh=mesh)]
+  parts = [out for _, out in iter_population(fn, params, seeds, sigmas, chunk_size=chunk_size,
+                                             mesh=mesh, args=args)]
   return jax.tree.map(lambda *xs: np.concatenate(xs), *parts)

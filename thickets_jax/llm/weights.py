@@ -1,0 +1,230 @@
+"""Checkpoints -> parameter trees of `llm.model.Transformer`.
+
+Both loaders go tensor by tensor: each Hugging Face / GGUF tensor is read, converted to the
+target dtype and written into its slot of a preallocated leaf (layer i of a stacked
+`[layers, ...]` leaf), and each finished leaf is placed on its device(s) before the next one is
+built, so the host never holds a second full copy of the model.
+"""
+
+import json
+import os
+import re
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import ml_dtypes
+import numpy as np
+
+from thickets_jax.errors import InputError
+from thickets_jax.llm import model as llm_model
+from thickets_jax.llm.config import ModelConfig, from_hf_config
+from thickets_jax.perturb import path_name
+
+PyTree = Any
+Placer = Callable[[str, np.ndarray], jax.Array]
+
+# Our leaf path -> (HF tensor name with {i} for the layer, whether HF stores it transposed).
+_HF_NAMES = {
+    "embed/embedding": ("model.embed_tokens.weight", False),
+    "final_norm/scale": ("model.norm.weight", False),
+    "lm_head/kernel": ("lm_head.weight", True),
+    "layers/attn_norm/scale": ("model.layers.{i}.input_layernorm.weight", False),
+    "layers/mlp_norm/scale": ("model.layers.{i}.post_attention_layernorm.weight", False),
+    "layers/attn/q/kernel": ("model.layers.{i}.self_attn.q_proj.weight", True),
+    "layers/attn/k/kernel": ("model.layers.{i}.self_attn.k_proj.weight", True),
+    "layers/attn/v/kernel": ("model.layers.{i}.self_attn.v_proj.weight", True),
+    "layers/attn/o/kernel": ("model.layers.{i}.self_attn.o_proj.weight", True),
+    "layers/attn/q/bias": ("model.layers.{i}.self_attn.q_proj.bias", False),
+    "layers/attn/k/bias": ("model.layers.{i}.self_attn.k_proj.bias", False),
+    "layers/attn/v/bias": ("model.layers.{i}.self_attn.v_proj.bias", False),
+    "layers/mlp/gate/kernel": ("model.layers.{i}.mlp.gate_proj.weight", True),
+    "layers/mlp/up/kernel": ("model.layers.{i}.mlp.up_proj.weight", True),
+    "layers/mlp/down/kernel": ("model.layers.{i}.mlp.down_proj.weight", True),
+}
+
+# HF tensor name -> llama.cpp GGUF tensor name.
+_GGUF_NAMES = {
+    "model.embed_tokens.weight": "token_embd.weight",
+    "model.norm.weight": "output_norm.weight",
+    "lm_head.weight": "output.weight",
+    "model.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
+    "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
+    "model.layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
+    "model.layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
+    "model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
+    "model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
+    "model.layers.{i}.self_attn.q_proj.bias": "blk.{i}.attn_q.bias",
+    "model.layers.{i}.self_attn.k_proj.bias": "blk.{i}.attn_k.bias",
+    "model.layers.{i}.self_attn.v_proj.bias": "blk.{i}.attn_v.bias",
+    "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
+    "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
+    "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
+}
+
+
+def _numpy_dtype(dtype) -> np.dtype:
+  return np.dtype(ml_dtypes.bfloat16) if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16) else np.dtype(dtype)
+
+
+def default_placer(name: str, leaf: np.ndarray) -> jax.Array:
+  del name
+  return jax.device_put(leaf)
+
+
+def build_params(config: ModelConfig, read: Callable[[str], np.ndarray],
+                 place: Placer = default_placer) -> PyTree:
+  """Fills every leaf of the model from `read(hf_tensor_name) -> [out, in]-layout array`.
+
+  Args:
+    read: returns one tensor in Hugging Face layout (any float dtype).
+    place: puts a finished host leaf on device(s), e.g. with a sharding; the host copy is then
+      dropped before the next leaf is built.
+  """
+  abstract = llm_model.abstract_params(config)
+  dtype = _numpy_dtype(config.dtype)
+
+  def fill(path, spec):
+    name = path_name(path)
+    hf_name, transposed = _HF_NAMES[name]
+    leaf = np.empty(spec.shape, dtype)
+    layers = range(config.num_layers) if name.startswith("layers/") else [None]
+    for i in layers:
+      tensor = np.asarray(read(hf_name.format(i=i)))
+      tensor = tensor.T if transposed else tensor
+      target = leaf if i is None else leaf[i]
+      if tensor.shape != target.shape:
+        raise InputError(f"tensor {hf_name.format(i=i)} has shape {tensor.shape[::-1] if transposed else tensor.shape}, "
+                         f"but the config implies {target.shape[::-1] if transposed else target.shape}.")
+      target[...] = tensor.astype(dtype)
+    return place(name, leaf)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+# ---------------------------------------------------------------- Hugging Face safetensors
+
+def hf_config(directory: str, dtype) -> ModelConfig:
+  path = os.path.join(directory, "config.json")
+  try:
+    with open(path) as f:
+      return from_hf_config(json.load(f), dtype)
+  except json.JSONDecodeError as e:
+    raise InputError(f"{path} is not valid JSON ({e.msg}).") from None
+  except KeyError as e:
+    raise InputError(f"{path} lacks the field {e.args[0]!r}.") from None
+
+
+def _safetensors_files(directory: str) -> dict[str, str]:
+  """HF tensor name -> file, from `model.safetensors.index.json` or the single file."""
+  index = os.path.join(directory, "model.safetensors.index.json")
+  if os.path.exists(index):
+    with open(index) as f:
+      weight_map = json.load(f)["weight_map"]
+    return {name: os.path.join(directory, file) for name, file in weight_map.items()}
+  files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+  if not files:
+    raise InputError(f"{directory} holds no *.safetensors files.")
+  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
+  names = {}
+  for file in files:
+    with safe_open(os.path.join(directory, file), framework="numpy") as f:
+      names.update({name: os.path.join(directory, file) for name in f.keys()})
+  return names
+
+
+def load_safetensors(directory: str, config: ModelConfig, place: Placer = default_placer) -> PyTree:
+  """Params from a Hugging Face checkpoint directory (single file or sharded with an index)."""
+  from safetensors import SafetensorError, safe_open  # pylint: disable=g-import-not-at-top
+  files = _safetensors_files(directory)
+  handles = {}
+
+  def read(name):
+    if name not in files:
+      raise InputError(f"the checkpoint in {directory} has no tensor {name}.")
+    file = files[name]
+    try:
+      if file not in handles:
+        handles[file] = safe_open(file, framework="flax")
+      return np.asarray(handles[file].get_tensor(name))
+    except (SafetensorError, OSError) as e:
+      raise InputError(f"cannot read {name} from {file}: {e}.") from None
+
+  return build_params(config, read, place)
+
+
+# ---------------------------------------------------------------- GGUF (llama.cpp)
+
+def gguf_config(reader, dtype) -> ModelConfig:
+  """ModelConfig from a GGUF file's metadata (architectures `llama` and `qwen2`)."""
+  fields = {name: field for name, field in reader.fields.items()}
+
+  def value(key, default=None):
+    if key not in fields:
+      if default is None:
+        raise InputError(f"the GGUF file lacks the metadata key {key}.")
+      return default
+    return fields[key].contents()
+
+  arch = value("general.architecture")
+  if arch not in ("llama", "qwen2"):
+    raise InputError(f"unsupported GGUF architecture {arch!r}; supported: llama, qwen2.")
+  tensors = {t.name for t in reader.tensors}
+  hidden = int(value(f"{arch}.embedding_length"))
+  heads = int(value(f"{arch}.attention.head_count"))
+  return ModelConfig(
+      vocab_size=len(value("tokenizer.ggml.tokens")) if f"{arch}.vocab_size" not in fields
+      else int(value(f"{arch}.vocab_size")),
+      hidden_size=hidden, intermediate_size=int(value(f"{arch}.feed_forward_length")),
+      num_layers=int(value(f"{arch}.block_count")), num_heads=heads,
+      num_kv_heads=int(value(f"{arch}.attention.head_count_kv", heads)),
+      head_dim=int(value(f"{arch}.rope.dimension_count", hidden // heads)),
+      rope_theta=float(value(f"{arch}.rope.freq_base", 10000.0)),
+      rms_norm_eps=float(value(f"{arch}.attention.layer_norm_rms_epsilon")),
+      qkv_bias="blk.0.attn_q.bias" in tensors, tie_embeddings="output.weight" not in tensors,
+      dtype=dtype)
+
+
+def _undo_llama_qk_permutation(weight: np.ndarray, heads: int) -> np.ndarray:
+  """llama.cpp stores Llama q/k rows interleaved per head for its RoPE; back to rotate-half."""
+  rows = weight.shape[0]
+  return (weight.reshape(heads, rows // heads // 2, 2, *weight.shape[1:])
+          .swapaxes(1, 2).reshape(weight.shape))
+
+
+def open_gguf(path: str):
+  from gguf import GGUFReader  # pylint: disable=g-import-not-at-top
+  try:
+    return GGUFReader(path)
+  except (ValueError, OSError, IndexError, KeyError) as e:
+    raise InputError(f"{path} is not a readable GGUF file ({e}).") from None
+
+
+def load_gguf(path: str, dtype, place: Placer = default_placer) -> tuple[ModelConfig, PyTree]:
+  """Config and params from a GGUF file, every tensor dequantised with `gguf.quants`."""
+  from gguf import quants  # pylint: disable=g-import-not-at-top
+  reader = open_gguf(path)
+  config = gguf_config(reader, dtype)
+  arch = reader.fields["general.architecture"].contents()
+  tensors = {t.name: t for t in reader.tensors}
+
+  def read(hf_name):
+    template = re.sub(r"\.\d+\.", ".{i}.", hf_name)
+    layer = re.search(r"\.(\d+)\.", hf_name)
+    gguf_name = _GGUF_NAMES[template].format(i=layer.group(1) if layer else "")
+    if gguf_name not in tensors:
+      raise InputError(f"{path} has no tensor {gguf_name}.")
+    tensor = tensors[gguf_name]
+    weight = quants.dequantize(tensor.data, tensor.tensor_type)
+    weight = weight.reshape([int(n) for n in reversed(tensor.shape)])
+    if arch == "llama" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+      heads = config.num_heads if "attn_q" in gguf_name else config.num_kv_heads
+      weight = _undo_llama_qk_permutation(weight, heads)
+    return weight
+
+  return config, build_params(config, read, place)
+
+
+def iter_gguf_tensor_types(path: str) -> Iterator[tuple[str, str]]:
+  """(tensor name, quantisation type) for each tensor: what 'GGUF Q4/Q5-dequantised' means."""
+  for tensor in open_gguf(path).tensors:
+    yield tensor.name, tensor.tensor_type.name
