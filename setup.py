@@ -21,8 +21,12 @@ setup(
         "matplotlib>=3.9",
         "safetensors>=0.4",
         "gguf>=0.17",
+        "transformers>=5.0,<6",  # tokenizers, chat templates, GGUF tokenizer conversion
+        "huggingface_hub>=1.0",
+        "datasets>=3.0",
     ],
     extras_require={
-        "test": ["pytest>=8", "hypothesis>=6.100"],
+        # torch only for parity tests and peer benchmarks; pinned so pip takes the CPU build.
+        "test": ["pytest>=8", "hypothesis>=6.100", "torch==2.13.0", "accelerate>=1.0"],
     },
 )

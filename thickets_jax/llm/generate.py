@@ -28,8 +28,9 @@ STACKED_LEAVES = r"^layers/"  # the scanned layers: their leading axis stacks la
 
 @dataclasses.dataclass(frozen=True)
 class Sampling:
-  """Decoding settings. `temperature == 0` is greedy; `ignore_eos` decodes exactly
-  `max_new_tokens` (benchmarks)."""
+  """Decoding settings. `temperature == 0` is greedy. `ignore_eos` forbids the stop tokens
+  (their logits are masked, as transformers' `min_new_tokens = max_new_tokens`), so exactly
+  `max_new_tokens` are decoded (benchmarks)."""
   max_new_tokens: int
   temperature: float = 0.0
   top_p: float = 1.0
@@ -68,7 +69,7 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   Args:
     prompt: [b, p] int32, left-padded. prompt_mask: [b, p] bool, True on real tokens.
     key: sampling key (unused when greedy).
-    stop_ids: tokens that end a row (it is not emitted); ignored with `sampling.ignore_eos`.
+    stop_ids: tokens that end a row (it is not emitted); never drawn with `sampling.ignore_eos`.
     pad_id: what fills a row after it stopped.
 
   Returns:
@@ -86,12 +87,17 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
                               jnp.zeros((b, slots), bool), prompt_mask, last_only=True)
   stop = jnp.asarray(stop_ids, jnp.int32)
 
+  def next_token(logits, step):
+    if sampling.ignore_eos:
+      logits = logits.at[:, stop].set(-jnp.inf)
+    return _pick(logits, jax.random.fold_in(key, step), sampling)
+
   def emit(out, done, step, token):
-    stopped = done | (jnp.isin(token, stop) if not sampling.ignore_eos else False)
+    stopped = done | jnp.isin(token, stop)
     return out.at[:, step].set(jnp.where(stopped, pad_id, token)), stopped
 
   out, done = emit(jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b,), bool), 0,
-                   _pick(logits[:, -1], jax.random.fold_in(key, 0), sampling))
+                   next_token(logits[:, -1], 0))
 
   def cond(state):
     step, _, _, _, done = state
@@ -104,7 +110,7 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
                                 (prompt_len + step - 1)[:, None], cache, slot, cache_valid,
                                 jnp.ones((b, 1), bool))
     cache_valid = cache_valid.at[:, slot].set(True)
-    out, done = emit(out, done, step, _pick(logits[:, 0], jax.random.fold_in(key, step), sampling))
+    out, done = emit(out, done, step, next_token(logits[:, 0], step))
     return step + 1, cache, cache_valid, out, done
 
   _, _, _, out, _ = jax.lax.while_loop(cond, body, (1, cache, cache_valid, out, done))
@@ -178,7 +184,7 @@ class Generator:
     """Text of one row, cut at the first stop token and the first stop string."""
     tokens = tokens.tolist()
     for i, t in enumerate(tokens):
-      if t in self.stop_ids and not self.sampling.ignore_eos:
+      if t in self.stop_ids:
         tokens = tokens[:i]
         break
     text = self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -193,14 +199,18 @@ class Generator:
     key = jax.random.key(0) if key is None else key
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batches))
 
-  def base_token_ids(self, texts: Sequence[str], key: Optional[jax.Array] = None) -> np.ndarray:
-    """The base model's continuations, [prompts, max_new_tokens] token ids."""
+  def base_token_ids(self, texts: Sequence[str], key: Optional[jax.Array] = None,
+                     params=None) -> np.ndarray:
+    """Continuations, [prompts, max_new_tokens] token ids, of the base model or of `params`
+    (e.g. a member rebuilt with `rebuild_member`), through the same compiled program."""
     tokens, mask = self.encode(texts)
-    out = np.asarray(self._base(self.params, tokens, mask, self._keys(key, len(tokens))))
+    params = self.params if params is None else params
+    out = np.asarray(self._base(params, tokens, mask, self._keys(key, len(tokens))))
     return out.reshape(-1, out.shape[-1])[:len(texts)]
 
-  def generate(self, texts: Sequence[str], key: Optional[jax.Array] = None) -> list[str]:
-    return [self.decode(row) for row in self.base_token_ids(texts, key)]
+  def generate(self, texts: Sequence[str], key: Optional[jax.Array] = None,
+               params=None) -> list[str]:
+    return [self.decode(row) for row in self.base_token_ids(texts, key, params)]
 
   def population_token_ids(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str], *,
                            members_per_batch: int, mesh: Optional[Mesh] = None,

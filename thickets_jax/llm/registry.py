@@ -126,8 +126,10 @@ def load(name: str, weights_dir: Optional[str] = None, dtype=jnp.float32,
 
 
 def _check_shapes(entry: ModelEntry, config: ModelConfig) -> None:
+  # Tied or not is storage: a file may carry an explicit copy of a tied head (so does the
+  # offline Qwen2.5-Coder GGUF); the loaded config follows the file.
   fields = ("hidden_size", "intermediate_size", "num_layers", "num_heads", "num_kv_heads",
-            "head_dim", "qkv_bias", "tie_embeddings")
+            "head_dim", "qkv_bias")
   wrong = [f for f in fields if getattr(config, f) != getattr(entry.config, f)]
   if wrong:
     raise InputError(f"the weights found for {entry.name} have other shapes than the model "

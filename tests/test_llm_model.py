@@ -1,0 +1,228 @@
+"""The Flax transformer on tiny random checkpoints: HF parity, shapes, KV-cache generation."""
+
+import json
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from thickets_jax.errors import InputError
+from thickets_jax.llm import assets, generate, model as M, registry, weights
+from thickets_jax.llm.config import ModelConfig
+from thickets_jax.perturb import rebuild_member
+
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+TINY = dict(vocab_size=96, hidden_size=32, intermediate_size=64, num_hidden_layers=3,
+            num_attention_heads=4, num_key_value_heads=2, rms_norm_eps=1e-6,
+            max_position_embeddings=128)
+
+
+def _hf_model(kind: str, tied: bool):
+  torch.manual_seed(0)
+  if kind == "qwen2":
+    config = transformers.Qwen2Config(**TINY, rope_theta=1e6, tie_word_embeddings=tied)
+    model = transformers.Qwen2ForCausalLM(config)
+  else:
+    config = transformers.LlamaConfig(**TINY, rope_theta=1e4, tie_word_embeddings=tied)
+    model = transformers.LlamaForCausalLM(config)
+  with torch.no_grad():  # biases are zero at init; make them matter
+    for name, p in model.named_parameters():
+      if name.endswith("bias") or "norm" in name:
+        p.add_(0.1 * torch.randn_like(p))
+  return model.eval()
+
+
+def _checkpoint(tmp_path, kind, tied, shard=False):
+  hf = _hf_model(kind, tied)
+  directory = str(tmp_path / f"{kind}-{'tied' if tied else 'untied'}")
+  hf.save_pretrained(directory, safe_serialization=True, max_shard_size="20KB" if shard else "5GB")
+  return hf, directory
+
+
+@pytest.mark.parametrize("kind, tied, shard", [("qwen2", True, False), ("qwen2", False, True),
+                                               ("llama", False, False), ("llama", True, True)])
+def test_safetensors_checkpoint_matches_hugging_face(tmp_path, kind, tied, shard):
+  hf, directory = _checkpoint(tmp_path, kind, tied, shard)
+  assert os.path.exists(os.path.join(directory, "model.safetensors.index.json")) == shard
+  config = weights.hf_config(directory, jnp.float32)
+  assert config.qkv_bias == (kind == "qwen2") and config.tie_embeddings == tied
+  params = weights.load_safetensors(directory, config)
+  tokens = np.random.default_rng(0).integers(0, TINY["vocab_size"], size=(3, 11))
+  with torch.no_grad():
+    expected = hf(torch.tensor(tokens)).logits.numpy()
+  np.testing.assert_allclose(M.forward(config, params, jnp.asarray(tokens)), expected,
+                             atol=2e-5, rtol=1e-4)
+  assert sum(x.size for x in jax.tree.leaves(params)) == config.num_params == sum(
+      p.numel() for p in hf.parameters())
+
+
+def test_bfloat16_parameters_load_and_run(tmp_path):
+  _, directory = _checkpoint(tmp_path, "qwen2", True)
+  config = weights.hf_config(directory, jnp.bfloat16)
+  params = weights.load_safetensors(directory, config)
+  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+  logits = M.forward(config, params, jnp.ones((1, 5), jnp.int32))
+  assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_left_padding_does_not_change_logits(tmp_path):
+  _, directory = _checkpoint(tmp_path, "llama", False)
+  config = weights.hf_config(directory, jnp.float32)
+  params = weights.load_safetensors(directory, config)
+  tokens = jnp.asarray([[5, 6, 7, 8]])
+  padded = jnp.asarray([[0, 0, 5, 6, 7, 8]])
+  mask = jnp.asarray([[False, False, True, True, True, True]])
+  np.testing.assert_allclose(M.forward(config, params, padded, mask)[:, 2:],
+                             M.forward(config, params, tokens), atol=1e-5)
+
+
+class _Tokenizer:
+  """A stand-in tokenizer over the tiny vocabulary: one character per token."""
+  pad_token_id, eos_token_id = 0, 1
+
+  def get_vocab(self):
+    return {chr(65 + i): i for i in range(60)}
+
+  def convert_tokens_to_ids(self, token):
+    return self.get_vocab()[token]
+
+  def __call__(self, text, add_special_tokens=False):
+    return {"input_ids": [2 + (ord(ch) % 50) for ch in text]}
+
+  def decode(self, ids, skip_special_tokens=True):
+    return "".join(chr(65 + i) for i in ids if i > 1)
+
+
+def _generator(tmp_path, sampling, **kwargs):
+  _, directory = _checkpoint(tmp_path, "qwen2", False)
+  config = weights.hf_config(directory, jnp.float32)
+  params = weights.load_safetensors(directory, config)
+  return generate.Generator(config, params, _Tokenizer(), sampling, batch_size=4, chat=False, **kwargs)
+
+
+def _greedy_reference(config, params, prompt_ids, n):
+  """No cache: re-run the whole (left-padded, fixed-length) sequence for every new token."""
+  total = len(prompt_ids) + n
+  run = jax.jit(lambda ids, mask: M.forward(config, params, ids, mask)[0, -1])
+  ids = list(prompt_ids)
+  for _ in range(n):
+    pad = total - len(ids)
+    logits = run(jnp.asarray([[0] * pad + ids]), jnp.asarray([[False] * pad + [True] * len(ids)]))
+    ids.append(int(jnp.argmax(logits)))
+  return ids[len(prompt_ids):]
+
+
+def test_cached_greedy_generation_equals_recomputation(tmp_path):
+  gen = _generator(tmp_path, generate.Sampling(max_new_tokens=12, ignore_eos=True))
+  prompts = ["hello", "a much longer prompt", "xy"]
+  out = gen.base_token_ids(prompts)
+  for row, text in zip(out, prompts):
+    expected = _greedy_reference(gen.config, gen.params, gen.tokenizer(text)["input_ids"], 12)
+    assert row.tolist() == expected
+
+
+def test_generation_compiles_once_per_bucket(tmp_path):
+  gen = _generator(tmp_path, generate.Sampling(max_new_tokens=4))
+  traced = chex.assert_max_traces(generate.generate_batches, n=1)
+  run = jax.jit(lambda params, prompts, masks, keys: traced(
+      gen.config, params, prompts, masks, keys, sampling=gen.sampling, stop_ids=gen.stop_ids,
+      pad_id=gen.pad_id))
+  keys = gen._keys(None, 1)  # pylint: disable=protected-access
+  for prompts in (["abc"], ["a longer one", "b"], ["x" * 40, "y", "z", "w"]):  # one 64-token bucket
+    tokens, mask = gen.encode(prompts)
+    run(gen.params, tokens, mask, keys)
+
+
+def test_perturbed_member_generation_equals_explicitly_perturbed_params(tmp_path):
+  gen = _generator(tmp_path, generate.Sampling(max_new_tokens=10, ignore_eos=True))
+  prompts = ["one prompt", "another"]
+  seeds, sigmas = np.array([5, 9]), np.array([0.05, 0.2])
+  members = [rebuild_member(gen.params, int(seed), float(sigma), stacked=generate.STACKED_LEAVES)
+             for seed, sigma in zip(seeds, sigmas)]
+  explicit = [gen.base_token_ids(prompts, params=member) for member in members]
+  for axis in ("map", "vmap"):
+    gen_axis = generate.Generator(gen.config, gen.params, gen.tokenizer, gen.sampling,
+                                  batch_size=4, chat=False, member_axis=axis)
+    (part, ids), = gen_axis.population_token_ids(seeds, sigmas, prompts, members_per_batch=2)
+    assert part == slice(0, 2)
+    for m in range(2):
+      np.testing.assert_array_equal(ids[m], explicit[m])
+  assert not np.array_equal(explicit[1], gen.base_token_ids(prompts))  # sigma 0.2 changes it
+
+
+def test_sampling_is_keyed_and_tiny_top_p_is_greedy(tmp_path):
+  greedy = _generator(tmp_path, generate.Sampling(max_new_tokens=8, ignore_eos=True))
+  hot = _generator(tmp_path, generate.Sampling(max_new_tokens=8, temperature=1.5, ignore_eos=True))
+  nucleus = _generator(tmp_path, generate.Sampling(max_new_tokens=8, temperature=1.5, top_p=1e-6,
+                                                   ignore_eos=True))
+  prompts = ["abc", "defg"]
+  key = jax.random.key(3)
+  np.testing.assert_array_equal(hot.base_token_ids(prompts, key), hot.base_token_ids(prompts, key))
+  assert not np.array_equal(hot.base_token_ids(prompts, key),
+                            hot.base_token_ids(prompts, jax.random.key(4)))
+  np.testing.assert_array_equal(nucleus.base_token_ids(prompts, key), greedy.base_token_ids(prompts))
+
+
+def test_stop_tokens_and_stop_strings(tmp_path):
+  gen = _generator(tmp_path, generate.Sampling(max_new_tokens=6), stop_strings=("C",))
+  assert gen.decode(np.array([2, 3, 1, 4, 5])) == ""  # "CD", cut at the stop string "C"
+  assert gen.decode(np.array([3, 4, 1, 5])) == "DE"  # id 1 (EOS) ends the text
+  ids = gen.base_token_ids(["abc", "xyz"])
+  for row in ids:
+    stops = np.flatnonzero(np.isin(row, gen.stop_ids))
+    if stops.size:
+      assert np.all(row[stops[0]:] == gen.pad_id)
+
+
+# Exact totals of the published Qwen2.5 safetensors checkpoints (tied embeddings counted once).
+@pytest.mark.parametrize("size, published", [
+    ("0.5b", 494_032_768), ("1.5b", 1_543_714_304), ("3b", 3_085_938_688),
+    ("7b", 7_615_616_512), ("14b", 14_770_033_664), ("32b", 32_763_876_352)])
+def test_full_size_shapes_without_memory(size, published):
+  entry = registry.MODELS.get(f"qwen2.5-{size}-instruct")
+  abstract = M.abstract_params(entry.config)
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract)) == published
+  assert entry.config.num_params == published
+  assert abstract["layers"]["attn"]["q"]["kernel"].shape == (
+      entry.config.num_layers, entry.config.hidden_size, entry.config.hidden_size)
+
+
+def test_missing_and_unknown_models_are_one_sentence(tmp_path, monkeypatch):
+  monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty_cache"))
+  with pytest.raises(InputError, match=r"no weights for qwen2.5-7b: .*huggingface-cli download Qwen/Qwen2.5-7B"):
+    registry.find_weights(registry.MODELS.get("qwen2.5-7b"))
+  with pytest.raises(InputError, match="unknown model 'qwen9'"):
+    registry.load("qwen9")
+  with pytest.raises(InputError, match="not a Hugging Face checkpoint directory"):
+    registry.find_weights(registry.MODELS.get("qwen2.5-7b"), str(tmp_path))
+
+
+def test_corrupt_files_are_named(tmp_path):
+  bad = tmp_path / "model.gguf"
+  bad.write_bytes(b"GGUF" + b"\0" * 64)
+  with pytest.raises(InputError, match=r"model.gguf is not a readable GGUF file"):
+    weights.load_gguf(str(bad), jnp.float32)
+  asset = assets.GgufAsset((("x", "1", "y"),), sha256="0" * 64, file_name="x.gguf")
+  with pytest.raises(InputError, match=r"model.gguf has sha256 .* the file is corrupt"):
+    assets._check(str(bad), asset)  # pylint: disable=protected-access
+  directory = tmp_path / "ckpt"
+  directory.mkdir()
+  (directory / "config.json").write_text("{not json")
+  with pytest.raises(InputError, match=r"config.json is not valid JSON"):
+    weights.hf_config(str(directory), jnp.float32)
+
+
+def test_checkpoint_with_wrong_shapes_is_refused(tmp_path):
+  _, directory = _checkpoint(tmp_path, "qwen2", True)
+  with open(os.path.join(directory, "config.json")) as f:
+    hf = json.load(f)
+  hf["intermediate_size"] = 48
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump(hf, f)
+  with pytest.raises(InputError, match="has shape"):
+    weights.load_safetensors(directory, weights.hf_config(directory, jnp.float32))
