@@ -24,6 +24,8 @@ setup(
         "transformers>=5.0,<6",  # tokenizers, chat templates, GGUF tokenizer conversion
         "huggingface_hub>=1.0",
         "datasets>=3.0",
+        "math-verify>=0.7",     # MATH answer equivalence
+        "reasoning-gym>=0.1.19",  # offline procedural reasoning tasks
     ],
     extras_require={
         # torch only for parity tests and peer benchmarks; pinned so pip takes the CPU build.

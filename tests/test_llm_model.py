@@ -226,3 +226,32 @@ def test_checkpoint_with_wrong_shapes_is_refused(tmp_path):
     json.dump(hf, f)
   with pytest.raises(InputError, match="has shape"):
     weights.load_safetensors(directory, weights.hf_config(directory, jnp.float32))
+
+
+def test_model_parallel_params_give_the_same_logits_and_members(tmp_path):
+  from thickets_jax.llm import sharding  # pylint: disable=g-import-not-at-top
+  _, directory = _checkpoint(tmp_path, "qwen2", False)
+  config = weights.hf_config(directory, jnp.float32)
+  mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
+  sharded = weights.load_safetensors(directory, config, place=sharding.placer(mesh))
+  plain = weights.load_safetensors(directory, config)
+  q = sharded["layers"]["attn"]["q"]["kernel"]
+  assert q.sharding.spec == jax.sharding.PartitionSpec(None, None, "model")
+  assert q.addressable_shards[0].data.shape == (3, 32, 16)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 96, size=(2, 7)))
+  np.testing.assert_allclose(M.forward(config, sharded, tokens), M.forward(config, plain, tokens),
+                             atol=2e-5)
+  kwargs = dict(stacked=generate.STACKED_LEAVES)
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, rebuild_member(sharded, 7, 0.01, **kwargs)),
+                              jax.tree.map(np.asarray, rebuild_member(plain, 7, 0.01, **kwargs)))
+
+
+def test_sharding_table_covers_full_size_models():
+  from thickets_jax.llm import sharding  # pylint: disable=g-import-not-at-top
+  mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
+  shardings = sharding.param_shardings(registry.MODELS.get("qwen2.5-7b").config, mesh)
+  assert shardings["layers"]["mlp"]["down"]["kernel"].spec == jax.sharding.PartitionSpec(None, "model", None)
+  assert shardings["lm_head"]["kernel"].spec == jax.sharding.PartitionSpec(None, "model")
+  assert shardings["final_norm"]["scale"].spec == jax.sharding.PartitionSpec()
+  with pytest.raises(InputError, match="must divide"):
+    sharding.make_mesh(model_parallel=3, devices=jax.devices()[:2])

@@ -3,13 +3,11 @@
 import os
 import tempfile
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from thickets_jax.llm import generate, model as M, registry, weights
-from thickets_jax.perturb import path_name
+from thickets_jax.llm import generate, model as M, registry, torch_twin
 from thickets_jax.tasks import countdown
 
 torch = pytest.importorskip("torch")
@@ -17,37 +15,11 @@ transformers = pytest.importorskip("transformers")
 pytestmark = pytest.mark.integration
 
 
-def _hf_twin(loaded):
-  """A transformers PyTorch model holding exactly our (dequantised) parameters."""
-  c = loaded.config
-  kwargs = dict(vocab_size=c.vocab_size, hidden_size=c.hidden_size,
-                intermediate_size=c.intermediate_size, num_hidden_layers=c.num_layers,
-                num_attention_heads=c.num_heads, num_key_value_heads=c.num_kv_heads,
-                rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
-                tie_word_embeddings=c.tie_embeddings, max_position_embeddings=4096)
-  if c.qkv_bias:
-    hf = transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**kwargs))
-  else:
-    hf = transformers.LlamaForCausalLM(transformers.LlamaConfig(**kwargs))
-  state = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(loaded.params)[0]:
-    name = path_name(path)
-    hf_name, transposed = weights._HF_NAMES[name]  # pylint: disable=protected-access
-    leaf = np.asarray(leaf)
-    for i in range(c.num_layers) if name.startswith("layers/") else [None]:
-      tensor = leaf if i is None else leaf[i]
-      state[hf_name.format(i=i)] = torch.from_numpy(np.ascontiguousarray(tensor.T if transposed else tensor))
-  if c.tie_embeddings:
-    state["lm_head.weight"] = state["model.embed_tokens.weight"]
-  hf.load_state_dict(state, strict=True)
-  return hf.eval()
-
-
 @pytest.fixture(scope="module", params=registry.OFFLINE_MODELS)
 def offline(request):
   loaded = registry.load(request.param)
   assert loaded.source.kind == "gguf"
-  return loaded, _hf_twin(loaded)
+  return loaded, torch_twin.transformers_model(loaded.config, loaded.params)
 
 
 def _prompts(loaded, count=3):

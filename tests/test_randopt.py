@@ -36,9 +36,11 @@ def test_majority_vote_tie_rule(votes, winner):
   assert randopt.majority_vote(votes) == winner
 
 
-def test_vote_accuracy_counts_items_without_votes_as_wrong():
-  members = [["4", None, "7"], ["4", None, "8"], ["5", None, "8"]]
-  assert randopt.vote_accuracy(members, ["4", "1", "8"]) == pytest.approx(2 / 3)
+def test_ensemble_accuracy_judges_the_winning_answer_and_counts_no_vote_as_wrong():
+  votes = [["4", None, "7"], ["4", None, "8"], ["5", None, "8"]]
+  correct = [[True, False, False], [True, False, True], [False, False, True]]
+  assert randopt.vote_winners(votes) == [0, None, 1]
+  assert randopt.ensemble_accuracy(votes, correct) == pytest.approx(2 / 3)
 
 
 def test_mean_ensemble():

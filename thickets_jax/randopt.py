@@ -49,18 +49,32 @@ def majority_vote(votes: Sequence[Optional[Hashable]]) -> Optional[Hashable]:
   return next(v for v in votes if v is not None and counts[v] == best)
 
 
-def vote_accuracy(member_votes: Sequence[Sequence[Optional[Hashable]]],
-                  gold: Sequence[Hashable]) -> float:
-  """Majority-vote accuracy over test items; an item with no valid vote counts as wrong.
+def vote_winners(member_votes: Sequence[Sequence[Optional[Hashable]]]) -> list[Optional[int]]:
+  """Per test item, the best-ranked member that cast the winning vote (None: nobody voted).
 
   Args:
     member_votes: [K][T] vote keys, members best-ranked first.
-    gold: [T] the correct keys.
   """
-  if not gold:
-    raise ValueError("vote_accuracy needs at least one test item")
-  correct = sum(majority_vote([m[t] for m in member_votes]) == g for t, g in enumerate(gold))
-  return correct / len(gold)
+  winners = []
+  for t in range(len(member_votes[0]) if member_votes else 0):
+    votes = [m[t] for m in member_votes]
+    key = majority_vote(votes)
+    winners.append(None if key is None else votes.index(key))
+  return winners
+
+
+def ensemble_accuracy(member_votes: Sequence[Sequence[Optional[Hashable]]],
+                      member_correct: Sequence[Sequence[bool]]) -> float:
+  """Majority-vote accuracy: an item is right when the winning answer is right (judged on the
+  completion of the best-ranked member that cast it); an item with no valid vote is wrong.
+
+  Args:
+    member_votes, member_correct: [K][T], members best-ranked first.
+  """
+  winners = vote_winners(member_votes)
+  if not winners:
+    raise ValueError("ensemble_accuracy needs at least one test item")
+  return sum(w is not None and bool(member_correct[w][t]) for t, w in enumerate(winners)) / len(winners)
 
 
 def mean_ensemble(predictions: np.ndarray) -> np.ndarray:

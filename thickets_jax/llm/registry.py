@@ -59,6 +59,15 @@ MODELS.register("qwen2.5-coder-0.5b-instruct")(ModelEntry(
     "qwen2.5-coder-0.5b-instruct", "Qwen/Qwen2.5-Coder-0.5B-Instruct",
     _qwen25(*QWEN25_SHAPES["0.5b"]), instruct=True, gguf=assets.QWEN25_CODER_05B_INSTRUCT))
 
+# A tiny random Llama with SmolLM2's vocabulary and chat template, for smoke tests and local
+# dry runs; its weights only ever come from --weights (tests write them).
+MODELS.register("tiny-random-llama")(ModelEntry(
+    "tiny-random-llama", "",
+    ModelConfig(vocab_size=49152, hidden_size=32, intermediate_size=64, num_layers=2,
+                num_heads=4, num_kv_heads=2, head_dim=8, rope_theta=1e5, rms_norm_eps=1e-5,
+                qkv_bias=False, tie_embeddings=True),
+    instruct=True))
+
 OFFLINE_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
 
@@ -88,6 +97,8 @@ def find_weights(entry: ModelEntry, weights_dir: Optional[str] = None) -> Weight
       raise InputError(f"--weights {weights_dir} is not a Hugging Face checkpoint directory "
                        "(no config.json).")
     return WeightsSource("safetensors", weights_dir)
+  if not entry.hf_repo:
+    raise InputError(f"{entry.name} has no published weights; pass --weights DIR.")
   snapshot = _hf_cache_snapshot(entry.hf_repo)
   if snapshot:
     return WeightsSource("safetensors", snapshot)

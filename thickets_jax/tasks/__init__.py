@@ -1,0 +1,12 @@
+"""`--task NAME`: prompts, answer extraction, shaped rewards and vote keys (METHOD.md §4).
+
+Every task gives `Example`s (the user message and what scoring needs) for a train and a test
+split that never overlap, and four functions of a completion: the shaped reward the ranking
+uses, whether it is correct (accuracy), its canonical vote key (None casts no vote), and the
+gold vote key. Model output is untrusted text: nothing here executes it.
+"""
+
+from thickets_jax.tasks import countdown, gym, math  # registers their tasks
+from thickets_jax.tasks.base import TASKS, Example, Task
+
+__all__ = ["TASKS", "Example", "Task", "countdown", "gym", "math"]

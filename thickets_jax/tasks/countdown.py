@@ -12,9 +12,11 @@ import random
 import re
 from typing import Optional
 
+from thickets_jax.tasks.base import TASKS, Example, Task, procedural_splits
+
 MAX_ANSWER_CHARS = 200
 MAX_LITERAL = 10**6
-_ALLOWED_CHARS = re.compile(r"^[\d+\-*/() ]*$")
+_ALLOWED_CHARS = re.compile(r"^[0-9+\-*/() ]*$")  # ASCII only: \d would admit any Unicode digit
 _ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
 _FULL_FORMAT = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)
 
@@ -139,3 +141,12 @@ def correct(completion: str, problem: Problem) -> bool:
 def reward(completion: str, problem: Problem) -> float:
   """0.1·format + answer, in [0, 1.1]."""
   return 0.1 * format_score(completion) + float(correct(completion, problem))
+
+
+def _examples(seed: int, count: int) -> list[Example]:
+  return [Example(prompt(p), p) for p in generate(seed, count)]
+
+
+TASKS.register("countdown")(Task(
+    name="countdown", domain="arithmetic search", splits=procedural_splits(_examples),
+    reward=reward, correct=correct, vote_key=vote_key, max_reward=1.1))

@@ -1,0 +1,87 @@
+"""Flags and set-up shared by the LLM experiments (randopt, density, discordance).
+
+Everything a flag can get wrong is checked by `validate` before any weights are read.
+"""
+
+import os
+from typing import Sequence
+
+import jax.numpy as jnp
+from absl import flags
+
+from thickets_jax import cli, population, randopt
+from thickets_jax.errors import InputError
+from thickets_jax.llm import generate, registry
+from thickets_jax.perturb import MODES
+from thickets_jax.tasks import TASKS
+
+flags.DEFINE_string("weights", None, "A Hugging Face checkpoint directory (else the HF cache / offline packages).")
+flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Parameter and activation dtype.")
+flags.DEFINE_integer("N", 16, "Perturbed members.")
+flags.DEFINE_list("sigmas", ["1e-3"], "Noise scales; each member draws one.")
+flags.DEFINE_integer("seed", 0, "Root seed: member seeds, sigmas and procedural data.")
+flags.DEFINE_integer("train_size", 16, "Examples each member is scored on.")
+flags.DEFINE_integer("max_new_tokens", 128, "Generation length limit.")
+flags.DEFINE_integer("batch_size", 16, "Prompts per generation batch.")
+flags.DEFINE_integer("members_per_batch", 2, "Members per compiled generation call.")
+flags.DEFINE_enum("member_axis", "map", population.MEMBER_AXES, "How members share a call.")
+flags.DEFINE_enum("mode", "independent", MODES, "Noise: independent per leaf, or the reference's shared noise.")
+flags.DEFINE_bool("relative", False, "Scale sigma by each leaf's std.")
+flags.DEFINE_string("include", None, "Regex of parameter paths to perturb (default: all).")
+flags.DEFINE_string("data", None, "JSONL/parquet file for dataset tasks (gsm8k, math500).")
+flags.DEFINE_string("workdir", None, "Where results, plots and logs go.")
+FLAGS = flags.FLAGS
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def sigmas() -> tuple[float, ...]:
+  values = cli.floats(FLAGS.sigmas, "sigmas")
+  population.validate_sigmas(values)
+  return values
+
+
+def validate(models: Sequence[str], tasks: Sequence[str], ks: Sequence[int] = ()) -> None:
+  """One sentence for the first bad flag, before any weights are read."""
+  for name in models:
+    registry.find_weights(registry.MODELS.get(name), FLAGS.weights)
+  dataset_tasks = [name for name in tasks if TASKS.get(name).needs_data]
+  if FLAGS.data and len(dataset_tasks) > 1:
+    raise InputError(f"one --data file cannot serve {' and '.join(dataset_tasks)}; score them "
+                     "in separate runs.")
+  for flag in ("N", "train_size", "max_new_tokens", "batch_size", "members_per_batch"):
+    if FLAGS[flag].value <= 0:
+      raise InputError(f"--{flag} must be positive, got {FLAGS[flag].value}.")
+  sigmas()
+  randopt.validate_top_k(ks, FLAGS.N)
+  if FLAGS.data and not os.path.isfile(FLAGS.data):
+    raise InputError(f"--data {FLAGS.data} is not a file.")
+
+
+def perturb_kwargs() -> dict:
+  return {"mode": FLAGS.mode, "relative": FLAGS.relative, "include": FLAGS.include}
+
+
+def spec(**extra) -> dict:
+  """What identifies a run's numbers; a workdir holding another spec is refused."""
+  return {"N": FLAGS.N, "sigmas": list(sigmas()), "seed": FLAGS.seed,
+          "train_size": FLAGS.train_size, "max_new_tokens": FLAGS.max_new_tokens,
+          "dtype": FLAGS.dtype, "data": FLAGS.data, "weights": FLAGS.weights,
+          **perturb_kwargs(), **extra}
+
+
+def splits(task_name: str, test_size: int):
+  """(train, test) examples; read before any model is loaded, so missing data fails first."""
+  return TASKS.get(task_name).splits(FLAGS.train_size, test_size, FLAGS.seed, FLAGS.data)
+
+
+def load(model: str):
+  return registry.load(model, FLAGS.weights, DTYPES[FLAGS.dtype])
+
+
+def generator(loaded) -> generate.Generator:
+  """Greedy decoding, the RandOpt protocol."""
+  return generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+                            generate.Sampling(max_new_tokens=FLAGS.max_new_tokens),
+                            batch_size=FLAGS.batch_size, chat=loaded.entry.instruct,
+                            member_axis=FLAGS.member_axis, perturb_kwargs=perturb_kwargs())

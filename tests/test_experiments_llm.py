@@ -1,0 +1,106 @@
+"""End to end: experiments.randopt and experiments.density on a tiny random checkpoint."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+torch = pytest.importorskip("torch")
+transformers = pytest.importorskip("transformers")
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+  """tiny-random-llama's shapes as a safetensors checkpoint, with SmolLM2's tokenizer."""
+  from thickets_jax.llm import assets, registry, tokenizer  # pylint: disable=g-import-not-at-top
+  c = registry.MODELS.get("tiny-random-llama").config
+  torch.manual_seed(0)
+  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
+      vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
+      num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
+      num_key_value_heads=c.num_kv_heads, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
+      tie_word_embeddings=True))
+  directory = str(tmp_path_factory.mktemp("tiny"))
+  model.save_pretrained(directory, safe_serialization=True)
+  gguf = assets.gguf_path(assets.SMOLLM2_135M_INSTRUCT)
+  tokenizer.from_gguf(gguf, os.path.join(assets.cache_dir(), "smollm2-135m-instruct-tokenizer")
+                      ).save_pretrained(directory)
+  return directory
+
+
+def _run(module, *args):
+  return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=900)
+
+
+def _read(path):
+  with open(path) as f:
+    return json.load(f)
+
+
+SMALL = ["--model", "tiny-random-llama", "--task", "countdown", "--N", "4", "--sigmas", "0.01,0.05",
+         "--train_size", "2", "--max_new_tokens", "8", "--batch_size", "2", "--members_per_batch", "2"]
+
+
+def test_randopt_runs_resumes_and_reevaluates(tmp_path, tiny_weights):
+  workdir = str(tmp_path / "ro")
+  args = [*SMALL, "--weights", tiny_weights, "--K", "1,2", "--test_size", "3", "--workdir", workdir]
+  first = _run("randopt", *args)
+  assert first.returncode == 0, first.stderr[-3000:]
+  result = _read(os.path.join(workdir, "results.json"))
+  assert set(result["ensemble_accuracy"]) == {"1", "2"} and result["test_size"] == 3
+  top = _read(os.path.join(workdir, "topk.json"))
+  assert [set(m) >= {"seed", "sigma", "train_score"} for m in top["members"]] == [True, True]
+  assert top["perturbation"]["mode"] == "independent"
+  assert "K=2" in first.stdout
+
+  candidates = os.path.join(workdir, "candidates.jsonl")
+  with open(candidates) as f:
+    lines = f.read().splitlines()
+  assert len(lines) == 4
+  with open(candidates, "w") as f:  # as if killed after the first chunk
+    f.write("\n".join(lines[:2]) + "\n")
+  second = _run("randopt", *args)
+  assert second.returncode == 0, second.stderr[-3000:]
+  assert "resuming: 2 of 4 candidates already scored" in second.stderr
+  assert _read(os.path.join(workdir, "results.json")) == result
+
+  again = str(tmp_path / "again")
+  third = _run("randopt", "--resume_dir", workdir, "--weights", tiny_weights, "--test_size", "2",
+               "--seed", "1", "--K", "1,2", "--max_new_tokens", "8", "--batch_size", "2",
+               "--train_size", "2", "--workdir", again)
+  assert third.returncode == 0, third.stderr[-3000:]
+  resumed = _read(os.path.join(again, "results.json"))
+  assert resumed["members"] == top["members"] and set(resumed["ensemble_accuracy"]) == {"1", "2"}
+  assert not os.path.exists(os.path.join(again, "candidates.jsonl"))  # nothing re-scored
+
+
+def test_density_on_the_tiny_model(tmp_path, tiny_weights):
+  workdir = str(tmp_path / "density")
+  out = _run("density", *SMALL[2:], "--model", "tiny-random-llama", "--weights", tiny_weights,
+             "--workdir", workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  (point,) = _read(os.path.join(workdir, "results.json"))["points"]
+  assert {r["sigma"] for r in point["density_reward"]} == {0.01, 0.05}
+  assert all(r["ci_low"] <= r["density"] <= r["ci_high"] for r in point["density_reward"])
+  for name in ("density_vs_size.png", "scores_tiny-random-llama.png", "log.txt"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (["--model", "gpt-9"], "unknown model 'gpt-9'"),
+    (["--task", "chess"], "unknown task 'chess'"),
+    (["--N", "4", "--K", "8"], "K=8 is larger than the population N=4"),
+    (["--sigmas", "0"], "sigma must be a positive finite number, got 0.0"),
+    (["--model", "tiny-random-llama"], "tiny-random-llama has no published weights; pass --weights DIR"),
+    (["--task", "gsm8k", "--data", "/nonexistent.jsonl"], "--data /nonexistent.jsonl is not a file"),
+])
+def test_randopt_bad_input_is_one_sentence_before_loading(tmp_path, args, sentence):
+  workdir = str(tmp_path / "never")
+  out = _run("randopt", *args, "--workdir", workdir)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert sentence in out.stderr and len(out.stderr.strip().splitlines()) == 1
+  assert not os.path.exists(workdir)

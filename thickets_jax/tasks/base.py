@@ -1,0 +1,39 @@
+"""Task types and the task registry (see `thickets_jax.tasks`).
+
+"""
+
+import dataclasses
+from typing import Any, Callable, Optional
+
+from thickets_jax.registry import Registry
+
+
+@dataclasses.dataclass(frozen=True)
+class Example:
+  prompt: str  # the user message, before any chat template
+  gold: Any    # what the scorer needs: a Countdown problem, an answer string, ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """A task: `splits(train_size, test_size, seed, data)` -> (train, test) examples."""
+  name: str
+  domain: str
+  splits: Callable[[int, int, int, Optional[str]], tuple[list[Example], list[Example]]]
+  reward: Callable[[str, Any], float]
+  correct: Callable[[str, Any], bool]
+  vote_key: Callable[[str, Any], Optional[str]]
+  max_reward: float = 1.0
+  needs_data: bool = False  # a dataset: --data PATH or the `datasets` hub cache
+
+
+TASKS: Registry[Task] = Registry("task")
+
+
+def procedural_splits(make: Callable[[int, int], list[Example]]):
+  """Train = the first `train_size` examples of one seeded stream, test = the next ones."""
+  def splits(train_size: int, test_size: int, seed: int, data: Optional[str]):
+    del data
+    examples = make(seed, train_size + test_size)
+    return examples[:train_size], examples[train_size:]
+  return splits

@@ -1,0 +1,184 @@
+"""GSM8K and MATH-500 (METHOD.md §4), from a local JSONL/parquet file or the `datasets` cache.
+
+With `--data PATH` (one file): train = its first `train_size` records, test = the next
+`test_size` (0: all the rest). Without it, the `datasets` hub cache is read offline:
+GSM8K train from its train split and test from its test split (1319); MATH-500, which has one
+split of 500, train = the first `train_size`, test = the rest. Test never falls back to train.
+"""
+
+import decimal
+import json
+import os
+import re
+from typing import Optional
+
+from thickets_jax.errors import InputError
+from thickets_jax.tasks.base import TASKS, Example, Task
+
+GSM8K_SUFFIX = ' Let\'s think step by step and output the final answer after "####".'
+MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
+_NUMBER = re.compile(r"-?[\d,]*\.?\d+")
+_MAX_TEXT = 20_000  # completions are cut to this before parsing (bounded work on hostile text)
+
+
+def read_records(path: str) -> list[dict]:
+  """Records of a JSONL or parquet file, in file order."""
+  if not os.path.isfile(path):
+    raise InputError(f"--data {path} is not a file.")
+  try:
+    if path.endswith(".parquet"):
+      import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
+      return pq.read_table(path).to_pylist()
+    with open(path) as f:
+      return [json.loads(line) for line in f if line.strip()]
+  except (json.JSONDecodeError, OSError, ValueError) as e:
+    raise InputError(f"cannot read {path} as JSONL or parquet ({e}).") from None
+
+
+def _hub_split(repo: str, config: Optional[str], split: str) -> list[dict]:
+  import datasets  # pylint: disable=g-import-not-at-top
+  try:
+    return list(datasets.load_dataset(repo, config, split=split, download_mode="reuse_cache_if_exists"))
+  except Exception as e:  # pylint: disable=broad-except  # any miss means: not in the cache
+    raise InputError(f"the task needs {repo} ({split}): pass --data PATH (JSONL or parquet) or "
+                     f"put it in the datasets cache on a machine with internet "
+                     f"(datasets.load_dataset({repo!r}{', ' + repr(config) if config else ''})); "
+                     f"reading the cache failed: {type(e).__name__}.") from None
+
+
+def _check_fields(records: list[dict], fields: tuple[str, ...], source: str) -> None:
+  for i, record in enumerate(records):
+    missing = [f for f in fields if f not in record]
+    if missing:
+      raise InputError(f"record {i} of {source} lacks the field {missing[0]!r}.")
+
+
+def _file_splits(path, fields, train_size, test_size):
+  records = read_records(path)
+  _check_fields(records, fields, path)
+  if len(records) <= train_size:
+    raise InputError(f"{path} has {len(records)} records: none left for a test split after "
+                     f"{train_size} train records.")
+  stop = len(records) if test_size <= 0 else train_size + test_size
+  return records[:train_size], records[train_size:stop]
+
+
+# ---------------------------------------------------------------- GSM8K
+
+def canonical_number(text: str) -> Optional[str]:
+  """'1,234.50' -> '1234.5'; None when the text is no number."""
+  text = text.replace(",", "").replace("$", "").strip().rstrip(".")
+  try:
+    value = decimal.Decimal(text)
+  except decimal.InvalidOperation:
+    return None
+  if not value.is_finite() or abs(value.adjusted()) > 100:
+    return None
+  return format(value.normalize(), "f")  # '18.00' -> '18', '1E+2' -> '100'
+
+
+def gsm8k_extract(completion: str) -> Optional[str]:
+  """The number after the last '####', else the last number in the text."""
+  completion = completion[:_MAX_TEXT]
+  if "####" in completion:
+    match = _NUMBER.search(completion.rsplit("####", 1)[1])
+    if match:
+      return canonical_number(match.group())
+  numbers = _NUMBER.findall(completion)
+  return canonical_number(numbers[-1]) if numbers else None
+
+
+def _gsm8k_example(record: dict) -> Example:
+  gold = canonical_number(str(record["answer"]).rsplit("####", 1)[-1])
+  if gold is None:
+    raise InputError(f"a GSM8K answer has no number after '####': {str(record['answer'])[-60:]!r}.")
+  return Example(record["question"] + GSM8K_SUFFIX, gold)
+
+
+def gsm8k_splits(train_size: int, test_size: int, seed: int, data: Optional[str]):
+  del seed
+  if data:
+    train, test = _file_splits(data, ("question", "answer"), train_size, test_size)
+  else:
+    train = _hub_split("openai/gsm8k", "main", "train")[:train_size]
+    test = _hub_split("openai/gsm8k", "main", "test")
+    test = test if test_size <= 0 else test[:test_size]
+  return [_gsm8k_example(r) for r in train], [_gsm8k_example(r) for r in test]
+
+
+def gsm8k_correct(completion: str, gold: str) -> bool:
+  return gsm8k_extract(completion) == gold
+
+
+TASKS.register("gsm8k")(Task(
+    name="gsm8k", domain="math word problems", splits=gsm8k_splits,
+    reward=lambda c, g: float(gsm8k_correct(c, g)), correct=gsm8k_correct,
+    vote_key=lambda c, g: gsm8k_extract(c), needs_data=True))
+
+
+# ---------------------------------------------------------------- MATH-500
+
+def last_boxed(text: str) -> Optional[str]:
+  """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; None if there is none."""
+  text = text[-_MAX_TEXT:]
+  start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
+  if start < 0:
+    return None
+  i = text.index("{", start) + 1
+  depth, begin = 1, i
+  while i < len(text):
+    depth += {"{": 1, "}": -1}.get(text[i], 0)
+    if depth == 0:
+      return text[begin:i]
+    i += 1
+  return None
+
+
+def _parse(latex: str):
+  from math_verify import parse  # pylint: disable=g-import-not-at-top
+  try:
+    return parse(f"\\boxed{{{latex}}}", parsing_timeout=2)
+  except Exception:  # pylint: disable=broad-except  # hostile text must never raise
+    return []
+
+
+def math_vote_key(completion: str, gold: str) -> Optional[str]:
+  del gold
+  answer = last_boxed(completion)
+  if answer is None:
+    return None
+  parsed = _parse(answer)
+  return str(parsed[0]) if parsed else re.sub(r"\s+", "", answer)
+
+
+def math_correct(completion: str, gold: str) -> bool:
+  """math-verify equivalence of the last boxed answer with the gold answer."""
+  from math_verify import verify  # pylint: disable=g-import-not-at-top
+  answer = last_boxed(completion)
+  if answer is None:
+    return False
+  gold_parsed, answer_parsed = _parse(gold), _parse(answer)
+  if not gold_parsed or not answer_parsed:
+    return False
+  try:
+    return bool(verify(gold_parsed, answer_parsed, timeout_seconds=2))
+  except Exception:  # pylint: disable=broad-except
+    return False
+
+
+def math500_splits(train_size: int, test_size: int, seed: int, data: Optional[str]):
+  del seed
+  if data:
+    train, test = _file_splits(data, ("problem", "answer"), train_size, test_size)
+  else:
+    records = _hub_split("HuggingFaceH4/MATH-500", None, "test")
+    train = records[:train_size]
+    test = records[train_size:] if test_size <= 0 else records[train_size:train_size + test_size]
+  make = lambda r: Example(r["problem"] + MATH_SUFFIX, str(r["answer"]))
+  return [make(r) for r in train], [make(r) for r in test]
+
+
+TASKS.register("math500")(Task(
+    name="math500", domain="competition math", splits=math500_splits,
+    reward=lambda c, g: float(math_correct(c, g)), correct=math_correct,
+    vote_key=math_vote_key, needs_data=True))
