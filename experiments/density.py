@@ -13,15 +13,11 @@ Qwen2.5-Coder-0.5B) on Countdown with a small N. Each perturbation is scored on 
 
 import os
 
-import matplotlib
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 from absl import flags, logging
 
 from experiments import common, llm_common
-from thickets_jax import cli, metrics, plotting, population, randopt, workdir
+from thickets_jax import cli, metrics, plotting, workdir
 from thickets_jax.llm import registry, scoring
 
 flags.DEFINE_list("model", list(registry.OFFLINE_MODELS), "Registered model names.")
@@ -31,20 +27,6 @@ FLAGS = flags.FLAGS
 # The offline default finishes in about 15 minutes on 2 CPU cores; real studies raise all three.
 for _flag, _value in (("N", 12), ("train_size", 8), ("max_new_tokens", 96)):
   FLAGS.set_default(_flag, _value)
-
-
-def _plot_scores(path, name, rewards, sigmas, base):
-  fig, ax = plt.subplots(figsize=(6, 3.5))
-  for sigma in sorted(set(sigmas.tolist())):
-    ax.hist(rewards[sigmas == sigma], bins=20, alpha=0.6, label=f"σ={sigma:g}")
-  ax.axvline(base, color="black", lw=2, label="base")
-  ax.set_xlabel("mean shaped reward on the train examples")
-  ax.set_ylabel("perturbations")
-  ax.set_title(f"{name}: perturbation scores vs base", fontsize=10)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
 
 
 def main(argv):
@@ -64,14 +46,7 @@ def main(argv):
     os.makedirs(run_dir, exist_ok=True)
     loaded = llm_common.load(name)
     gen = llm_common.generator(loaded)
-    base_path = os.path.join(run_dir, "base.json")
-    if not os.path.exists(base_path):
-      workdir.write_json(base_path, scoring.score_base(gen, [task_set]))
-    base = workdir.read_json(base_path)
-    seeds, sigmas = population.draw_candidates(FLAGS.seed, FLAGS.N, llm_common.sigmas())
-    records = scoring.score_members(gen, [task_set], seeds, sigmas,
-                                    randopt.CandidateStore(os.path.join(run_dir, "candidates.jsonl")),
-                                    members_per_batch=FLAGS.members_per_batch)
+    base, seeds, sigmas, records = llm_common.score_base_and_members(gen, [task_set], run_dir)
     rewards = np.asarray([r["reward"][0] for r in records])
     accuracy = np.asarray([r["accuracy"][0] for r in records])
     point = {
@@ -83,7 +58,11 @@ def main(argv):
         "members_above_base_reward": float(np.mean(rewards > base["reward"][0])),
     }
     points.append(point)
-    _plot_scores(os.path.join(root, f"scores_{name}.png"), name, rewards, sigmas, base["reward"][0])
+    plotting.score_histogram(
+        os.path.join(root, f"scores_{name}.png"),
+        {f"σ={s:g}": rewards[sigmas == s] for s in sorted(set(sigmas.tolist()))},
+        base["reward"][0], "mean shaped reward on the train examples",
+        f"{name}: perturbation scores vs base")
     logging.info("%s: base reward %.3f accuracy %.3f; δ(reward, m=0) %s", name, point["base_reward"],
                  point["base_accuracy"], [(r["sigma"], round(r["density"], 3))
                                           for r in point["density_reward"] if r["margin"] == 0])

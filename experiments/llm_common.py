@@ -6,12 +6,13 @@ Everything a flag can get wrong is checked by `validate` before any weights are 
 import os
 from typing import Sequence
 
+
 import jax.numpy as jnp
 from absl import flags
 
-from thickets_jax import cli, population, randopt
+from thickets_jax import cli, population, randopt, workdir
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate, registry
+from thickets_jax.llm import generate, registry, scoring
 from thickets_jax.perturb import MODES
 from thickets_jax.tasks import TASKS
 
@@ -85,3 +86,19 @@ def generator(loaded) -> generate.Generator:
                             generate.Sampling(max_new_tokens=FLAGS.max_new_tokens),
                             batch_size=FLAGS.batch_size, chat=loaded.entry.instruct,
                             member_axis=FLAGS.member_axis, perturb_kwargs=perturb_kwargs())
+
+
+def score_base_and_members(gen: generate.Generator, task_sets, run_dir: str):
+  """The base's scores (`base.json`, computed once) and every member's (resumable).
+
+  Returns:
+    (base summary, seeds [N], sigmas [N], member records in sampling order).
+  """
+  base_path = os.path.join(run_dir, "base.json")
+  if not os.path.exists(base_path):
+    workdir.write_json(base_path, scoring.score_base(gen, task_sets))
+  seeds, sigmas_ = population.draw_candidates(FLAGS.seed, FLAGS.N, sigmas())
+  records = scoring.score_members(gen, task_sets, seeds, sigmas_,
+                                  randopt.CandidateStore(os.path.join(run_dir, "candidates.jsonl")),
+                                  members_per_batch=FLAGS.members_per_batch)
+  return workdir.read_json(base_path), seeds, sigmas_, records

@@ -19,7 +19,7 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import common, llm_common
-from thickets_jax import cli, population, randopt, workdir
+from thickets_jax import cli, randopt, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.llm import scoring
 
@@ -88,15 +88,11 @@ def main(argv):
     return
 
   gen = llm_common.generator(loaded)
-  base_path = os.path.join(root, "base.json")
+  base_path = os.path.join(root, "base_test.json")
   if not os.path.exists(base_path):
-    workdir.write_json(base_path, {"train": scoring.score_base(gen, [task]),
-                                   "test": scoring.score_base(gen, [test_set])})
-  base = workdir.read_json(base_path)
-  seeds, sigmas = population.draw_candidates(FLAGS.seed, FLAGS.N, llm_common.sigmas())
-  records = scoring.score_members(gen, [task], seeds, sigmas,
-                                  randopt.CandidateStore(os.path.join(root, "candidates.jsonl")),
-                                  members_per_batch=FLAGS.members_per_batch)
+    workdir.write_json(base_path, scoring.score_base(gen, [test_set]))
+  base = {"test": workdir.read_json(base_path)}
+  base["train"], seeds, sigmas, records = llm_common.score_base_and_members(gen, [task], root)
   train_scores = np.asarray([r["reward"][0] for r in records])
   order = randopt.top_k(train_scores, [max(ks)])[max(ks)]
   members = [{"seed": int(seeds[i]), "sigma": float(sigmas[i]), "train_score": float(train_scores[i]),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # One GPU node under Slurm. Submit from the repository root:
-#   sbatch launch/gpu_slurm.sh signals1d --regime generalization --workdir /scratch/$USER/gen
+#   sbatch launch/gpu_slurm.sh density --model qwen2.5-7b-instruct --N 1000 --workdir /scratch/$USER/d7b
+# A preempted job can simply be requeued: the same flags resume from --workdir.
 #SBATCH --job-name=thickets
 #SBATCH --gres=gpu:1
 #SBATCH --cpus-per-task=8
@@ -8,10 +9,4 @@
 #SBATCH --output=thickets-%j.log
 set -euo pipefail
 cd "${SLURM_SUBMIT_DIR:-$(dirname "$0")/..}"
-VENV=${VENV:-.venv-gpu}
-[[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e . "jax[cuda12]>=0.10.2,<0.11"
-exp=$1; shift
-# Rerunning the same command resumes from --workdir, so a preempted job can simply be requeued.
-exec "$VENV/bin/python" -m "experiments.$exp" "$@"
+exec bash launch/run_in_venv.sh "${VENV:-.venv-gpu}" "jax[cuda12]>=0.10.2,<0.11" "$@"

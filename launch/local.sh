@@ -17,8 +17,7 @@ fi
 job=${1:-main}
 shift || true
 case "$job" in
-  main) exec "$VENV/bin/python" -m experiments.signals1d --regime approximation \
-          --workdir "${WORKDIR:-workdir/signals1d}" "$@" ;;
+  main) exec "$VENV/bin/python" -m experiments.density --workdir "${WORKDIR:-workdir/density}" "$@" ;;
   test) exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
   run)  exp=$1; shift; exec "$VENV/bin/python" -m "experiments.$exp" "$@" ;;
   *) echo "usage: launch/local.sh main|test|run EXPERIMENT [flags]" >&2; exit 2 ;;

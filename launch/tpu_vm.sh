@@ -1,12 +1,6 @@
 #!/usr/bin/env bash
-# A single-host Cloud TPU VM (e.g. v4-8, v5litepod-8): members are sharded over its chips
-# along the `population` mesh axis. Run on the VM from the repository root:
-#   bash launch/tpu_vm.sh signals1d --regime generalization --workdir ~/runs/gen
+# A single-host Cloud TPU VM (e.g. v4-8, v5litepod-8). Run on the VM from the repository root:
+#   bash launch/tpu_vm.sh density --model qwen2.5-7b-instruct --member_axis vmap --workdir ~/runs/d7b
 set -euo pipefail
 cd "$(dirname "$0")/.."
-VENV=${VENV:-.venv-tpu}
-[[ -x "$VENV/bin/python" ]] || python3 -m venv "$VENV"
-"$VENV/bin/python" -m pip install -q --upgrade pip
-"$VENV/bin/python" -m pip install -q -e . "jax[tpu]>=0.10.2,<0.11"
-exp=$1; shift
-exec "$VENV/bin/python" -m "experiments.$exp" "$@"
+exec bash launch/run_in_venv.sh "${VENV:-.venv-tpu}" "jax[tpu]>=0.10.2,<0.11" "$@"

@@ -104,3 +104,18 @@ def test_randopt_bad_input_is_one_sentence_before_loading(tmp_path, args, senten
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert sentence in out.stderr and len(out.stderr.strip().splitlines()) == 1
   assert not os.path.exists(workdir)
+
+
+def test_discordance_on_the_tiny_model(tmp_path, tiny_weights):
+  workdir = str(tmp_path / "disc")
+  out = _run("discordance", "--model", "tiny-random-llama", "--weights", tiny_weights,
+             "--tasks", "countdown,basic_arithmetic,letter_counting", "--N", "6", "--train_size", "2",
+             "--max_new_tokens", "8", "--batch_size", "6", "--members_per_batch", "3",
+             "--sigmas", "0.05,0.2", "--clusters", "2", "--workdir", workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  result = _read(os.path.join(workdir, "results.json"))
+  assert result["discordance_reward"]["upper_bound"] == 1.5
+  assert len(result["clusters"]) == 6 and set(result["clusters"]) <= {0, 1}
+  assert "spectral discordance over 3 tasks" in out.stdout
+  for name in ("spectra.png", "pca.png"):
+    assert os.path.getsize(os.path.join(workdir, name)) > 0

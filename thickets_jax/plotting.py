@@ -11,6 +11,14 @@ import numpy as np
 BASE, RANDOM, TOP_K, ENSEMBLE, SIGNAL = "black", "0.6", "coral", "gold", "tab:blue"
 
 
+def _save(fig, ax, path: str, title: str, legend_size: int = 8) -> None:
+  ax.set_title(title, fontsize=10)
+  ax.legend(fontsize=legend_size)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def rollouts(path: str, x: np.ndarray, context: np.ndarray, truth: np.ndarray, base: np.ndarray,
              random_members: np.ndarray, top_members: np.ndarray, ensemble: np.ndarray,
              title: str) -> None:
@@ -37,12 +45,8 @@ def rollouts(path: str, x: np.ndarray, context: np.ndarray, truth: np.ndarray, b
   spread = np.concatenate([context, truth])
   pad = 0.5 * (np.ptp(spread) + 0.5)
   ax.set_ylim(spread.min() - pad, spread.max() + pad)
-  ax.set_title(title, fontsize=10)
   ax.set_xlabel("x")
-  ax.legend(fontsize=7, loc="best")
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, ax, path, title, legend_size=7)
 
 
 def grouped_bars(path: str, groups: Sequence[str], series: dict[str, tuple[np.ndarray, np.ndarray]],
@@ -62,11 +66,7 @@ def grouped_bars(path: str, groups: Sequence[str], series: dict[str, tuple[np.nd
   if log:
     ax.set_yscale("log")
   ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=10)
-  ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, ax, path, title)
 
 
 def curves_vs_scale(path: str, sizes: Sequence[float], curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
@@ -83,8 +83,54 @@ def curves_vs_scale(path: str, sizes: Sequence[float], curves: dict[str, tuple[n
   ax.set_xscale("log")
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
-  ax.set_title(title, fontsize=10)
-  ax.legend(fontsize=8)
+  _save(fig, ax, path, title)
+
+
+def score_histogram(path: str, groups: dict[str, np.ndarray], base: float, xlabel: str,
+                    title: str) -> None:
+  """Histograms of perturbation scores, one per group (e.g. per sigma), the base as a line."""
+  fig, ax = plt.subplots(figsize=(6, 3.5))
+  for label, scores in groups.items():
+    ax.hist(scores, bins=20, alpha=0.6, label=label)
+  ax.axvline(base, color=BASE, lw=2, label="base")
+  ax.set_xlabel(xlabel)
+  ax.set_ylabel("perturbations")
+  _save(fig, ax, path, title)
+
+
+def correlation_heatmap(path: str, correlation: np.ndarray, names: Sequence[str], title: str) -> None:
+  fig, ax = plt.subplots(figsize=(5.5, 4.5))
+  image = ax.imshow(correlation, vmin=-1, vmax=1, cmap="coolwarm")
+  ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=7)
+  ax.set_yticks(range(len(names)), names, fontsize=7)
+  ax.set_title(title, fontsize=9)
+  fig.colorbar(image)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def spectra(path: str, gains: np.ndarray, labels: np.ndarray, names: Sequence[str], title: str) -> None:
+  """Performance vectors [R, M] as lines across the M tasks, coloured by cluster label."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for row, label in zip(gains, labels):
+    ax.plot(range(len(names)), row, color=plt.cm.tab10(label % 10), lw=0.8, alpha=0.6)
+  ax.axhline(0, color=BASE, lw=1)
+  ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+  ax.set_ylabel("score − base score")
+  ax.set_title(title, fontsize=9)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def clusters_2d(path: str, points: np.ndarray, labels: np.ndarray, title: str) -> None:
+  """[R, 2] points coloured by cluster label."""
+  fig, ax = plt.subplots(figsize=(5, 4.5))
+  ax.scatter(points[:, 0], points[:, 1], c=[plt.cm.tab10(l % 10) for l in labels], s=14)
+  ax.set_xlabel("PC 1")
+  ax.set_ylabel("PC 2")
+  ax.set_title(title, fontsize=9)
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
