@@ -12,7 +12,7 @@ from absl import flags
 
 from thickets_jax import cli, population, randopt, workdir
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate, registry, scoring
+from thickets_jax.llm import generate, registry, scoring, sharding, weights
 from thickets_jax.perturb import MODES
 from thickets_jax.tasks import TASKS
 
@@ -30,6 +30,9 @@ flags.DEFINE_enum("mode", "independent", MODES, "Noise: independent per leaf, or
 flags.DEFINE_bool("relative", False, "Scale sigma by each leaf's std.")
 flags.DEFINE_string("include", None, "Regex of parameter paths to perturb (default: all).")
 flags.DEFINE_string("data", None, "JSONL/parquet file for dataset tasks (gsm8k, math500).")
+flags.DEFINE_integer("model_parallel", 0, "Devices per member on a (population, model) mesh "
+                     "(0: no mesh). Members of a chunk are spread over the population axis; "
+                     "needs --member_axis vmap.")
 flags.DEFINE_string("workdir", None, "Where results, plots and logs go.")
 FLAGS = flags.FLAGS
 
@@ -55,6 +58,13 @@ def validate(models: Sequence[str], tasks: Sequence[str], ks: Sequence[int] = ()
       raise InputError(f"--{flag} must be positive, got {FLAGS[flag].value}.")
   sigmas()
   randopt.validate_top_k(ks, FLAGS.N)
+  if FLAGS.model_parallel:
+    if FLAGS.member_axis != "vmap":
+      raise InputError("--model_parallel needs --member_axis vmap (members spread over the mesh).")
+    population_size = sharding.make_mesh(FLAGS.model_parallel).shape[population.POPULATION_AXIS]
+    if FLAGS.members_per_batch % population_size:
+      raise InputError(f"--members_per_batch {FLAGS.members_per_batch} must be a multiple of the "
+                       f"{population_size} member slots of the mesh.")
   if FLAGS.data and not os.path.isfile(FLAGS.data):
     raise InputError(f"--data {FLAGS.data} is not a file.")
 
@@ -76,8 +86,14 @@ def splits(task_name: str, test_size: int):
   return TASKS.get(task_name).splits(FLAGS.train_size, test_size, FLAGS.seed, FLAGS.data)
 
 
+def mesh():
+  return sharding.make_mesh(FLAGS.model_parallel) if FLAGS.model_parallel else None
+
+
 def load(model: str):
-  return registry.load(model, FLAGS.weights, DTYPES[FLAGS.dtype])
+  """The model, its parameters placed by the sharding table when --model_parallel is set."""
+  place = sharding.placer(mesh()) if FLAGS.model_parallel else weights.default_placer
+  return registry.load(model, FLAGS.weights, DTYPES[FLAGS.dtype], place)
 
 
 def generator(loaded) -> generate.Generator:
@@ -100,5 +116,5 @@ def score_base_and_members(gen: generate.Generator, task_sets, run_dir: str):
   seeds, sigmas_ = population.draw_candidates(FLAGS.seed, FLAGS.N, sigmas())
   records = scoring.score_members(gen, task_sets, seeds, sigmas_,
                                   randopt.CandidateStore(os.path.join(run_dir, "candidates.jsonl")),
-                                  members_per_batch=FLAGS.members_per_batch)
+                                  members_per_batch=FLAGS.members_per_batch, mesh=mesh())
   return workdir.read_json(base_path), seeds, sigmas_, records

@@ -48,7 +48,8 @@ def _evaluate_top(gen, task_set, members, root, ks):
   sigmas = np.asarray([m["sigma"] for m in members], np.float64)
   store = randopt.CandidateStore(os.path.join(root, "test_members.jsonl"))
   records = scoring.score_members(gen, [task_set], seeds, sigmas, store,
-                                  members_per_batch=FLAGS.members_per_batch, keep_examples=True)
+                                  members_per_batch=FLAGS.members_per_batch,
+                                  mesh=llm_common.mesh(), keep_examples=True)
   votes = [r["votes"][0] for r in records]
   correct = [r["correct"][0] for r in records]
   return {

@@ -97,6 +97,7 @@ def test_density_on_the_tiny_model(tmp_path, tiny_weights):
     (["--sigmas", "0"], "sigma must be a positive finite number, got 0.0"),
     (["--model", "tiny-random-llama"], "tiny-random-llama has no published weights; pass --weights DIR"),
     (["--task", "gsm8k", "--data", "/nonexistent.jsonl"], "--data /nonexistent.jsonl is not a file"),
+    (["--model_parallel", "2"], "--model_parallel needs --member_axis vmap"),
 ])
 def test_randopt_bad_input_is_one_sentence_before_loading(tmp_path, args, sentence):
   workdir = str(tmp_path / "never")

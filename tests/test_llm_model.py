@@ -255,3 +255,18 @@ def test_sharding_table_covers_full_size_models():
   assert shardings["final_norm"]["scale"].spec == jax.sharding.PartitionSpec()
   with pytest.raises(InputError, match="must divide"):
     sharding.make_mesh(model_parallel=3, devices=jax.devices()[:2])
+
+
+def test_population_generation_on_a_model_parallel_mesh_equals_one_device(tmp_path):
+  from thickets_jax.llm import sharding  # pylint: disable=g-import-not-at-top
+  gen = _generator(tmp_path, generate.Sampling(max_new_tokens=6, ignore_eos=True))
+  mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
+  directory = str(tmp_path / "qwen2-untied")
+  sharded = weights.load_safetensors(directory, gen.config, place=sharding.placer(mesh))
+  on_mesh = generate.Generator(gen.config, sharded, gen.tokenizer, gen.sampling, batch_size=4,
+                               chat=False, member_axis="vmap")
+  seeds, sigmas = np.array([3, 4]), np.array([0.1, 0.1])
+  prompts = ["abc", "hello there"]
+  (_, expected), = gen.population_token_ids(seeds, sigmas, prompts, members_per_batch=2)
+  (_, got), = on_mesh.population_token_ids(seeds, sigmas, prompts, members_per_batch=2, mesh=mesh)
+  np.testing.assert_array_equal(got, expected)

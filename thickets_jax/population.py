@@ -99,7 +99,7 @@ def iter_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.
 
   Args:
     fn: from `population_fn`.
-    params: base parameters (replicated over the mesh, if any).
+    params: base parameters; leaves not yet on the mesh are replicated over it.
     seeds, sigmas: [N] member identities.
     chunk_size: members per call; with a mesh, a multiple of the mesh size.
     mesh: optional mesh with a `population` axis.
@@ -113,7 +113,7 @@ def iter_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.
       raise InputError(f"the chunk size {chunk_size} must be a multiple of the "
                        f"{mesh.shape[POPULATION_AXIS]} devices of the population mesh.")
     member_sharding = NamedSharding(mesh, PartitionSpec(POPULATION_AXIS))
-    params = jax.device_put(params, NamedSharding(mesh, PartitionSpec()))
+    params = jax.tree.map(lambda x: _on_mesh(x, mesh), params)
   n = len(seeds)
   for start in range(0, n, chunk_size):
     stop = min(start + chunk_size, n)
@@ -125,6 +125,14 @@ def iter_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.
       member_args = jax.device_put(member_args, member_sharding)
     outputs = fn(params, *member_args, *args)
     yield slice(start, stop), jax.tree.map(lambda x: np.asarray(x)[:stop - start], outputs)
+
+
+def _on_mesh(leaf, mesh: Mesh):
+  """A leaf already placed on `mesh` (e.g. model-parallel) stays; anything else is replicated."""
+  sharding = getattr(leaf, "sharding", None)
+  if isinstance(sharding, NamedSharding) and sharding.mesh == mesh:
+    return leaf
+  return jax.device_put(leaf, NamedSharding(mesh, PartitionSpec()))
 
 
 def evaluate_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.ndarray, *,
