@@ -9,10 +9,9 @@ built, so the host never holds a second full copy of the model.
 import json
 import os
 import re
-from typing import Any, Callable, Iterator, Optional
+from typing import Any, Callable
 
 import jax
-import ml_dtypes
 import numpy as np
 
 from thickets_jax.errors import InputError
@@ -62,10 +61,6 @@ _GGUF_NAMES = {
 }
 
 
-def _numpy_dtype(dtype) -> np.dtype:
-  return np.dtype(ml_dtypes.bfloat16) if np.dtype(dtype) == np.dtype(ml_dtypes.bfloat16) else np.dtype(dtype)
-
-
 def default_placer(name: str, leaf: np.ndarray) -> jax.Array:
   del name
   return jax.device_put(leaf)
@@ -81,7 +76,7 @@ def build_params(config: ModelConfig, read: Callable[[str], np.ndarray],
       dropped before the next leaf is built.
   """
   abstract = llm_model.abstract_params(config)
-  dtype = _numpy_dtype(config.dtype)
+  dtype = np.dtype(config.dtype)  # jnp.bfloat16 is ml_dtypes' numpy bfloat16
 
   def fill(path, spec):
     name = path_name(path)
@@ -222,9 +217,3 @@ def load_gguf(path: str, dtype, place: Placer = default_placer) -> tuple[ModelCo
     return weight
 
   return config, build_params(config, read, place)
-
-
-def iter_gguf_tensor_types(path: str) -> Iterator[tuple[str, str]]:
-  """(tensor name, quantisation type) for each tensor: what 'GGUF Q4/Q5-dequantised' means."""
-  for tensor in open_gguf(path).tensors:
-    yield tensor.name, tensor.tensor_type.name
