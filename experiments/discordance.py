@@ -63,6 +63,7 @@ def main(argv):
   result = {"model": FLAGS.model, "weights": loaded.source.describe(), "tasks": list(FLAGS.tasks),
             "N": FLAGS.N, "base_reward": base["reward"], "base_accuracy": base["accuracy"],
             "discordance_reward": by_reward, "discordance_accuracy": by_accuracy,
+            "percentile_ranks_reward": metrics.percentile_ranks(rewards).tolist(),  # [N, M]
             "pca_explained_variance": explained, "clusters": labels.tolist(),
             "mean_gain_per_cluster": [gains[labels == c].mean(0).tolist() if np.any(labels == c)
                                       else None for c in range(FLAGS.clusters)]}

@@ -117,6 +117,8 @@ def test_discordance_on_the_tiny_model(tmp_path, tiny_weights):
   result = _read(os.path.join(workdir, "results.json"))
   assert result["discordance_reward"]["upper_bound"] == 1.5
   assert len(result["clusters"]) == 6 and set(result["clusters"]) <= {0, 1}
+  ranks = result["percentile_ranks_reward"]
+  assert len(ranks) == 6 and all(len(row) == 3 and all(0 < r <= 1 for r in row) for row in ranks)
   assert "spectral discordance over 3 tasks" in out.stdout
   for name in ("spectra.png", "pca.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
