@@ -1,4 +1,4 @@
-"""What every experiment does first and last: log to the workdir, record flags, print a table."""
+"""What every experiment does first: host devices, logging to the workdir, recording its flags."""
 
 import math
 import os
@@ -45,14 +45,3 @@ def start(root: str, experiment: str) -> None:
                   "flags": values})
   workdir.write_json(path, history)
   logging.info("%s: writing to %s", experiment, root)
-
-
-def table(results: list[dict]) -> str:
-  """A plain-text summary of 1D runs: test MSE of base, top-1 and each ensemble."""
-  lines = [f"{'run':38s} {'sigma':>7s} {'base':>10s} {'top-1':>10s} {'ensemble':>18s} {'δ(0)':>6s}"]
-  for r in results:
-    ensembles = " ".join(f"K{k}:{v['mean']:.3g}" for k, v in r["ensemble_test_mse"].items())
-    lines.append(f"{r['name']:38s} {r['sigma']:7.3g} {r['test_mse']['base']['mean']:10.4g} "
-                 f"{r['test_mse']['top1']['mean']:10.4g} {ensembles:>18s} "
-                 f"{r['density'][0]['density']:6.3f}")
-  return "\n".join(lines)

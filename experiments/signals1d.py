@@ -99,7 +99,18 @@ def main(argv):
        "top-1": _column(results, lambda r: r["test_mse"]["top1"]),
        "ensemble": _column(results, lambda r: r["ensemble_test_mse"][k[r["name"]]])},
       "test MSE", f"1D RandOpt, regime {FLAGS.regime}")
-  print(common.table(results))
+  print(_table(results))
+
+
+def _table(results: list[dict]) -> str:
+  """A plain-text summary of 1D runs: test MSE of base, top-1 and each ensemble."""
+  lines = [f"{'run':38s} {'sigma':>7s} {'base':>10s} {'top-1':>10s} {'ensemble':>18s} {'δ(0)':>6s}"]
+  for r in results:
+    ensembles = " ".join(f"K{k}:{v['mean']:.3g}" for k, v in r["ensemble_test_mse"].items())
+    lines.append(f"{r['name']:38s} {r['sigma']:7.3g} {r['test_mse']['base']['mean']:10.4g} "
+                 f"{r['test_mse']['top1']['mean']:10.4g} {ensembles:>18s} "
+                 f"{r['density'][0]['density']:6.3f}")
+  return "\n".join(lines)
 
 
 def _column(results, pick):

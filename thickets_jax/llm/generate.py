@@ -145,9 +145,9 @@ class Generator:
     self.sampling, self.batch_size, self.chat = sampling, batch_size, chat
     self.stop_strings = tuple(stop_strings)
     self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    ends = {tokenizer.eos_token_id} | {tokenizer.convert_tokens_to_ids(t) for t in
-                                       ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
-                                       if t in tokenizer.get_vocab()}
+    vocab = tokenizer.get_vocab()
+    ends = {tokenizer.eos_token_id} | {vocab[t] for t in ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
+                                       if t in vocab}
     self.stop_ids = tuple(sorted(i for i in ends if i is not None))
     run = lambda params, prompts, masks, keys: generate_batches(
         config, params, prompts, masks, keys, sampling=sampling, stop_ids=self.stop_ids,
