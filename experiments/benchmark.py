@@ -4,12 +4,16 @@ r"""Benchmarks of BENCHMARKS.md, each printing `<id>: <figure> (<comparison>)` l
   python -m experiments.benchmark --bench B2   # 1D approximation experiment end to end
   python -m experiments.benchmark --bench B3   # SmolLM2 population generation vs HF generate
   python -m experiments.benchmark --bench B4   # peak RSS of population scoring at two N
+  python -m experiments.benchmark --bench B5   # GPU/TPU: qwen2.5-7b shapes vs the roofline
 
 Figures are ratios measured in one process (B1, B3: against the machine's fp32 matmul peak,
 measured before and after the workload; B3 also against transformers `generate` on the same
-members and prompts) or against a recorded peer time (B2). B4 runs one child process per N.
+members and prompts; B5: against the accelerator's measured bf16 matmul rate and copy
+bandwidth) or against a recorded peer time (B2). B4 runs one child process per N.
 """
 
+import dataclasses
+import functools
 import os
 import resource
 import subprocess
@@ -23,13 +27,14 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import common
-from thickets_jax import cli, population
+from thickets_jax import cli, population, perturb as perturb_lib
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate, registry
+from thickets_jax.llm import generate, model as llm_model, registry
+from thickets_jax.perturb import path_name
 from thickets_jax.signals import families, model as signal_model
 from thickets_jax.tasks import countdown
 
-BENCHES = ("B1", "B2", "B3", "B4")
+BENCHES = ("B1", "B2", "B3", "B4", "B5")
 flags.DEFINE_string("bench", "B1", f"One of {', '.join(BENCHES)}.")
 flags.DEFINE_integer("N", 1000, "B1: population size.")
 flags.DEFINE_integer("chunk_size", 4, "B1: members per vmapped call.")
@@ -41,6 +46,15 @@ flags.DEFINE_integer("members_per_batch", 2, "B3, B4: members per compiled call.
 flags.DEFINE_enum("member_axis", "map", population.MEMBER_AXES, "B3, B4: how members share a call.")
 flags.DEFINE_list("b4_sizes", ["4", "32"], "B4: population sizes N, one child process each.")
 flags.DEFINE_integer("b4_child", 0, "B4 internal: run as the child that scores N members.")
+flags.DEFINE_string("b5_model", "qwen2.5-7b", "B5: registry model whose shapes get random weights.")
+flags.DEFINE_integer("b5_members", 4, "B5: perturbed members timed (after one warm-up member).")
+flags.DEFINE_integer("b5_prompts", 128, "B5: prompts per member (one batch).")
+flags.DEFINE_integer("b5_prompt_len", 128, "B5: prompt bucket; real lengths are drawn in [3/4, 1] of it.")
+flags.DEFINE_integer("b5_new_tokens", 256, "B5: exactly this many new tokens per prompt.")
+flags.DEFINE_enum("layer_loop", None, generate.LAYER_LOOPS,
+                  "B3, B5: how the layers run (default: unrolled on GPUs, else scan).")
+flags.DEFINE_integer("b5_matmul_size", 8192, "B5: n of the n×n bf16 matmuls that measure the peak.")
+flags.DEFINE_float("b5_copy_gib", 4.0, "B5: GiB copied to measure device-memory bandwidth.")
 FLAGS = flags.FLAGS
 
 # BENCHMARKS.md: the paper's PyTorch 1D approximation script, end to end, on this machine kind.
@@ -57,13 +71,13 @@ def _median_seconds(fn, *args, repeats: int) -> float:
   return float(np.median(times))
 
 
-def peak_matmul_flops(repeats: int, n: int = 2048) -> float:
-  """Measured fp32 FLOP/s of n×n @ n×n matmuls (median of `repeats`).
+def peak_matmul_flops(repeats: int, n: int = 2048, dtype=jnp.float32) -> float:
+  """Measured FLOP/s of n×n @ n×n matmuls of random `dtype` data (median of `repeats`).
 
   With several host devices the higher of one matmul on one device and one matmul per device
   at once, so the peak is never understated by how the host is split.
   """
-  a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
+  a = jax.random.normal(jax.random.key(0), (n, n), dtype)
   single = 2 * n**3 / _median_seconds(jax.jit(jnp.matmul), a, a, repeats=repeats)
   devices = jax.devices()
   if len(devices) == 1:
@@ -75,6 +89,12 @@ def peak_matmul_flops(repeats: int, n: int = 2048) -> float:
   parallel = len(devices) * 2 * n**3 / _median_seconds(jax.jit(jnp.matmul), stacked, stacked,
                                                        repeats=repeats)
   return max(single, parallel)
+
+
+def peak_copy_bandwidth(repeats: int, gib: float = 4.0) -> float:
+  """Measured device-memory bytes/s (read + written) of `x + 1` over `gib` GiB of bf16."""
+  x = jax.random.normal(jax.random.key(0), (int(gib * 2**30) // 2,), jnp.bfloat16)
+  return 2 * x.nbytes / _median_seconds(jax.jit(lambda a: a + 1), x, repeats=repeats)
 
 
 def bench_b1() -> str:
@@ -135,7 +155,8 @@ def bench_b3() -> str:
   texts = [countdown.prompt(p) for p in countdown.generate(0, FLAGS.prompts)]
   sampling = generate.Sampling(max_new_tokens=FLAGS.new_tokens, ignore_eos=True)
   gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
-                           batch_size=FLAGS.prompts, chat=True, member_axis=FLAGS.member_axis)
+                           batch_size=FLAGS.prompts, chat=True, member_axis=FLAGS.member_axis,
+                           layer_loop=FLAGS.layer_loop)
   seeds, sigmas = population.draw_candidates(0, FLAGS.members, [1e-3])
   _, mask = gen.encode(texts)
   prompt_tokens = int(mask.sum())
@@ -206,13 +227,129 @@ def bench_b4() -> str:
   return (f"B4: peak RSS {figures} (SmolLM2 fp32 weights 0.50 GiB; target <= 3 GB whatever N)")
 
 
+def random_params(config, key: jax.Array):
+  """Random weights of `config`'s shapes and dtype (std 0.02; norm scales 1), made on device."""
+  abstract = llm_model.abstract_params(config)
+  paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
+
+  def make(key):
+    leaves = [jnp.ones(leaf.shape, leaf.dtype) if path_name(path).endswith("scale") else
+              0.02 * jax.random.normal(jax.random.fold_in(key, i), leaf.shape, leaf.dtype)
+              for i, (path, leaf) in enumerate(paths)]
+    return jax.tree_util.tree_unflatten(treedef, leaves)
+
+  return jax.jit(make)(key)
+
+
+@dataclasses.dataclass(frozen=True)
+class Roofline:
+  """Model FLOPs and the fewest device-memory bytes of one member's scoring, by phase."""
+  perturb_bytes: float  # read θ, write θ + σε
+  prefill_flops: float
+  prefill_bytes: float  # weights once, keys/values written
+  decode_flops: np.ndarray  # [steps]
+  decode_bytes: np.ndarray  # [steps]: weights (the embedding is only gathered) + valid cache
+
+  def seconds(self, flops_rate: float, bandwidth: float) -> dict[str, float]:
+    """The floor of each phase: the larger of its FLOP time and its byte time."""
+    return {"perturb": self.perturb_bytes / bandwidth,
+            "prefill": max(self.prefill_flops / flops_rate, self.prefill_bytes / bandwidth),
+            "decode": float(np.sum(np.maximum(self.decode_flops / flops_rate,
+                                              self.decode_bytes / bandwidth)))}
+
+  @property
+  def flops(self) -> float:
+    return self.prefill_flops + float(self.decode_flops.sum())
+
+  @property
+  def bytes(self) -> float:
+    return self.perturb_bytes + self.prefill_bytes + float(self.decode_bytes.sum())
+
+
+def b5_roofline(config, params, mask: np.ndarray, new_tokens: int) -> Roofline:
+  """Counts for one member generating `new_tokens` after prompts `mask` [rows, bucket]."""
+  rows, bucket = mask.shape
+  itemsize = jnp.dtype(config.dtype).itemsize
+  total = sum(x.nbytes for x in jax.tree.leaves(params))
+  embed = config.vocab_size * config.hidden_size * itemsize
+  weights = total if config.tie_embeddings else total - embed
+  kv_per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize
+  steps = np.arange(1, new_tokens)  # the first new token comes out of prefill
+  return Roofline(
+      perturb_bytes=2 * total,
+      prefill_flops=config.flops_per_token * float(mask.sum()),
+      prefill_bytes=weights + rows * bucket * kv_per_token,
+      decode_flops=np.full(len(steps), config.flops_per_token * rows, np.float64),
+      decode_bytes=weights + rows * kv_per_token * (bucket + steps).astype(np.float64))
+
+
+def bench_b5() -> str:
+  entry = registry.MODELS.get(FLAGS.b5_model)
+  config = entry.config.replace(dtype=jnp.bfloat16)
+  layer_loop = FLAGS.layer_loop or generate.default_layer_loop()
+  backend = jax.devices()[0]
+  flops_rate = peak_matmul_flops(FLAGS.repeats, n=FLAGS.b5_matmul_size, dtype=jnp.bfloat16)
+  bandwidth = peak_copy_bandwidth(FLAGS.repeats, FLAGS.b5_copy_gib)
+  params = random_params(config, jax.random.key(0))
+  rng = np.random.default_rng(0)
+  rows, bucket, n = FLAGS.b5_prompts, FLAGS.b5_prompt_len, FLAGS.b5_new_tokens
+  lengths = rng.integers(3 * bucket // 4, bucket + 1, rows)
+  mask = np.arange(bucket)[None, :] >= (bucket - lengths)[:, None]
+  tokens = np.where(mask, rng.integers(1000, config.vocab_size - 1000, (rows, bucket)), 0)
+  args = (tokens[None].astype(np.int32), mask[None], jax.random.key(0)[None])
+  sampling = generate.Sampling(max_new_tokens=n, ignore_eos=True)
+  run = lambda p, prompts, masks, keys, sampling=sampling: generate.generate_batches(
+      config, p, prompts, masks, keys, sampling=sampling, stop_ids=(0,), pad_id=0,
+      layer_loop=layer_loop)
+  fn = population.population_fn(run, member_axis="map", stacked=generate.STACKED_LEAVES)
+  seeds, sigmas = population.draw_candidates(0, FLAGS.b5_members + 1, [1e-3])
+
+  start = time.perf_counter()
+  list(population.iter_population(fn, params, seeds[:1], sigmas[:1], chunk_size=1, args=args))
+  compile_s = time.perf_counter() - start
+  start = time.perf_counter()
+  for _ in population.iter_population(fn, params, seeds[1:], sigmas[1:], chunk_size=1, args=args):
+    pass
+  seconds = (time.perf_counter() - start) / FLAGS.b5_members
+
+  # Phase times, for the breakdown: perturbation alone, prefill (+ 1 token), whole generation.
+  perturb = jax.jit(lambda p, seed, sigma: perturb_lib.perturb(
+      p, perturb_lib.member_key(seed), sigma, stacked=generate.STACKED_LEAVES))
+  phases = {"perturb": _median_seconds(perturb, params, jnp.int32(1), jnp.float32(1e-3),
+                                       repeats=3)}
+  prefill = jax.jit(functools.partial(run, sampling=dataclasses.replace(sampling, max_new_tokens=1)))
+  phases["prefill"] = _median_seconds(prefill, params, *args, repeats=3)
+  phases["decode"] = _median_seconds(jax.jit(run), params, *args, repeats=3) - phases["prefill"]
+
+  roof = b5_roofline(config, params, mask, n)
+  floors = roof.seconds(flops_rate, bandwidth)
+  for phase, floor in floors.items():
+    logging.info("B5 %-8s %8.1f ms, roofline floor %8.1f ms (%3.0f%%)", phase,
+                 1e3 * phases[phase], 1e3 * floor, 100 * floor / phases[phase])
+  logging.info("B5: %s layers; %s on %s; %d members x %d prompts (bucket %d, %d real tokens) x %d new "
+               "tokens; compile %.1f s; %.2f s per member; measured %.0f TFLOP/s bf16 matmul, "
+               "%.2f TB/s copy", layer_loop, FLAGS.b5_model, backend.device_kind, FLAGS.b5_members, rows,
+               bucket, int(mask.sum()), n, compile_s, seconds, flops_rate / 1e12, bandwidth / 1e12)
+  stats = backend.memory_stats() or {}
+  if "peak_bytes_in_use" in stats:
+    logging.info("B5: peak device memory %.1f GiB (weights %.1f GiB)",
+                 stats["peak_bytes_in_use"] / 2**30, roof.perturb_bytes / 2 / 2**30)
+  mfu = roof.flops / seconds / flops_rate
+  hbm = roof.bytes / seconds / bandwidth
+  bound = sum(floors.values()) / seconds
+  return (f"B5: {100 * bound:.0f}% of the roofline bound ({seconds:.2f} s per member vs "
+          f"{sum(floors.values()):.2f} s floor), model-FLOP utilisation {100 * mfu:.0f}% of "
+          f"{flops_rate / 1e12:.0f} TFLOP/s, {100 * hbm:.0f}% of {bandwidth / 1e12:.2f} TB/s "
+          f"measured copy bandwidth")
+
+
 def main(argv):
   del argv
   common.setup_devices()
   if FLAGS.b4_child:
     b4_child(FLAGS.b4_child)
     return
-  benches = {"B1": bench_b1, "B2": bench_b2, "B3": bench_b3, "B4": bench_b4}
+  benches = {"B1": bench_b1, "B2": bench_b2, "B3": bench_b3, "B4": bench_b4, "B5": bench_b5}
   if FLAGS.bench not in benches:
     raise InputError(f"unknown --bench {FLAGS.bench!r}; known: {', '.join(benches)}.")
   print(benches[FLAGS.bench](), flush=True)

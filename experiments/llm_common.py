@@ -26,6 +26,8 @@ flags.DEFINE_integer("max_new_tokens", 128, "Generation length limit.")
 flags.DEFINE_integer("batch_size", 16, "Prompts per generation batch.")
 flags.DEFINE_integer("members_per_batch", 2, "Members per compiled generation call.")
 flags.DEFINE_enum("member_axis", "map", population.MEMBER_AXES, "How members share a call.")
+flags.DEFINE_enum("layer_loop", None, generate.LAYER_LOOPS,
+                  "How the decode step runs the layers (default: unrolled on GPUs, else scan).")
 flags.DEFINE_enum("mode", "independent", MODES, "Noise: independent per leaf, or the reference's shared noise.")
 flags.DEFINE_bool("relative", False, "Scale sigma by each leaf's std.")
 flags.DEFINE_string("include", None, "Regex of parameter paths to perturb (default: all).")
@@ -101,7 +103,8 @@ def generator(loaded) -> generate.Generator:
   return generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
                             generate.Sampling(max_new_tokens=FLAGS.max_new_tokens),
                             batch_size=FLAGS.batch_size, chat=loaded.entry.instruct,
-                            member_axis=FLAGS.member_axis, perturb_kwargs=perturb_kwargs())
+                            member_axis=FLAGS.member_axis, perturb_kwargs=perturb_kwargs(),
+                            layer_loop=FLAGS.layer_loop)
 
 
 def score_base_and_members(gen: generate.Generator, task_sets, run_dir: str):

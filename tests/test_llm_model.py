@@ -117,8 +117,10 @@ def _greedy_reference(config, params, prompt_ids, n):
   return ids[len(prompt_ids):]
 
 
-def test_cached_greedy_generation_equals_recomputation(tmp_path):
-  gen = _generator(tmp_path, generate.Sampling(max_new_tokens=12, ignore_eos=True))
+@pytest.mark.parametrize("layer_loop", generate.LAYER_LOOPS)
+def test_cached_greedy_generation_equals_recomputation(tmp_path, layer_loop):
+  gen = _generator(tmp_path, generate.Sampling(max_new_tokens=12, ignore_eos=True),
+                   layer_loop=layer_loop)
   prompts = ["hello", "a much longer prompt", "xy"]
   out = gen.base_token_ids(prompts)
   for row, text in zip(out, prompts):
@@ -145,9 +147,10 @@ def test_perturbed_member_generation_equals_explicitly_perturbed_params(tmp_path
   members = [rebuild_member(gen.params, int(seed), float(sigma), stacked=generate.STACKED_LEAVES)
              for seed, sigma in zip(seeds, sigmas)]
   explicit = [gen.base_token_ids(prompts, params=member) for member in members]
-  for axis in ("map", "vmap"):
+  for axis, layer_loop in (("map", "scan"), ("vmap", "scan"), ("map", "unrolled")):
     gen_axis = generate.Generator(gen.config, gen.params, gen.tokenizer, gen.sampling,
-                                  batch_size=4, chat=False, member_axis=axis)
+                                  batch_size=4, chat=False, member_axis=axis,
+                                  layer_loop=layer_loop)
     (part, ids), = gen_axis.population_token_ids(seeds, sigmas, prompts, members_per_batch=2)
     assert part == slice(0, 2)
     for m in range(2):

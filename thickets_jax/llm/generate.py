@@ -10,6 +10,7 @@ for the members of the chunk being generated and are never stored.
 """
 
 import dataclasses
+import functools
 from typing import Any, Iterator, Optional, Sequence
 
 import jax
@@ -61,9 +62,18 @@ def _pick(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+LAYER_LOOPS = ("scan", "unrolled")
+
+
+def default_layer_loop() -> str:
+  """"unrolled" on GPUs (see `model.apply_layer_list`), else "scan" (CPU: no faster unrolled;
+  TPU: XLA fuses the layer slice into the matmul)."""
+  return "unrolled" if jax.default_backend() == "gpu" else "scan"
+
+
 def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask: jax.Array,
                     key: jax.Array, *, sampling: Sampling, stop_ids: Sequence[int],
-                    pad_id: int) -> jax.Array:
+                    pad_id: int, layer_loop: str = "scan") -> jax.Array:
   """Continuations of left-padded prompts.
 
   Args:
@@ -71,20 +81,28 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
     key: sampling key (unused when greedy).
     stop_ids: tokens that end a row (it is not emitted); never drawn with `sampling.ignore_eos`.
     pad_id: what fills a row after it stopped.
+    layer_loop: "scan" runs the stacked layers in a scan; "unrolled" slices them once and runs
+      them unrolled (`model.apply_layer_list`). Same tokens, different speed and compile time.
 
   Returns:
     [b, max_new_tokens] int32; after a stop token every position holds `pad_id`.
   """
-  model = llm_model.Transformer(config)
   b, p = prompt.shape
   n = sampling.max_new_tokens
   slots = p + n
   cache = llm_model.init_cache(config, b, slots)
+  if layer_loop == "scan":
+    model = llm_model.Transformer(config)
+    run = lambda *args, **kwargs: model.apply({"params": params}, *args, **kwargs)
+  elif layer_loop == "unrolled":
+    layers, cache = llm_model.layer_list(params), llm_model.cache_list(cache)
+    run = functools.partial(llm_model.apply_layer_list, config, params, layers)
+  else:
+    raise InputError(f"unknown layer loop {layer_loop!r}; known: {', '.join(LAYER_LOOPS)}.")
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [b, p]
   prompt_len = prompt_mask.sum(axis=1)  # [b]
   cache_valid = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)  # [b, slots]
-  logits, cache = model.apply({"params": params}, prompt, positions, cache, 0,
-                              jnp.zeros((b, slots), bool), prompt_mask, last_only=True)
+  logits, cache = run(prompt, positions, cache, 0, None, prompt_mask, last_only=True)
   stop = jnp.asarray(stop_ids, jnp.int32)
 
   def next_token(logits, step):
@@ -106,9 +124,8 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   def body(state):
     step, cache, cache_valid, out, done = state
     slot = p + step - 1  # where the previous token goes
-    logits, cache = model.apply({"params": params}, out[:, step - 1, None],
-                                (prompt_len + step - 1)[:, None], cache, slot, cache_valid,
-                                jnp.ones((b, 1), bool))
+    logits, cache = run(out[:, step - 1, None], (prompt_len + step - 1)[:, None], cache, slot,
+                        cache_valid, jnp.ones((b, 1), bool))
     cache_valid = cache_valid.at[:, slot].set(True)
     out, done = emit(out, done, step, next_token(logits[:, 0], step))
     return step + 1, cache, cache_valid, out, done
@@ -137,8 +154,12 @@ class Generator:
 
   def __init__(self, config: ModelConfig, params, tokenizer, sampling: Sampling, *,
                batch_size: int, chat: bool, stop_strings: Sequence[str] = (),
-               member_axis: str = "map", perturb_kwargs: Optional[dict] = None):
+               member_axis: str = "map", perturb_kwargs: Optional[dict] = None,
+               layer_loop: Optional[str] = None):
     sampling.validate()
+    layer_loop = default_layer_loop() if layer_loop is None else layer_loop
+    if layer_loop not in LAYER_LOOPS:
+      raise InputError(f"unknown layer loop {layer_loop!r}; known: {', '.join(LAYER_LOOPS)}.")
     if batch_size <= 0:
       raise InputError(f"the prompt batch size must be positive, got {batch_size}.")
     self.config, self.params, self.tokenizer = config, params, tokenizer
@@ -151,7 +172,7 @@ class Generator:
     self.stop_ids = tuple(sorted(i for i in ends if i is not None))
     run = lambda params, prompts, masks, keys: generate_batches(
         config, params, prompts, masks, keys, sampling=sampling, stop_ids=self.stop_ids,
-        pad_id=self.pad_id)
+        pad_id=self.pad_id, layer_loop=layer_loop)
     self._base = jax.jit(run)
     self._population = population.population_fn(run, member_axis=member_axis,
                                                 stacked=STACKED_LEAVES, **(perturb_kwargs or {}))

@@ -58,7 +58,8 @@ class Attention(nn.Module):
     Args:
       x: [b, t, d] new tokens. positions: [b, t].
       layer_k, layer_v: [b, kv, s, hd] this layer's cache (read only).
-      cache_mask: [b, s] valid cached slots. token_mask: [b, t] real new tokens.
+      cache_mask: [b, s] valid cached slots, or None when the cache holds nothing yet (prefill:
+        the cached slots are skipped, not masked). token_mask: [b, t] real new tokens.
 
     Returns:
       out [b, t, d], and the new keys and values, each [b, kv, t, hd].
@@ -77,16 +78,23 @@ class Attention(nn.Module):
     # Query heads of one kv group side by side: [b, kv, group * t, hd].
     q = q.reshape(b, t, c.num_kv_heads, group, c.head_dim).transpose(0, 2, 3, 1, 4)
     q = q.reshape(b, c.num_kv_heads, group * t, c.head_dim) / jnp.sqrt(c.head_dim).astype(c.dtype)
-    keys = jnp.concatenate([layer_k.astype(c.dtype), k], axis=2)  # [b, kv, s + t, hd]
-    values = jnp.concatenate([layer_v.astype(c.dtype), v], axis=2)
-    causal = jnp.tril(jnp.ones((t, t), bool))[None] & token_mask[:, None, :]  # [b, t, t]
-    mask = jnp.concatenate([jnp.broadcast_to(cache_mask[:, None, :], (b, t, cache_mask.shape[1])),
-                            causal], axis=2)  # [b, t, s + t]
-    mask = jnp.tile(mask, (1, group, 1))[:, None]  # [b, 1, group * t, s + t]
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, keys, preferred_element_type=jnp.float32)
-    probs = jax.nn.softmax(jnp.where(mask, scores, _MASKED), axis=-1).astype(c.dtype)
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, values)  # [b, kv, group * t, hd]
-    out = out.reshape(b, c.num_kv_heads, group, t, c.head_dim).transpose(0, 3, 1, 2, 4)
+    # Scores against the cached and the new keys separately: concatenating the keys would copy
+    # the whole layer cache every call; concatenating the scores copies only [group * t, s + t].
+    score = lambda keys: jnp.einsum("bkqd,bksd->bkqs", q, keys, preferred_element_type=jnp.float32)
+    mix = lambda p, values: jnp.einsum("bkqs,bksd->bkqd", p.astype(c.dtype), values,
+                                       preferred_element_type=jnp.float32)
+    mask = jnp.tril(jnp.ones((t, t), bool))[None] & token_mask[:, None, :]  # [b, t, t]
+    scores = score(k)
+    if cache_mask is not None:
+      mask = jnp.concatenate([jnp.broadcast_to(cache_mask[:, None, :], (b, t, cache_mask.shape[1])),
+                              mask], axis=2)  # [b, t, s + t]
+      scores = jnp.concatenate([score(layer_k), scores], axis=3)
+    mask = jnp.tile(mask, (1, group, 1))[:, None]  # [b, 1, group * t, (s +) t]
+    probs = jax.nn.softmax(jnp.where(mask, scores, _MASKED), axis=-1)
+    out = mix(probs[..., -t:], v)  # [b, kv, group * t, hd]
+    if cache_mask is not None:
+      out = out + mix(probs[..., :-t], layer_v)
+    out = out.astype(c.dtype).reshape(b, c.num_kv_heads, group, t, c.head_dim).transpose(0, 3, 1, 2, 4)
     out = dense(c.hidden_size, False, "o")(out.reshape(b, t, c.num_heads * c.head_dim))
     return out, k, v
 
@@ -118,11 +126,22 @@ class Block(nn.Module):
 
 
 class Transformer(nn.Module):
+  """The whole model. `__call__` scans the stacked layers; `embed_tokens` and `logits` are its
+  ends, for `apply_layer_list`, which runs the same layers unrolled."""
   config: ModelConfig
 
-  @nn.compact
+  def setup(self):
+    c = self.config
+    self.embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype)
+    self.layers = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
+                          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
+                          length=c.num_layers)(c)
+    self.final_norm = RMSNorm(c.rms_norm_eps, c.dtype)
+    if not c.tie_embeddings:
+      self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.dtype)
+
   def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
-               write_index: jax.Array, cache_mask: jax.Array, token_mask: jax.Array,
+               write_index: jax.Array, cache_mask: Optional[jax.Array], token_mask: jax.Array,
                last_only: bool = False) -> tuple[jax.Array, KVCache]:
     """Logits for `tokens` and the cache with their keys/values written at `write_index`.
 
@@ -130,31 +149,79 @@ class Transformer(nn.Module):
       tokens, positions: [b, t] int32 (RoPE positions, padding excluded from the count).
       cache: (k, v), each [layers, b, kv, s, hd].
       write_index: slot of this call's first token.
-      cache_mask: [b, s] cached slots the new tokens may attend to (all earlier than them).
+      cache_mask: [b, s] cached slots the new tokens may attend to (all earlier than them), or
+        None when the cache is still empty (prefill).
       token_mask: [b, t] real tokens among the new ones (left padding is False).
       last_only: project only the last position to the vocabulary (prefill).
 
     Returns:
       logits [b, t or 1, vocab] float32, the new cache.
     """
-    c = self.config
-    embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype, name="embed")
-    x = embed(tokens)  # [b, t, d]
-    layers = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
-                     in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast), length=c.num_layers)
-    x, (new_k, new_v) = layers(c, name="layers")(x, cache, positions, cache_mask, token_mask)
-    write = lambda full, new: jax.lax.dynamic_update_slice_in_dim(full, new.astype(full.dtype),
-                                                                  write_index, 3)
-    cache = (write(cache[0], new_k), write(cache[1], new_v))
-    x = RMSNorm(c.rms_norm_eps, c.dtype, name="final_norm")(x)
+    x, (new_k, new_v) = self.layers(self.embed_tokens(tokens), cache, positions, cache_mask,
+                                    token_mask)
+    cache = (_write(cache[0], new_k, write_index), _write(cache[1], new_v, write_index))
+    return self.logits(x, last_only), cache
+
+  def embed_tokens(self, tokens: jax.Array) -> jax.Array:  # [b, t] -> [b, t, d]
+    return self.embed(tokens)
+
+  def logits(self, x: jax.Array, last_only: bool = False) -> jax.Array:
+    """[b, t, d] last hidden states -> [b, t or 1, vocab] float32."""
+    x = self.final_norm(x)
     if last_only:
       x = x[:, -1:]
-    if c.tie_embeddings:
-      logits = embed.attend(x)
-    else:
-      logits = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.dtype,
-                        name="lm_head")(x)
-    return logits.astype(jnp.float32), cache
+    logits = self.embed.attend(x) if self.config.tie_embeddings else self.lm_head(x)
+    return logits.astype(jnp.float32)
+
+
+def _write(cache: jax.Array, new: jax.Array, index, axis: int = 3) -> jax.Array:
+  """Writes new keys/values [..., t, hd] into `cache` at slot `index` of `axis`."""
+  return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), index, axis)
+
+
+def layer_list(params) -> list:
+  """The stacked `layers` parameters as one tree per layer (each a copy of its slice)."""
+  stacked = params["layers"]
+  depth = jax.tree.leaves(stacked)[0].shape[0]
+  return [jax.tree.map(lambda a, l=l: a[l], stacked) for l in range(depth)]
+
+
+def cache_list(cache: KVCache) -> list[KVCache]:
+  """A stacked cache as per-layer (k, v), each [b, kv, s, hd]."""
+  return [(cache[0][l], cache[1][l]) for l in range(cache[0].shape[0])]
+
+
+def apply_layer_list(config: ModelConfig, params, layers: list, tokens: jax.Array,
+                     positions: jax.Array, caches: list[KVCache], write_index: jax.Array,
+                     cache_mask: Optional[jax.Array], token_mask: jax.Array,
+                     last_only: bool = False) -> tuple[jax.Array, list[KVCache]]:
+  """`Transformer.__call__` with the layers unrolled over per-layer parameters and caches.
+
+  On GPUs, XLA copies each layer's weights and cache out of the stacks of a scanned layer loop
+  before its matmuls (cuBLAS takes no dynamic slice), every decode step: three times the bytes
+  of the weight reads. Slicing the layers once with `layer_list` before the decode loop and
+  running them unrolled leaves each matmul reading its weights in place. Compile time grows
+  with depth.
+
+  Args:
+    params: the full parameters (for the embedding, final norm and head).
+    layers: `layer_list(params)`, or the same of a member's parameters.
+    caches: `cache_list` of a cache, one (k, v) [b, kv, s, hd] per layer.
+    Others: as `Transformer.__call__`.
+
+  Returns:
+    logits [b, t or 1, vocab] float32, and the per-layer caches with the new keys/values.
+  """
+  model = Transformer(config)
+  x = model.apply({"params": params}, tokens, method=Transformer.embed_tokens)
+  block = Block(config)
+  new_caches = []
+  for layer_params, (k, v) in zip(layers, caches):
+    x, (new_k, new_v) = block.apply({"params": layer_params}, x, (k, v), positions, cache_mask,
+                                    token_mask)
+    new_caches.append((_write(k, new_k, write_index, 2), _write(v, new_v, write_index, 2)))
+  return model.apply({"params": params}, x, last_only,
+                     method=Transformer.logits), new_caches
 
 
 def init_cache(config: ModelConfig, batch: int, slots: int) -> KVCache:
@@ -180,5 +247,5 @@ def forward(config: ModelConfig, params, tokens: jax.Array, mask: Optional[jax.A
   mask = jnp.ones((b, t), bool) if mask is None else mask
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
   logits, _ = Transformer(config).apply({"params": params}, tokens, positions,
-                                        init_cache(config, b, t), 0, jnp.zeros((b, t), bool), mask)
+                                        init_cache(config, b, t), 0, None, mask)
   return logits
