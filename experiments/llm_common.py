@@ -35,6 +35,8 @@ flags.DEFINE_string("data", None, "JSONL/parquet file for dataset tasks (gsm8k, 
 flags.DEFINE_integer("model_parallel", 0, "Devices per member on a (population, model) mesh "
                      "(0: no mesh). Members of a chunk are spread over the population axis; "
                      "needs --member_axis vmap.")
+flags.DEFINE_integer("keep_completions", 2, "Completions stored per task with each member's "
+                     "and the base's scores (the first ones; 0: none).")
 flags.DEFINE_string("workdir", None, "Where results, plots and logs go.")
 FLAGS = flags.FLAGS
 
@@ -58,6 +60,8 @@ def validate(models: Sequence[str], tasks: Sequence[str], ks: Sequence[int] = ()
   for flag in ("N", "train_size", "max_new_tokens", "batch_size", "members_per_batch"):
     if FLAGS[flag].value <= 0:
       raise InputError(f"--{flag} must be positive, got {FLAGS[flag].value}.")
+  if FLAGS.keep_completions < 0:
+    raise InputError(f"--keep_completions must be >= 0, got {FLAGS.keep_completions}.")
   sigmas()
   randopt.validate_top_k(ks, FLAGS.N)
   if FLAGS.model_parallel:
@@ -115,9 +119,11 @@ def score_base_and_members(gen: generate.Generator, task_sets, run_dir: str):
   """
   base_path = os.path.join(run_dir, "base.json")
   if not os.path.exists(base_path):
-    workdir.write_json(base_path, scoring.score_base(gen, task_sets))
+    workdir.write_json(base_path, scoring.score_base(
+        gen, task_sets, keep_completions=FLAGS.keep_completions))
   seeds, sigmas_ = population.draw_candidates(FLAGS.seed, FLAGS.N, sigmas())
   records = scoring.score_members(gen, task_sets, seeds, sigmas_,
                                   randopt.CandidateStore(os.path.join(run_dir, "candidates.jsonl")),
-                                  members_per_batch=FLAGS.members_per_batch, mesh=mesh())
+                                  members_per_batch=FLAGS.members_per_batch, mesh=mesh(),
+                                  keep_completions=FLAGS.keep_completions)
   return workdir.read_json(base_path), seeds, sigmas_, records

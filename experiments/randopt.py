@@ -49,7 +49,8 @@ def _evaluate_top(gen, task_set, members, root, ks):
   store = randopt.CandidateStore(os.path.join(root, "test_members.jsonl"))
   records = scoring.score_members(gen, [task_set], seeds, sigmas, store,
                                   members_per_batch=FLAGS.members_per_batch,
-                                  mesh=llm_common.mesh(), keep_examples=True)
+                                  mesh=llm_common.mesh(), keep_examples=True,
+                                  keep_completions=FLAGS.keep_completions)
   votes = [r["votes"][0] for r in records]
   correct = [r["correct"][0] for r in records]
   return {
@@ -91,7 +92,8 @@ def main(argv):
   gen = llm_common.generator(loaded)
   base_path = os.path.join(root, "base_test.json")
   if not os.path.exists(base_path):
-    workdir.write_json(base_path, scoring.score_base(gen, [test_set]))
+    workdir.write_json(base_path, scoring.score_base(gen, [test_set],
+                                                     keep_completions=FLAGS.keep_completions))
   base = {"test": workdir.read_json(base_path)}
   base["train"], seeds, sigmas, records = llm_common.score_base_and_members(gen, [task], root)
   train_scores = np.asarray([r["reward"][0] for r in records])

@@ -61,6 +61,10 @@ def test_randopt_runs_resumes_and_reevaluates(tmp_path, tiny_weights):
   with open(candidates) as f:
     lines = f.read().splitlines()
   assert len(lines) == 4
+  for line in lines:  # the first --keep_completions (default 2) train completions, as text
+    (completions,) = json.loads(line)["completions"]
+    assert len(completions) == 2 and all(isinstance(c, str) for c in completions)
+  assert len(_read(os.path.join(workdir, "base.json"))["completions"][0]) == 2
   with open(candidates, "w") as f:  # as if killed after the first chunk
     f.write("\n".join(lines[:2]) + "\n")
   second = _run("randopt", *args)
@@ -98,6 +102,7 @@ def test_density_on_the_tiny_model(tmp_path, tiny_weights):
     (["--model", "tiny-random-llama"], "tiny-random-llama has no published weights; pass --weights DIR"),
     (["--task", "gsm8k", "--data", "/nonexistent.jsonl"], "--data /nonexistent.jsonl is not a file"),
     (["--model_parallel", "2"], "--model_parallel needs --member_axis vmap"),
+    (["--keep_completions", "-1"], "--keep_completions must be >= 0, got -1"),
 ])
 def test_randopt_bad_input_is_one_sentence_before_loading(tmp_path, args, sentence):
   workdir = str(tmp_path / "never")

@@ -44,39 +44,50 @@ def _prompts(task_sets: Sequence[TaskSet]) -> list[str]:
   return [e.prompt for s in task_sets for e in s.examples]
 
 
-def summarize(grades: Sequence[dict], keep_examples: bool) -> dict:
-  """Mean reward and accuracy per task ([M] lists); the per-example grades if asked for."""
+def summarize(completions: Sequence[Sequence[str]], task_sets: Sequence[TaskSet], *,
+              keep_examples: bool = False, keep_completions: int = 0) -> dict:
+  """Mean reward and accuracy per task ([M] lists) of one model's completions (one list per task).
+
+  With `keep_examples`, also the per-example correctness and vote keys; with `keep_completions`
+  k, the first k completions of each task (to read what a member actually wrote).
+  """
+  grades = [grade(c, s) for c, s in zip(completions, task_sets)]
   summary = {"reward": [float(np.mean(g["reward"])) for g in grades],
              "accuracy": [float(np.mean(g["correct"])) for g in grades]}
   if keep_examples:
     summary.update(correct=[g["correct"] for g in grades], votes=[g["votes"] for g in grades])
+  if keep_completions:
+    summary["completions"] = [list(c[:keep_completions]) for c in completions]
   return summary
 
 
-def score_base(generator: Generator, task_sets: Sequence[TaskSet], keep_examples: bool = False) -> dict:
+def score_base(generator: Generator, task_sets: Sequence[TaskSet], **summary_kwargs) -> dict:
+  """`summarize` of the base model's completions; keyword arguments as `summarize`."""
   completions = generator.generate(_prompts(task_sets))
-  return summarize([grade(c, s) for c, s in zip(_split(completions, task_sets), task_sets)],
-                   keep_examples)
+  return summarize(_split(completions, task_sets), task_sets, **summary_kwargs)
 
 
 def member_chunks(generator: Generator, task_sets: Sequence[TaskSet], *, members_per_batch: int,
-                  mesh: Optional[Mesh] = None, keep_examples: bool = False):
-  """A `score_chunk` for `randopt.score_candidates`: members -> per-task scores, chunk by chunk."""
+                  mesh: Optional[Mesh] = None, **summary_kwargs):
+  """A `score_chunk` for `randopt.score_candidates`: members -> per-task scores, chunk by chunk.
+
+  `summary_kwargs` go to `summarize`.
+  """
   prompts = _prompts(task_sets)
 
   def score_chunk(seeds: np.ndarray, sigmas: np.ndarray) -> Iterator[tuple[slice, dict]]:
     for part, texts in generator.generate_population(seeds, sigmas, prompts,
                                                      members_per_batch=members_per_batch, mesh=mesh):
-      summaries = [summarize([grade(c, s) for c, s in zip(_split(member, task_sets), task_sets)],
-                             keep_examples) for member in texts]
+      summaries = [summarize(_split(member, task_sets), task_sets, **summary_kwargs)
+                   for member in texts]
       yield part, {key: [s[key] for s in summaries] for key in summaries[0]}
   return score_chunk
 
 
 def score_members(generator: Generator, task_sets: Sequence[TaskSet], seeds: np.ndarray,
                   sigmas: np.ndarray, store: randopt.CandidateStore, *, members_per_batch: int,
-                  mesh: Optional[Mesh] = None, keep_examples: bool = False) -> list[dict]:
+                  mesh: Optional[Mesh] = None, **summary_kwargs) -> list[dict]:
   """Scores (or resumes scoring) every member; records in member order."""
   return randopt.score_candidates(
       member_chunks(generator, task_sets, members_per_batch=members_per_batch, mesh=mesh,
-                    keep_examples=keep_examples), seeds, sigmas, store)
+                    **summary_kwargs), seeds, sigmas, store)
