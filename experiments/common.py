@@ -10,7 +10,8 @@ import jax
 from absl import flags, logging
 from jax.sharding import Mesh
 
-from thickets_jax import population, workdir
+from thickets_jax import distributed, population, workdir
+from thickets_jax.errors import InputError
 
 flags.DEFINE_integer(
     "host_devices", os.cpu_count(),
@@ -18,12 +19,32 @@ flags.DEFINE_integer(
     "them (mesh axis `population`), so one device's elementwise work overlaps another's matmuls.")
 
 
-def setup_devices() -> None:
-  """Applies --host_devices; call before anything touches a JAX backend."""
+flags.DEFINE_bool(
+    "distributed", False,
+    "Multi-host (TPU pod, GPU cluster): run the same command on every host; chunks of members "
+    "are sharded over all hosts' devices and process 0 writes. --workdir must be shared.")
+flags.DEFINE_string("coordinator", None, "--distributed: host:port of process 0 "
+                    "(default: detected on Cloud TPU pods, SLURM and Open MPI).")
+flags.DEFINE_integer("num_processes", None, "--distributed: processes in all (default: detected).")
+flags.DEFINE_integer("process_id", None, "--distributed: this process's index (default: detected).")
+
+
+def setup_devices(multi_host: bool = False) -> None:
+  """Applies --host_devices and --distributed; call before anything touches a JAX backend.
+
+  Args:
+    multi_host: whether the calling experiment supports --distributed.
+  """
   n = flags.FLAGS.host_devices
   if n > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={n}").strip()
+  if flags.FLAGS.distributed:
+    if not multi_host:
+      raise InputError("--distributed is supported by the language-model experiments "
+                       "(density, randopt, discordance).")
+    distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
+                           flags.FLAGS.process_id)
 
 
 def population_mesh(chunk_size: int) -> tuple[Optional[Mesh], int]:

@@ -31,7 +31,7 @@ for _flag, _value in (("N", 12), ("train_size", 8), ("max_new_tokens", 96)):
 
 def main(argv):
   del argv
-  common.setup_devices()
+  llm_common.setup_devices()
   margins = cli.floats(FLAGS.margins, "margins")
   llm_common.validate(FLAGS.model, [FLAGS.task])
   train, _ = llm_common.splits(FLAGS.task, 1)  # density scores the train examples only

@@ -36,7 +36,7 @@ for _flag, _value in (("N", 16), ("train_size", 4), ("max_new_tokens", 96)):
 
 def main(argv):
   del argv
-  common.setup_devices()
+  llm_common.setup_devices()
   if len(FLAGS.tasks) < 2:
     raise InputError("--tasks needs at least two tasks for spectral discordance.")
   if FLAGS.N < 2:

@@ -10,6 +10,7 @@ from typing import Sequence
 import jax.numpy as jnp
 from absl import flags
 
+from experiments import common
 from thickets_jax import cli, population, randopt, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, registry, scoring, sharding, weights
@@ -47,6 +48,14 @@ def sigmas() -> tuple[float, ...]:
   values = cli.floats(FLAGS.sigmas, "sigmas")
   population.validate_sigmas(values)
   return values
+
+
+def setup_devices() -> None:
+  """`common.setup_devices` for a language-model experiment (multi-host allowed)."""
+  if FLAGS.distributed and not FLAGS.model_parallel:  # before waiting for the other hosts
+    raise InputError("--distributed needs --model_parallel M (M devices per member; members are "
+                     "spread over all hosts' devices).")
+  common.setup_devices(multi_host=True)
 
 
 def validate(models: Sequence[str], tasks: Sequence[str], ks: Sequence[int] = ()) -> None:
@@ -118,12 +127,14 @@ def score_base_and_members(gen: generate.Generator, task_sets, run_dir: str):
     (base summary, seeds [N], sigmas [N], member records in sampling order).
   """
   base_path = os.path.join(run_dir, "base.json")
-  if not os.path.exists(base_path):
-    workdir.write_json(base_path, scoring.score_base(
-        gen, task_sets, keep_completions=FLAGS.keep_completions))
+  if os.path.exists(base_path):
+    base = workdir.read_json(base_path)
+  else:
+    base = scoring.score_base(gen, task_sets, keep_completions=FLAGS.keep_completions)
+    workdir.write_json(base_path, base)
   seeds, sigmas_ = population.draw_candidates(FLAGS.seed, FLAGS.N, sigmas())
   records = scoring.score_members(gen, task_sets, seeds, sigmas_,
                                   randopt.CandidateStore(os.path.join(run_dir, "candidates.jsonl")),
                                   members_per_batch=FLAGS.members_per_batch, mesh=mesh(),
                                   keep_completions=FLAGS.keep_completions)
-  return workdir.read_json(base_path), seeds, sigmas_, records
+  return base, seeds, sigmas_, records

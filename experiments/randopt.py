@@ -63,7 +63,7 @@ def _evaluate_top(gen, task_set, members, root, ks):
 
 def main(argv):
   del argv
-  common.setup_devices()
+  llm_common.setup_devices()
   ks = cli.ints(FLAGS.K, "K")
   if FLAGS.test_size < 0:
     raise InputError(f"--test_size must be >= 0, got {FLAGS.test_size}.")
@@ -91,10 +91,11 @@ def main(argv):
 
   gen = llm_common.generator(loaded)
   base_path = os.path.join(root, "base_test.json")
-  if not os.path.exists(base_path):
-    workdir.write_json(base_path, scoring.score_base(gen, [test_set],
-                                                     keep_completions=FLAGS.keep_completions))
-  base = {"test": workdir.read_json(base_path)}
+  if os.path.exists(base_path):
+    base = {"test": workdir.read_json(base_path)}
+  else:
+    base = {"test": scoring.score_base(gen, [test_set], keep_completions=FLAGS.keep_completions)}
+    workdir.write_json(base_path, base["test"])
   base["train"], seeds, sigmas, records = llm_common.score_base_and_members(gen, [task], root)
   train_scores = np.asarray([r["reward"][0] for r in records])
   order = randopt.top_k(train_scores, [max(ks)])[max(ks)]

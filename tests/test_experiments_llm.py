@@ -2,6 +2,7 @@
 
 import json
 import os
+import socket
 import subprocess
 import sys
 
@@ -82,6 +83,37 @@ def test_randopt_runs_resumes_and_reevaluates(tmp_path, tiny_weights):
   assert not os.path.exists(os.path.join(again, "candidates.jsonl"))  # nothing re-scored
 
 
+def _free_port() -> int:
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def test_randopt_on_two_processes_equals_one_process(tmp_path, tiny_weights):
+  """--distributed: two processes with one CPU device each score, rank and write exactly what
+  one process with two devices does; only process 0 writes."""
+  args = ["-m", "experiments.randopt", *SMALL, "--weights", tiny_weights, "--K", "1,2",
+          "--test_size", "2", "--model_parallel", "1", "--member_axis", "vmap"]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # --host_devices decides
+  run = lambda *more, **kw: subprocess.Popen([sys.executable, *args, *more], cwd=ROOT, env=env,
+                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                             text=True, **kw)
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  single = run("--host_devices", "2", "--workdir", one)
+  coordinator = f"localhost:{_free_port()}"
+  hosts = [run("--host_devices", "1", "--distributed", "--coordinator", coordinator,
+               "--num_processes", "2", "--process_id", str(i), "--workdir", two) for i in (0, 1)]
+  for process in (single, *hosts):
+    _, stderr = process.communicate(timeout=900)
+    assert process.returncode == 0, stderr[-3000:]
+  for name in ("results.json", "topk.json", "base.json", "base_test.json"):
+    assert _read(os.path.join(two, name)) == _read(os.path.join(one, name)), name
+  for name in ("candidates.jsonl", "test_members.jsonl"):
+    with open(os.path.join(one, name)) as a, open(os.path.join(two, name)) as b:
+      assert a.read() == b.read(), name  # written once, by process 0
+  assert len(_read(os.path.join(two, "flags.json"))) == 1
+
+
 def test_density_on_the_tiny_model(tmp_path, tiny_weights):
   workdir = str(tmp_path / "density")
   out = _run("density", *SMALL[2:], "--model", "tiny-random-llama", "--weights", tiny_weights,
@@ -103,6 +135,8 @@ def test_density_on_the_tiny_model(tmp_path, tiny_weights):
     (["--task", "gsm8k", "--data", "/nonexistent.jsonl"], "--data /nonexistent.jsonl is not a file"),
     (["--model_parallel", "2"], "--model_parallel needs --member_axis vmap"),
     (["--keep_completions", "-1"], "--keep_completions must be >= 0, got -1"),
+    (["--distributed", "--num_processes", "1", "--process_id", "0", "--coordinator",
+      "localhost:0"], "--distributed needs --model_parallel M"),
 ])
 def test_randopt_bad_input_is_one_sentence_before_loading(tmp_path, args, sentence):
   workdir = str(tmp_path / "never")

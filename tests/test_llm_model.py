@@ -231,6 +231,7 @@ def test_checkpoint_with_wrong_shapes_is_refused(tmp_path):
     weights.load_safetensors(directory, weights.hf_config(directory, jnp.float32))
 
 
+@pytest.mark.two_devices
 def test_model_parallel_params_give_the_same_logits_and_members(tmp_path):
   from thickets_jax.llm import sharding  # pylint: disable=g-import-not-at-top
   _, directory = _checkpoint(tmp_path, "qwen2", False)
@@ -249,6 +250,7 @@ def test_model_parallel_params_give_the_same_logits_and_members(tmp_path):
                               jax.tree.map(np.asarray, rebuild_member(plain, 7, 0.01, **kwargs)))
 
 
+@pytest.mark.two_devices
 def test_sharding_table_covers_full_size_models():
   from thickets_jax.llm import sharding  # pylint: disable=g-import-not-at-top
   mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
@@ -260,6 +262,7 @@ def test_sharding_table_covers_full_size_models():
     sharding.make_mesh(model_parallel=3, devices=jax.devices()[:2])
 
 
+@pytest.mark.two_devices
 def test_population_generation_on_a_model_parallel_mesh_equals_one_device(tmp_path):
   from thickets_jax.llm import sharding  # pylint: disable=g-import-not-at-top
   gen = _generator(tmp_path, generate.Sampling(max_new_tokens=6, ignore_eos=True))

@@ -67,6 +67,7 @@ def test_population_compiles_once_across_chunks():
   population.evaluate_population(fn, params, seeds, sigmas, chunk_size=4)  # 3 chunks, padded
 
 
+@pytest.mark.two_devices
 def test_sharded_population_equals_unsharded():
   assert jax.device_count() >= 2, "tests/conftest.py asks for two host devices"
   params = _params()

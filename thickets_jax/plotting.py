@@ -8,6 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
+from thickets_jax import distributed
+
 BASE, RANDOM, TOP_K, ENSEMBLE, SIGNAL = "black", "0.6", "coral", "gold", "tab:blue"
 
 
@@ -15,7 +17,8 @@ def _save(fig, ax, path: str, title: str, legend_size: int = 8) -> None:
   ax.set_title(title, fontsize=10)
   ax.legend(fontsize=legend_size)
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
+  if distributed.is_writer():
+    fig.savefig(path, dpi=120)
   plt.close(fig)
 
 

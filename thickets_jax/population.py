@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from thickets_jax import distributed
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import member_key, perturb
 
@@ -123,8 +124,8 @@ def iter_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.
     member_args = (jnp.asarray(chunk_seeds), jnp.asarray(chunk_sigmas))
     if member_sharding is not None:
       member_args = jax.device_put(member_args, member_sharding)
-    outputs = fn(params, *member_args, *args)
-    yield slice(start, stop), jax.tree.map(lambda x: np.asarray(x)[:stop - start], outputs)
+    outputs = distributed.to_host(fn(params, *member_args, *args))
+    yield slice(start, stop), jax.tree.map(lambda x: x[:stop - start], outputs)
 
 
 def _on_mesh(leaf, mesh: Mesh):

@@ -13,6 +13,7 @@ from typing import Callable, Hashable, Iterable, Optional, Sequence
 import numpy as np
 from absl import logging
 
+from thickets_jax import distributed
 from thickets_jax.errors import InputError
 
 
@@ -114,6 +115,8 @@ class CandidateStore:
     for record in records:
       self.records[(int(record["seed"]), float(record["sigma"]))] = record
       lines.append(json.dumps(record) + "\n")
+    if not distributed.is_writer():  # multi-host: process 0 keeps the file
+      return
     with open(self.path, "a") as f:
       f.writelines(lines)
       f.flush()

@@ -8,6 +8,7 @@ from typing import Any
 
 from absl import logging
 
+from thickets_jax import distributed
 from thickets_jax.errors import InputError
 
 
@@ -26,7 +27,12 @@ def prepare(workdir: str) -> str:
 
 
 def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temp file + rename), so a kill never leaves half a file."""
+  """Writes JSON atomically (temp file + rename), so a kill never leaves half a file.
+
+  Only the writing process of a multi-host run writes (`distributed.is_writer`).
+  """
+  if not distributed.is_writer():
+    return
   tmp = f"{path}.tmp"
   with open(tmp, "w") as f:
     json.dump(obj, f, indent=2, sort_keys=True)
@@ -54,7 +60,7 @@ def claim(run_dir: str, spec: dict) -> None:
       raise InputError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
                        "use a new --workdir or the original flags to resume.")
   else:
-    write_json(spec_path, spec)
+    write_json(spec_path, spec)  # process 0 of a multi-host run; the others only check
 
 
 def _not_orbax_chatter(record: std_logging.LogRecord) -> bool:
@@ -63,11 +69,14 @@ def _not_orbax_chatter(record: std_logging.LogRecord) -> bool:
 
 
 def log_to_file(workdir: str, name: str = "log.txt") -> None:
-  """Mirrors absl logging into `workdir/name` (stderr keeps its copy), without orbax chatter."""
+  """Mirrors absl logging into `workdir/name` (stderr keeps its copy), without orbax chatter.
+  Only the writing process of a multi-host run has the file."""
+  logging.set_verbosity(logging.INFO)
+  if not distributed.is_writer():
+    return
   handler = std_logging.FileHandler(os.path.join(workdir, name))
   handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
   logger = logging.get_absl_logger()
   logger.addHandler(handler)
   for each in (handler, logging.get_absl_handler()):
     each.addFilter(_not_orbax_chatter)
-  logging.set_verbosity(logging.INFO)

@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from thickets_jax import population
+from thickets_jax import distributed, population
 from thickets_jax.errors import InputError
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.config import ModelConfig
@@ -226,7 +226,7 @@ class Generator:
     (e.g. a member rebuilt with `rebuild_member`), through the same compiled program."""
     tokens, mask = self.encode(texts)
     params = self.params if params is None else params
-    out = np.asarray(self._base(params, tokens, mask, self._keys(key, len(tokens))))
+    out = distributed.to_host(self._base(params, tokens, mask, self._keys(key, len(tokens))))
     return out.reshape(-1, out.shape[-1])[:len(texts)]
 
   def generate(self, texts: Sequence[str], key: Optional[jax.Array] = None,

@@ -25,6 +25,13 @@ KVCache = tuple[jax.Array, jax.Array]
 _MASKED = -1e30
 
 
+def matmul_precision(config: ModelConfig) -> Optional[jax.lax.Precision]:
+  """float32 models multiply in full float32 on every backend (GPUs default to TF32 and TPUs
+  to bfloat16 passes, which breaks parity with the reference); others use the backend's
+  native precision."""
+  return jax.lax.Precision.HIGHEST if config.dtype == jnp.float32 else None
+
+
 class RMSNorm(nn.Module):
   eps: float
   dtype: jnp.dtype
@@ -67,8 +74,9 @@ class Attention(nn.Module):
     c = self.config
     b, t, _ = x.shape
     group = c.num_heads // c.num_kv_heads
+    precision = matmul_precision(c)
     dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=c.dtype, param_dtype=c.dtype,
-                                           name=name)
+                                           precision=precision, name=name)
     heads_major = lambda a: a.transpose(0, 2, 1, 3)  # [b, t, h, hd] -> [b, h, t, hd]
     q = dense(c.num_heads * c.head_dim, c.qkv_bias, "q")(x).reshape(b, t, c.num_heads, c.head_dim)
     k = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, "k")(x).reshape(b, t, c.num_kv_heads, c.head_dim)
@@ -80,9 +88,10 @@ class Attention(nn.Module):
     q = q.reshape(b, c.num_kv_heads, group * t, c.head_dim) / jnp.sqrt(c.head_dim).astype(c.dtype)
     # Scores against the cached and the new keys separately: concatenating the keys would copy
     # the whole layer cache every call; concatenating the scores copies only [group * t, s + t].
-    score = lambda keys: jnp.einsum("bkqd,bksd->bkqs", q, keys, preferred_element_type=jnp.float32)
+    score = lambda keys: jnp.einsum("bkqd,bksd->bkqs", q, keys, precision=precision,
+                                    preferred_element_type=jnp.float32)
     mix = lambda p, values: jnp.einsum("bkqs,bksd->bkqd", p.astype(c.dtype), values,
-                                       preferred_element_type=jnp.float32)
+                                       precision=precision, preferred_element_type=jnp.float32)
     mask = jnp.tril(jnp.ones((t, t), bool))[None] & token_mask[:, None, :]  # [b, t, t]
     scores = score(k)
     if cache_mask is not None:
@@ -105,7 +114,8 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):  # [b, t, d] -> [b, t, d]
     c = self.config
-    dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.dtype, param_dtype=c.dtype, name=name)
+    dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.dtype, param_dtype=c.dtype,
+                                     precision=matmul_precision(c), name=name)
     hidden = nn.silu(dense(c.intermediate_size, "gate")(x)) * dense(c.intermediate_size, "up")(x)
     return dense(c.hidden_size, "down")(hidden)
 
@@ -138,7 +148,8 @@ class Transformer(nn.Module):
                           length=c.num_layers)(c)
     self.final_norm = RMSNorm(c.rms_norm_eps, c.dtype)
     if not c.tie_embeddings:
-      self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.dtype)
+      self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.dtype,
+                              precision=matmul_precision(c))
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
                write_index: jax.Array, cache_mask: Optional[jax.Array], token_mask: jax.Array,
@@ -170,7 +181,11 @@ class Transformer(nn.Module):
     x = self.final_norm(x)
     if last_only:
       x = x[:, -1:]
-    logits = self.embed.attend(x) if self.config.tie_embeddings else self.lm_head(x)
+    if self.config.tie_embeddings:  # `nn.Embed.attend` takes no precision
+      logits = jnp.dot(x, self.embed.embedding.T.astype(x.dtype),
+                       precision=matmul_precision(self.config))
+    else:
+      logits = self.lm_head(x)
     return logits.astype(jnp.float32)
 
 
