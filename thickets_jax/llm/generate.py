@@ -66,8 +66,8 @@ LAYER_LOOPS = ("scan", "unrolled")
 
 
 def default_layer_loop() -> str:
-  """"unrolled" on GPUs (see `model.apply_layer_list`), else "scan" (CPU: no faster unrolled;
-  TPU: XLA fuses the layer slice into the matmul)."""
+  """The default layer loop: "unrolled" on GPUs (B5: 33% -> 59% of the roofline bound, see
+  `model.apply_layer_list`), else "scan" (on CPU unrolled measured no faster; TPUs unmeasured)."""
   return "unrolled" if jax.default_backend() == "gpu" else "scan"
 
 
