@@ -126,12 +126,8 @@ def score_base_and_members(gen: generate.Generator, task_sets, run_dir: str):
   Returns:
     (base summary, seeds [N], sigmas [N], member records in sampling order).
   """
-  base_path = os.path.join(run_dir, "base.json")
-  if os.path.exists(base_path):
-    base = workdir.read_json(base_path)
-  else:
-    base = scoring.score_base(gen, task_sets, keep_completions=FLAGS.keep_completions)
-    workdir.write_json(base_path, base)
+  base = workdir.cached_json(os.path.join(run_dir, "base.json"), lambda: scoring.score_base(
+      gen, task_sets, keep_completions=FLAGS.keep_completions))
   seeds, sigmas_ = population.draw_candidates(FLAGS.seed, FLAGS.N, sigmas())
   records = scoring.score_members(gen, task_sets, seeds, sigmas_,
                                   randopt.CandidateStore(os.path.join(run_dir, "candidates.jsonl")),

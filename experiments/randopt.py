@@ -90,12 +90,8 @@ def main(argv):
     return
 
   gen = llm_common.generator(loaded)
-  base_path = os.path.join(root, "base_test.json")
-  if os.path.exists(base_path):
-    base = {"test": workdir.read_json(base_path)}
-  else:
-    base = {"test": scoring.score_base(gen, [test_set], keep_completions=FLAGS.keep_completions)}
-    workdir.write_json(base_path, base["test"])
+  base_test = lambda: scoring.score_base(gen, [test_set], keep_completions=FLAGS.keep_completions)
+  base = {"test": workdir.cached_json(os.path.join(root, "base_test.json"), base_test)}
   base["train"], seeds, sigmas, records = llm_common.score_base_and_members(gen, [task], root)
   train_scores = np.asarray([r["reward"][0] for r in records])
   order = randopt.top_k(train_scores, [max(ks)])[max(ks)]

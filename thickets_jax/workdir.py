@@ -4,7 +4,7 @@ import json
 import logging as std_logging
 import os
 import tempfile
-from typing import Any
+from typing import Any, Callable
 
 from absl import logging
 
@@ -46,6 +46,16 @@ def read_json(path: str) -> Any:
       return json.load(f)
   except json.JSONDecodeError as e:
     raise InputError(f"{path} is not valid JSON ({e.msg}); the file is corrupt.") from None
+
+
+def cached_json(path: str, compute: Callable[[], Any]) -> Any:
+  """What `path` holds if it exists, else `compute()`, written there (resuming skips the work).
+  The computed value is returned as is, so no process reads back a file another one writes."""
+  if os.path.exists(path):
+    return read_json(path)
+  value = compute()
+  write_json(path, value)
+  return value
 
 
 def claim(run_dir: str, spec: dict) -> None:

@@ -71,6 +71,11 @@ def default_layer_loop() -> str:
   return "unrolled" if jax.default_backend() == "gpu" else "scan"
 
 
+def _check_layer_loop(layer_loop: str) -> None:
+  if layer_loop not in LAYER_LOOPS:
+    raise InputError(f"unknown layer loop {layer_loop!r}; known: {', '.join(LAYER_LOOPS)}.")
+
+
 def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask: jax.Array,
                     key: jax.Array, *, sampling: Sampling, stop_ids: Sequence[int],
                     pad_id: int, layer_loop: str = "scan") -> jax.Array:
@@ -91,14 +96,13 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   n = sampling.max_new_tokens
   slots = p + n
   cache = llm_model.init_cache(config, b, slots)
-  if layer_loop == "scan":
-    model = llm_model.Transformer(config)
-    run = lambda *args, **kwargs: model.apply({"params": params}, *args, **kwargs)
-  elif layer_loop == "unrolled":
+  _check_layer_loop(layer_loop)
+  if layer_loop == "unrolled":
     layers, cache = llm_model.layer_list(params), llm_model.cache_list(cache)
     run = functools.partial(llm_model.apply_layer_list, config, params, layers)
   else:
-    raise InputError(f"unknown layer loop {layer_loop!r}; known: {', '.join(LAYER_LOOPS)}.")
+    model = llm_model.Transformer(config)
+    run = lambda *args, **kwargs: model.apply({"params": params}, *args, **kwargs)
   positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [b, p]
   prompt_len = prompt_mask.sum(axis=1)  # [b]
   cache_valid = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)  # [b, slots]
@@ -158,8 +162,7 @@ class Generator:
                layer_loop: Optional[str] = None):
     sampling.validate()
     layer_loop = default_layer_loop() if layer_loop is None else layer_loop
-    if layer_loop not in LAYER_LOOPS:
-      raise InputError(f"unknown layer loop {layer_loop!r}; known: {', '.join(LAYER_LOOPS)}.")
+    _check_layer_loop(layer_loop)
     if batch_size <= 0:
       raise InputError(f"the prompt batch size must be positive, got {batch_size}.")
     self.config, self.params, self.tokenizer = config, params, tokenizer
