@@ -15,7 +15,6 @@ setup(
         "orbax-checkpoint>=0.12,<0.13",
         "chex>=0.1.92",
         "absl-py>=2.1",
-        "ml_collections>=1.0",
         "numpy>=2.0",
         "scipy>=1.13",
         "matplotlib>=3.9",

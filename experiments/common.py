@@ -3,14 +3,13 @@
 import math
 import os
 import sys
-import time
 from typing import Optional
 
 import jax
-from absl import flags, logging
+from absl import flags
 from jax.sharding import Mesh
 
-from thickets_jax import distributed, population, workdir
+from thickets_jax import distributed, population
 from thickets_jax.errors import InputError
 
 flags.DEFINE_integer(
@@ -55,14 +54,7 @@ def population_mesh(chunk_size: int) -> tuple[Optional[Mesh], int]:
   return population.population_mesh(devices), math.ceil(chunk_size / len(devices)) * len(devices)
 
 
-def start(root: str, experiment: str) -> None:
-  """Mirrors logs to `root/log.txt` and appends this invocation's flags to `root/flags.json`."""
-  workdir.log_to_file(root)
+def key_flag_values() -> dict:
+  """The flags the running experiment defines, as set: what its `config.json` entry records."""
   main_module = sys.modules["__main__"]
-  values = {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(main_module)}
-  path = os.path.join(root, "flags.json")
-  history = workdir.read_json(path) if os.path.exists(path) else []
-  history.append({"experiment": experiment, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
-                  "flags": values})
-  workdir.write_json(path, history)
-  logging.info("%s: writing to %s", experiment, root)
+  return {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(main_module)}

@@ -9,13 +9,12 @@ N perturbations are scored on the tasks (default the three `one_*` curves). Writ
 `density_vs_width.png`, `discordance_vs_width.png`, and resumable `runs/<base>_w<width>/`.
 """
 
-import os
 
 import numpy as np
 from absl import flags, logging
 
 from experiments import common
-from thickets_jax import cli, plotting, population, randopt, workdir
+from thickets_jax import cli, plotting, population, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.signals import families, model as signal_model, runs, scaling
 
@@ -64,16 +63,22 @@ def main(argv):
   widths = sorted(cli.ints(FLAGS.widths, "widths"))
   margins = cli.floats(FLAGS.margins, "margins")
   _validate(widths, margins)
-  root = workdir.prepare(FLAGS.workdir)
-  common.start(root, "scaling1d")
+  root = workdir.RunDir.prepare(FLAGS.workdir)
+  with root.session("scaling1d", common.key_flag_values()):
+    points = _sweep(widths, margins, root)
+    root.write("results", {"experiment": "scaling1d", "margins": margins, "points": points})
+    _plot(root, points)
+  print(_table(points))
+
+
+def _sweep(widths, margins, root):
   mesh, chunk_size = common.population_mesh(FLAGS.chunk_size)
   points = []
   for base in FLAGS.bases:
     sigma = FLAGS.sigma_untrained if base in signal_model.INITS else FLAGS.sigma_pretrained
     for width in widths:
       point = scaling.sweep_point(
-          base, width, FLAGS.tasks, os.path.join(root, "runs", f"{base}_w{width}"),
-          os.path.join(root, "bases"), n=FLAGS.N, sigma=sigma, margins=margins,
+          base, width, FLAGS.tasks, root.child(f"{base}_w{width}"), root.bases, n=FLAGS.N, sigma=sigma, margins=margins,
           depth=FLAGS.depth, ctx=FLAGS.ctx, fut=FLAGS.fut, seed=FLAGS.seed,
           pretrain_steps=FLAGS.pretrain_steps, samples=FLAGS.samples,
           chunk_size=chunk_size, mesh=mesh)
@@ -82,10 +87,7 @@ def main(argv):
                    FLAGS.plot_margin, {t: _at(point, t, FLAGS.plot_margin)["density"]
                                        for t in FLAGS.tasks},
                    point["discordance"]["discordance"])
-  workdir.write_json(os.path.join(root, "results.json"),
-                     {"experiment": "scaling1d", "margins": margins, "points": points})
-  _plot(root, points)
-  print(_table(points))
+  return points
 
 
 def _at(point, task, margin):
@@ -104,12 +106,13 @@ def _plot(root, points):
                     else p["discordance"]["discordance"] for p in mine])
     discordance_curves[base] = (d, d, d)
   sizes = sorted({p["n_params"] for p in points})
-  plotting.curves_vs_scale(os.path.join(root, "density_vs_width.png"), sizes, density_curves,
+  plotting.curves_vs_scale(root.figure("density_vs_width"), sizes, density_curves,
                            "parameters", f"δ(m={FLAGS.plot_margin:g}) (relative MSE reduction)",
                            f"solution density vs size, N={FLAGS.N}")
-  plotting.curves_vs_scale(os.path.join(root, "discordance_vs_width.png"), sizes,
+  plotting.curves_vs_scale(root.figure("discordance_vs_width"), sizes,
                            discordance_curves, "parameters", "spectral discordance D",
-                           f"D across {len(FLAGS.tasks)} tasks (bound {len(FLAGS.tasks) / (len(FLAGS.tasks) - 1):.2f})")
+                           f"D across {len(FLAGS.tasks)} tasks",
+                           hline=(len(FLAGS.tasks) / (len(FLAGS.tasks) - 1), "bound M/(M−1)"))
 
 
 def _table(points):

@@ -1,18 +1,20 @@
 r"""The paper's 1D-signal experiments (Figure 5): RandOpt around untrained and pretrained MLPs.
 
   python -m experiments.signals1d --regime approximation --workdir /tmp/signals1d
-  python -m experiments.signals1d --regime generalization --workdir /tmp/signals1d_gen
+  python -m experiments.signals1d --regime generalization --seeds 0-9 --workdir /tmp/signals1d_gen
   python -m experiments.signals1d --regime custom --pretrain mixed --posttrain sinusoid \
       --N 200 --K 5,10 --workdir /tmp/signals1d_custom
 
+Every run is repeated over `--seeds` (default 0-4: base init and pretraining, data and members
+all change with the seed), and each figure is reported per seed and as median and mean ± SE
+across seeds: one seed misleads (a pretrained base's test MSE varies ~100x between seeds).
 Flags left unset keep each regime's defaults (N=1000, K=5 or 10, sigma 0.05 untrained /
 0.002 pretrained, width 128, depth 5, ctx 10, fut 60). Writes `results.json`, `bars.png`,
-`log.txt` and per run `runs/<name>/{spec.json,candidates.jsonl,result.json,rollouts.png}`;
-rerunning with the same flags and --workdir resumes without re-scoring.
+`log.txt` and per run and seed `runs/<name>_seed<s>/{spec.json,candidates.jsonl,result.json,
+rollouts.png}`; rerunning with the same flags and --workdir resumes without re-scoring.
 """
 
 import dataclasses
-import os
 
 from absl import flags, logging
 
@@ -33,7 +35,8 @@ flags.DEFINE_integer("width", None, "MLP width.")
 flags.DEFINE_integer("depth", None, "MLP depth (number of linear layers).")
 flags.DEFINE_integer("ctx", None, "Context window.")
 flags.DEFINE_integer("fut", None, "Rollout steps.")
-flags.DEFINE_integer("seed", None, "Root seed: base init, data and candidate seeds.")
+flags.DEFINE_string("seeds", "0-4", "Root seeds, e.g. 0-9 or 0,3,7: base init, data and "
+                    "candidate seeds; figures are reported across them.")
 flags.DEFINE_integer("pretrain_steps", None, "Adam steps of pretraining.")
 flags.DEFINE_integer("posttrain_size", None, "Post-train samples.")
 flags.DEFINE_integer("test_size", None, "Test samples.")
@@ -42,7 +45,7 @@ flags.DEFINE_string("workdir", None, "Where results, plots and logs go.")
 FLAGS = flags.FLAGS
 
 _OVERRIDES = {"N": "n", "sigma": "sigma", "width": "width", "depth": "depth", "ctx": "ctx",
-              "fut": "fut", "seed": "seed", "pretrain_steps": "pretrain_steps",
+              "fut": "fut", "pretrain_steps": "pretrain_steps",
               "posttrain_size": "posttrain_size", "test_size": "test_size"}
 
 
@@ -72,49 +75,66 @@ def main(argv):
   del argv
   common.setup_devices()
   specs = specs_from_flags()
+  seeds = cli.int_ranges(FLAGS.seeds, "seeds")
   if FLAGS.chunk_size <= 0:
     raise InputError(f"--chunk_size must be positive, got {FLAGS.chunk_size}.")
-  root = workdir.prepare(FLAGS.workdir)
-  run_dirs = [os.path.join(root, "runs", spec.name) for spec in specs]
-  for spec, run_dir in zip(specs, run_dirs):  # refuse a clash before any run computes
-    workdir.claim(run_dir, dataclasses.asdict(spec))
-  common.start(root, "signals1d")
-  mesh, chunk_size = common.population_mesh(FLAGS.chunk_size)
-  results = []
-  for i, (spec, run_dir) in enumerate(zip(specs, run_dirs)):
-    logging.info("run %d/%d: %s", i + 1, len(specs), spec.name)
-    results.append(runs.run(spec, run_dir, os.path.join(root, "bases"), chunk_size=chunk_size,
-                            mesh=mesh))
-    r = results[-1]
-    logging.info("%s: test MSE base %.4g, top-1 %.4g, ensemble %s; density(m=0) %.3f",
-                 spec.name, r["test_mse"]["base"]["mean"], r["test_mse"]["top1"]["mean"],
-                 {k: round(v["mean"], 6) for k, v in r["ensemble_test_mse"].items()},
-                 r["density"][0]["density"])
-  workdir.write_json(os.path.join(root, "results.json"),
-                     {"experiment": "signals1d", "regime": FLAGS.regime, "runs": results})
-  k = {r["name"]: max(r["ensemble_test_mse"], key=int) for r in results}
+  root = workdir.RunDir.prepare(FLAGS.workdir)
+  runs_by_seed = [[(dataclasses.replace(spec, seed=seed), root.child(f"{spec.name}_seed{seed}"))
+                   for seed in seeds] for spec in specs]
+  for spec, run_dir in (run for per_seed in runs_by_seed for run in per_seed):
+    run_dir.claim(dataclasses.asdict(spec))  # refuse a clash before any run computes
+  with root.session("signals1d", common.key_flag_values()):
+    mesh, chunk_size = common.population_mesh(FLAGS.chunk_size)
+    summaries = []
+    for i, per_seed in enumerate(runs_by_seed):
+      results = []
+      for spec, run_dir in per_seed:
+        logging.info("run %d/%d, seed %d: %s", i + 1, len(specs), spec.seed, spec.name)
+        results.append(runs.run(spec, run_dir, root.bases, chunk_size=chunk_size, mesh=mesh))
+      summaries.append({"name": specs[i].name, "sigma": results[0]["sigma"], "seeds": seeds,
+                        "across_seeds": runs.across_seeds(results), "runs": results})
+      logging.info("%s over %d seeds: %s", specs[i].name, len(seeds), _line(summaries[-1]))
+    root.write("results", {"experiment": "signals1d", "regime": FLAGS.regime, "seeds": seeds,
+                           "runs": summaries})
+    _plot(root, summaries)
+  print(_table(summaries))
+
+
+def _largest_k(summary) -> str:
+  return max(summary["runs"][0]["ensemble_test_mse"], key=int)
+
+
+def _line(summary) -> str:
+  a, k = summary["across_seeds"], _largest_k(summary)
+  return ", ".join(f"{label} {a[key]['median']:.3g} (mean {a[key]['mean']:.3g} ± {a[key]['se']:.2g})"
+                   for label, key in (("base", "test_mse/base"), ("top-1", "test_mse/top1"),
+                                      (f"ensemble K={k}", f"test_mse/ensemble_K{k}")))
+
+
+def _plot(root, summaries):
+  """Bars of the median test MSE across seeds, error bars the SE of the mean."""
+  column = lambda key: ([s["across_seeds"][key(s)]["median"] for s in summaries],
+                        [s["across_seeds"][key(s)]["se"] for s in summaries])
   plotting.grouped_bars(
-      os.path.join(root, "bars.png"), [r["name"] for r in results],
-      {"base": _column(results, lambda r: r["test_mse"]["base"]),
-       "top-1": _column(results, lambda r: r["test_mse"]["top1"]),
-       "ensemble": _column(results, lambda r: r["ensemble_test_mse"][k[r["name"]]])},
-      "test MSE", f"1D RandOpt, regime {FLAGS.regime}")
-  print(_table(results))
+      root.figure("bars"), [s["name"] for s in summaries],
+      {"base": column(lambda s: "test_mse/base"), "top-1": column(lambda s: "test_mse/top1"),
+       "ensemble": column(lambda s: f"test_mse/ensemble_K{_largest_k(s)}")},
+      "test MSE (median over seeds; bars ± SE)",
+      f"1D RandOpt, regime {FLAGS.regime}, {len(summaries[0]['seeds'])} seeds")
 
 
-def _table(results: list[dict]) -> str:
-  """A plain-text summary of 1D runs: test MSE of base, top-1 and each ensemble."""
-  lines = [f"{'run':38s} {'sigma':>7s} {'base':>10s} {'top-1':>10s} {'ensemble':>18s} {'δ(0)':>6s}"]
-  for r in results:
-    ensembles = " ".join(f"K{k}:{v['mean']:.3g}" for k, v in r["ensemble_test_mse"].items())
-    lines.append(f"{r['name']:38s} {r['sigma']:7.3g} {r['test_mse']['base']['mean']:10.4g} "
-                 f"{r['test_mse']['top1']['mean']:10.4g} {ensembles:>18s} "
-                 f"{r['density'][0]['density']:6.3f}")
+def _table(summaries: list[dict]) -> str:
+  """Median over seeds (mean ± SE) of base, top-1 and largest-K ensemble test MSE, and δ(0)."""
+  header = (f"{'run':34s} {'sigma':>6s} {'base':>22s} {'top-1':>22s} {'ensemble':>24s} "
+            f"{'δ(0)':>5s}  (median, mean ± SE over seeds)")
+  lines = [header]
+  cell = lambda f: f"{f['median']:.3g} ({f['mean']:.2g}±{f['se']:.1g})"
+  for s in summaries:
+    a, k = s["across_seeds"], _largest_k(s)
+    lines.append(f"{s['name']:34s} {s['sigma']:6.3g} {cell(a['test_mse/base']):>22s} "
+                 f"{cell(a['test_mse/top1']):>22s} {'K' + k + ' ' + cell(a[f'test_mse/ensemble_K{k}']):>24s} "
+                 f"{a['density/m=0']['median']:5.2f}")
   return "\n".join(lines)
-
-
-def _column(results, pick):
-  return ([pick(r)["mean"] for r in results], [pick(r)["se"] for r in results])
 
 
 if __name__ == "__main__":

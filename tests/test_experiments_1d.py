@@ -5,6 +5,7 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -25,16 +26,16 @@ def _lines(path):
 def test_signals1d_custom_run_resumes_without_rescoring(tmp_path):
   workdir = str(tmp_path / "w")
   args = ["--regime", "custom", "--pretrain", "mixed", "--posttrain", "sinusoid", "--N", "12",
-          "--K", "2,4", "--chunk_size", "4", "--workdir", workdir, *TINY]
+          "--K", "2,4", "--chunk_size", "4", "--seeds", "0", "--workdir", workdir, *TINY]
   first = _run("signals1d", *args)
   assert first.returncode == 0, first.stderr[-3000:]
-  run_dir = os.path.join(workdir, "runs", "mixed_to_sinusoid")
+  run_dir = os.path.join(workdir, "runs", "mixed_to_sinusoid_seed0")
   with open(os.path.join(workdir, "results.json")) as f:
     results = json.load(f)
-  (result,) = results["runs"]
+  (result,) = results["runs"][0]["runs"]
   assert set(result["ensemble_test_mse"]) == {"2", "4"}
   assert len(result["top_members"]) == 4
-  for name in ("bars.png", "log.txt", "flags.json"):
+  for name in ("bars.png", "log.txt", "config.json"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
   assert os.path.getsize(os.path.join(run_dir, "rollouts.png")) > 0
   candidates = os.path.join(run_dir, "candidates.jsonl")
@@ -49,7 +50,7 @@ def test_signals1d_custom_run_resumes_without_rescoring(tmp_path):
   assert "resuming: 5 of 12 candidates already scored" in second.stderr
   assert len(_lines(candidates)) == 12
   with open(os.path.join(workdir, "results.json")) as f:
-    again = json.load(f)["runs"][0]
+    again = json.load(f)["runs"][0]["runs"][0]
   for key in ("train_mse", "test_mse", "ensemble_test_mse", "density", "top_members"):
     assert again[key] == result[key], key
 
@@ -57,22 +58,31 @@ def test_signals1d_custom_run_resumes_without_rescoring(tmp_path):
 def test_signals1d_refuses_to_resume_with_other_settings(tmp_path):
   workdir = str(tmp_path / "w")
   args = ["--regime", "custom", "--pretrain", "xavier", "--posttrain", "one_line", "--K", "2",
-          "--workdir", workdir, *TINY]
+          "--seeds", "0", "--workdir", workdir, *TINY]
   assert _run("signals1d", "--N", "4", *args).returncode == 0
   clash = _run("signals1d", "--N", "6", *args)
   assert clash.returncode == 2
   assert "holds a run with other settings (n);" in clash.stderr
 
 
-def test_signals1d_approximation_regime_tiny(tmp_path):
+def test_signals1d_approximation_regime_over_seeds(tmp_path):
   workdir = str(tmp_path / "w")
-  out = _run("signals1d", "--regime", "approximation", "--N", "8", "--K", "2", "--workdir",
-             workdir, *TINY)
+  out = _run("signals1d", "--regime", "approximation", "--N", "8", "--K", "2", "--seeds", "0-2",
+             "--workdir", workdir, *TINY)
   assert out.returncode == 0, out.stderr[-3000:]
   with open(os.path.join(workdir, "results.json")) as f:
-    names = [r["name"] for r in json.load(f)["runs"]]
-  assert names == ["xavier_to_one_line", "mixed_to_one_line", "line_to_one_line"]
-  assert "xavier_to_one_line" in out.stdout
+    summaries = json.load(f)["runs"]
+  assert [s["name"] for s in summaries] == ["xavier_to_one_line", "mixed_to_one_line",
+                                             "line_to_one_line"]
+  for s in summaries:
+    assert s["seeds"] == [0, 1, 2] and [r["spec"]["seed"] for r in s["runs"]] == [0, 1, 2]
+    base = s["across_seeds"]["test_mse/base"]
+    per_seed = [r["test_mse"]["base"]["mean"] for r in s["runs"]]
+    assert base["per_seed"] == per_seed and len(set(per_seed)) == 3  # seeds change the base
+    assert base["median"] == sorted(per_seed)[1]
+    assert base["mean"] == pytest.approx(sum(per_seed) / 3)
+    assert base["se"] == pytest.approx(float(np.std(per_seed, ddof=1) / np.sqrt(3)))
+  assert "xavier_to_one_line" in out.stdout and "mean ± SE over seeds" in out.stdout
 
 
 def test_scaling1d_tiny(tmp_path):
@@ -100,6 +110,8 @@ def test_scaling1d_tiny(tmp_path):
     (["--sigma", "-0.01"], "sigma must be a positive finite number, got -0.01"),
     (["--width", "0"], "--width must be at least 1, got 0"),
     (["--K", "five"], "--K takes integers"),
+    (["--seeds", "0-x"], "--seeds takes integers and ranges like 0-4"),
+    (["--seeds", "1,1"], "--seeds must name distinct integers"),
 ])
 def test_signals1d_bad_input_is_one_sentence_before_any_compute(tmp_path, args, sentence):
   workdir = str(tmp_path / "never_created")
@@ -118,3 +130,14 @@ def test_unwritable_workdir_is_one_sentence(tmp_path):
     out = _run(module, "--workdir", str(blocker / "sub"))
     assert out.returncode == 2 and "Traceback" not in out.stderr
     assert out.stderr.startswith("error: cannot write to --workdir")
+
+
+@pytest.mark.parametrize("args, sentence", [
+    (["--bench", "B1", "--chunk_size", "0"], "--chunk_size must be positive, got 0"),
+    (["--bench", "B9"], "unknown --bench 'B9'; known: B1, B2, B3, B4, B5"),
+    (["--bench", "B4", "--b4_sizes", "4,-1"], "--b4_sizes must be positive, got -1"),
+])
+def test_benchmark_bad_flags_are_refused_before_any_measurement(args, sentence):
+  out = _run("benchmark", *args)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert out.stderr.strip().splitlines() == [f"error: {sentence}."]

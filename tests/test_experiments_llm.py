@@ -1,12 +1,20 @@
-"""End to end: experiments.randopt and experiments.density on a tiny random checkpoint."""
+"""End to end on a tiny random checkpoint: the library runs in-process, the command lines, and
+a two-process run."""
 
+import dataclasses
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 
 import pytest
+
+from thickets_jax.errors import InputError
+from thickets_jax.llm import generate, registry, runs
+from thickets_jax.llm import model as llm_model
+from thickets_jax.perturb import PerturbSpec, rebuild_member
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch = pytest.importorskip("torch")
@@ -46,41 +54,60 @@ SMALL = ["--model", "tiny-random-llama", "--task", "countdown", "--N", "4", "--s
          "--train_size", "2", "--max_new_tokens", "8", "--batch_size", "2", "--members_per_batch", "2"]
 
 
-def test_randopt_runs_resumes_and_reevaluates(tmp_path, tiny_weights):
+def test_run_randopt_resumes_and_reevaluates(tmp_path, tiny_weights):
   workdir = str(tmp_path / "ro")
-  args = [*SMALL, "--weights", tiny_weights, "--K", "1,2", "--test_size", "3", "--workdir", workdir]
-  first = _run("randopt", *args)
-  assert first.returncode == 0, first.stderr[-3000:]
-  result = _read(os.path.join(workdir, "results.json"))
+  config = runs.RandOptConfig.tiny(tiny_weights)
+  result = runs.run_randopt(config, workdir)
   assert set(result["ensemble_accuracy"]) == {"1", "2"} and result["test_size"] == 3
+  assert _read(os.path.join(workdir, "results.json")) == json.loads(json.dumps(result))
   top = _read(os.path.join(workdir, "topk.json"))
   assert [set(m) >= {"seed", "sigma", "train_score"} for m in top["members"]] == [True, True]
-  assert top["perturbation"]["mode"] == "independent"
-  assert "K=2" in first.stdout
+  assert PerturbSpec.from_json(top["perturbation"]) == config.perturb_spec()
+  assert top["perturbation"]["stacked"] == llm_model.STACKED_LEAVES
 
   candidates = os.path.join(workdir, "candidates.jsonl")
   with open(candidates) as f:
     lines = f.read().splitlines()
   assert len(lines) == 4
-  for line in lines:  # the first --keep_completions (default 2) train completions, as text
+  for line in lines:  # the first keep_completions (default 2) train completions, as text
     (completions,) = json.loads(line)["completions"]
     assert len(completions) == 2 and all(isinstance(c, str) for c in completions)
   assert len(_read(os.path.join(workdir, "base.json"))["completions"][0]) == 2
   with open(candidates, "w") as f:  # as if killed after the first chunk
     f.write("\n".join(lines[:2]) + "\n")
-  second = _run("randopt", *args)
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert "resuming: 2 of 4 candidates already scored" in second.stderr
-  assert _read(os.path.join(workdir, "results.json")) == result
+  assert runs.run_randopt(config, workdir) == result
+  with open(os.path.join(workdir, "log.txt")) as f:
+    assert "resuming: 2 of 4 candidates already scored" in f.read()
+  assert len(_read(os.path.join(workdir, "config.json"))) == 2  # one entry per invocation
 
   again = str(tmp_path / "again")
-  third = _run("randopt", "--resume_dir", workdir, "--weights", tiny_weights, "--test_size", "2",
-               "--seed", "1", "--K", "1,2", "--max_new_tokens", "8", "--batch_size", "2",
-               "--train_size", "2", "--workdir", again)
-  assert third.returncode == 0, third.stderr[-3000:]
-  resumed = _read(os.path.join(again, "results.json"))
+  resumed = runs.reevaluate_randopt(dataclasses.replace(config, test_size=2, seed=1), workdir,
+                                    again)
   assert resumed["members"] == top["members"] and set(resumed["ensemble_accuracy"]) == {"1", "2"}
   assert not os.path.exists(os.path.join(again, "candidates.jsonl"))  # nothing re-scored
+  with pytest.raises(InputError, match="holds a run with other settings"):
+    runs.run_randopt(dataclasses.replace(config, N=5), workdir)
+
+
+def test_a_member_rebuilt_from_topk_json_alone_writes_what_it_wrote_in_the_search(
+    tmp_path, tiny_weights):
+  workdir = str(tmp_path / "ro")
+  config = runs.RandOptConfig.tiny(tiny_weights, sigmas=(0.2,), keep_completions=2)
+  runs.run_randopt(config, workdir)
+  topk = runs.load_topk(workdir)  # model, weights, dtype, perturbation and members
+  loaded = registry.load(topk["model"], topk["weights"], runs.DTYPES[topk["dtype"]])
+  best = topk["members"][0]
+  member = rebuild_member(loaded.params, best["seed"], best["sigma"], topk["perturbation"])
+  gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+                           generate.Sampling(max_new_tokens=config.max_new_tokens),
+                           batch_size=config.batch_size, chat=loaded.entry.instruct,
+                           perturb=topk["perturbation"])
+  train, _ = config.splits(topk["task"], 0)
+  searched = next(json.loads(line) for line in open(os.path.join(workdir, "candidates.jsonl"))
+                  if json.loads(line)["seed"] == best["seed"])
+  rebuilt = gen.generate([e.prompt for e in train[:2]], params=member)
+  assert rebuilt == searched["completions"][0]
+  assert rebuilt != gen.generate([e.prompt for e in train[:2]])  # sigma 0.2 changes the text
 
 
 def _free_port() -> int:
@@ -111,34 +138,59 @@ def test_randopt_on_two_processes_equals_one_process(tmp_path, tiny_weights):
   for name in ("candidates.jsonl", "test_members.jsonl"):
     with open(os.path.join(one, name)) as a, open(os.path.join(two, name)) as b:
       assert a.read() == b.read(), name  # written once, by process 0
-  assert len(_read(os.path.join(two, "flags.json"))) == 1
+  assert len(_read(os.path.join(two, "config.json"))) == 1
 
 
-def test_density_on_the_tiny_model(tmp_path, tiny_weights):
+def test_run_density_on_the_tiny_model(tmp_path, tiny_weights):
   workdir = str(tmp_path / "density")
-  out = _run("density", *SMALL[2:], "--model", "tiny-random-llama", "--weights", tiny_weights,
-             "--workdir", workdir)
-  assert out.returncode == 0, out.stderr[-3000:]
-  (point,) = _read(os.path.join(workdir, "results.json"))["points"]
+  result = runs.run_density(runs.DensityConfig.tiny(tiny_weights), workdir)
+  (point,) = result["points"]
   assert {r["sigma"] for r in point["density_reward"]} == {0.01, 0.05}
   assert all(r["ci_low"] <= r["density"] <= r["ci_high"] for r in point["density_reward"])
+  versus = point["versus_base_reward"]
+  assert versus["above"]["count"] + versus["tied"]["count"] + versus["below"]["count"] == 4
+  # A random tiny model scores 0 on Countdown: the base is at the floor and every member ties.
+  assert point["base_reward"] == 0 and versus["base_at"] == "floor"
+  assert versus["tied"]["fraction"] == 1.0 and point["density_reward"][0]["density"] == 1.0
   for name in ("density_vs_size.png", "scores_tiny-random-llama.png", "log.txt"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
 
 
+def test_density_command_line_prints_the_table(tmp_path, tiny_weights):
+  workdir = str(tmp_path / "density")
+  out = _run("density", *SMALL[2:], "--model", "tiny-random-llama", "--weights", tiny_weights,
+             "--workdir", workdir)
+  assert out.returncode == 0, out.stderr[-3000:]
+  assert "[base at the floor]" in out.stdout
+  assert _read(os.path.join(workdir, "results.json"))["N"] == 4
+
+
+@pytest.mark.parametrize("overrides, sentence", [
+    (dict(model="gpt-9"), "unknown model 'gpt-9'"),
+    (dict(task="chess"), "unknown task 'chess'"),
+    (dict(N=4, ks=(8,)), "K=8 is larger than the population N=4"),
+    (dict(sigmas=(0.0,)), "sigma must be a positive finite number, got 0.0"),
+    (dict(weights=None), "tiny-random-llama has no published weights; pass --weights DIR"),
+    (dict(task="gsm8k", data="/nonexistent.jsonl"), "--data /nonexistent.jsonl is not a file"),
+    (dict(model_parallel=2), "--model_parallel needs --member_axis vmap"),
+    (dict(keep_completions=-1), "--keep_completions must be >= 0, got -1"),
+    (dict(mode="shared"), "unknown perturbation mode 'shared'"),
+    (dict(test_size=-1), "--test_size must be >= 0, got -1"),
+])
+def test_bad_settings_are_one_sentence_before_loading(tmp_path, tiny_weights, overrides, sentence):
+  workdir = str(tmp_path / "never")
+  with pytest.raises(InputError, match=re.escape(sentence)):
+    runs.run_randopt(dataclasses.replace(runs.RandOptConfig.tiny(tiny_weights), **overrides), workdir)
+  assert not os.path.exists(workdir)
+
+
 @pytest.mark.parametrize("args, sentence", [
     (["--model", "gpt-9"], "unknown model 'gpt-9'"),
-    (["--task", "chess"], "unknown task 'chess'"),
-    (["--N", "4", "--K", "8"], "K=8 is larger than the population N=4"),
-    (["--sigmas", "0"], "sigma must be a positive finite number, got 0.0"),
-    (["--model", "tiny-random-llama"], "tiny-random-llama has no published weights; pass --weights DIR"),
-    (["--task", "gsm8k", "--data", "/nonexistent.jsonl"], "--data /nonexistent.jsonl is not a file"),
-    (["--model_parallel", "2"], "--model_parallel needs --member_axis vmap"),
-    (["--keep_completions", "-1"], "--keep_completions must be >= 0, got -1"),
+    (["--K", "2,x"], "--K takes integers"),
     (["--distributed", "--num_processes", "1", "--process_id", "0", "--coordinator",
       "localhost:0"], "--distributed needs --model_parallel M"),
 ])
-def test_randopt_bad_input_is_one_sentence_before_loading(tmp_path, args, sentence):
+def test_command_line_bad_input_is_one_sentence(tmp_path, args, sentence):
   workdir = str(tmp_path / "never")
   out = _run("randopt", *args, "--workdir", workdir)
   assert out.returncode == 2 and "Traceback" not in out.stderr
@@ -146,18 +198,66 @@ def test_randopt_bad_input_is_one_sentence_before_loading(tmp_path, args, senten
   assert not os.path.exists(workdir)
 
 
-def test_discordance_on_the_tiny_model(tmp_path, tiny_weights):
+def test_run_discordance_on_the_tiny_model(tmp_path, tiny_weights):
   workdir = str(tmp_path / "disc")
-  out = _run("discordance", "--model", "tiny-random-llama", "--weights", tiny_weights,
-             "--tasks", "countdown,basic_arithmetic,letter_counting", "--N", "6", "--train_size", "2",
-             "--max_new_tokens", "8", "--batch_size", "6", "--members_per_batch", "3",
-             "--sigmas", "0.05,0.2", "--clusters", "2", "--workdir", workdir)
-  assert out.returncode == 0, out.stderr[-3000:]
-  result = _read(os.path.join(workdir, "results.json"))
-  assert result["discordance_reward"]["upper_bound"] == 1.5
-  assert len(result["clusters"]) == 6 and set(result["clusters"]) <= {0, 1}
-  ranks = result["percentile_ranks_reward"]
+  result = runs.run_discordance(runs.DiscordanceConfig.tiny(tiny_weights), workdir)
+  (point,) = result["points"]
+  assert point["discordance_reward"]["upper_bound"] == 1.5
+  assert len(point["clusters"]) == 6 and set(point["clusters"]) <= {0, 1}
+  ranks = point["percentile_ranks_reward"]
   assert len(ranks) == 6 and all(len(row) == 3 and all(0 < r <= 1 for r in row) for row in ranks)
-  assert "spectral discordance over 3 tasks" in out.stdout
-  for name in ("spectra.png", "pca.png"):
+  assert set(point["base_at_bound"]) == {"countdown", "basic_arithmetic", "letter_counting"}
+  for name in ("spectra_tiny-random-llama.png", "pca_tiny-random-llama.png",
+               "discordance_vs_size.png"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
+
+
+def _garbage_checkpoint(tmp_path, tiny_weights, damage):
+  """A copy of the tiny checkpoint with one file made hostile."""
+  import shutil  # pylint: disable=g-import-not-at-top
+  directory = tmp_path / f"bad_{damage}"
+  shutil.copytree(tiny_weights, directory)
+  if damage == "config list":
+    (directory / "config.json").write_text("[]")
+  elif damage == "config directory":
+    (directory / "config.json").unlink()
+    (directory / "config.json").mkdir()
+  elif damage == "config bad size":
+    record = json.loads((directory / "config.json").read_text())
+    (directory / "config.json").write_text(json.dumps({**record, "hidden_size": "big"}))
+  elif damage == "random safetensors":
+    (directory / "model.safetensors").write_bytes(os.urandom(4096))
+  elif damage == "invalid index":
+    (directory / "model.safetensors.index.json").write_text('{"weight_map": [1, 2]}')
+  elif damage == "index names a missing file":
+    (directory / "model.safetensors.index.json").write_text(
+        json.dumps({"weight_map": {"lm_head.weight": "model-00002.safetensors"}}))
+  return str(directory)
+
+
+@pytest.mark.parametrize("damage, names, sentence", [
+    ("config list", "config.json", "holds a JSON list, not a model config object"),
+    ("config directory", "config.json", "is not a file"),
+    ("config bad size", "config.json", "hidden_size = 'big'; it must be a positive integer"),
+    ("random safetensors", "model.safetensors", "is not a readable safetensors file"),
+    ("invalid index", "model.safetensors.index.json", "is not a valid safetensors index"),
+    ("index names a missing file", "model.safetensors.index.json",
+     "names .*model-00002.safetensors, which is not a file"),
+])
+def test_a_hostile_weights_directory_is_one_sentence_naming_the_file(tmp_path, tiny_weights,
+                                                                    damage, names, sentence):
+  weights_dir = _garbage_checkpoint(tmp_path, tiny_weights, damage)
+  workdir = str(tmp_path / "never")
+  with pytest.raises(InputError, match=sentence) as error:
+    runs.run_randopt(runs.RandOptConfig.tiny(weights_dir), workdir)
+  assert names in str(error.value) and "\n" not in str(error.value)
+  assert not os.path.exists(workdir)
+
+
+def test_a_hostile_weights_directory_exits_2_on_the_command_line(tmp_path, tiny_weights):
+  weights_dir = _garbage_checkpoint(tmp_path, tiny_weights, "random safetensors")
+  workdir = str(tmp_path / "never")
+  out = _run("randopt", *SMALL, "--weights", weights_dir, "--workdir", workdir)
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert "model.safetensors is not a readable safetensors file" in out.stderr
+  assert len(out.stderr.strip().splitlines()) == 1 and not os.path.exists(workdir)

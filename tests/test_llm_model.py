@@ -11,8 +11,7 @@ import pytest
 
 from thickets_jax.errors import InputError
 from thickets_jax.llm import assets, generate, model as M, registry, weights
-from thickets_jax.llm.config import ModelConfig
-from thickets_jax.perturb import rebuild_member
+from thickets_jax.perturb import PerturbSpec, rebuild_member
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -124,7 +123,7 @@ def test_cached_greedy_generation_equals_recomputation(tmp_path, layer_loop):
   prompts = ["hello", "a much longer prompt", "xy"]
   out = gen.base_token_ids(prompts)
   for row, text in zip(out, prompts):
-    expected = _greedy_reference(gen.config, gen.params, gen.tokenizer(text)["input_ids"], 12)
+    expected = _greedy_reference(gen.config, gen.params, gen.codec.tokenizer(text)["input_ids"], 12)
     assert row.tolist() == expected
 
 
@@ -132,11 +131,11 @@ def test_generation_compiles_once_per_bucket(tmp_path):
   gen = _generator(tmp_path, generate.Sampling(max_new_tokens=4))
   traced = chex.assert_max_traces(generate.generate_batches, n=1)
   run = jax.jit(lambda params, prompts, masks, keys: traced(
-      gen.config, params, prompts, masks, keys, sampling=gen.sampling, stop_ids=gen.stop_ids,
-      pad_id=gen.pad_id))
-  keys = gen._keys(None, 1)  # pylint: disable=protected-access
+      gen.config, params, prompts, masks, keys, sampling=gen.sampling,
+      stop_ids=gen.codec.stop_ids, pad_id=gen.codec.pad_id))
+  keys = generate.batch_keys(gen.sampling, None, 1)
   for prompts in (["abc"], ["a longer one", "b"], ["x" * 40, "y", "z", "w"]):  # one 64-token bucket
-    tokens, mask = gen.encode(prompts)
+    tokens, mask = gen.codec.encode(prompts)
     run(gen.params, tokens, mask, keys)
 
 
@@ -144,11 +143,11 @@ def test_perturbed_member_generation_equals_explicitly_perturbed_params(tmp_path
   gen = _generator(tmp_path, generate.Sampling(max_new_tokens=10, ignore_eos=True))
   prompts = ["one prompt", "another"]
   seeds, sigmas = np.array([5, 9]), np.array([0.05, 0.2])
-  members = [rebuild_member(gen.params, int(seed), float(sigma), stacked=generate.STACKED_LEAVES)
+  members = [rebuild_member(gen.params, int(seed), float(sigma), gen.perturb)
              for seed, sigma in zip(seeds, sigmas)]
   explicit = [gen.base_token_ids(prompts, params=member) for member in members]
   for axis, layer_loop in (("map", "scan"), ("vmap", "scan"), ("map", "unrolled")):
-    gen_axis = generate.Generator(gen.config, gen.params, gen.tokenizer, gen.sampling,
+    gen_axis = generate.Generator(gen.config, gen.params, gen.codec.tokenizer, gen.sampling,
                                   batch_size=4, chat=False, member_axis=axis,
                                   layer_loop=layer_loop)
     (part, ids), = gen_axis.population_token_ids(seeds, sigmas, prompts, members_per_batch=2)
@@ -169,17 +168,24 @@ def test_sampling_is_keyed_and_tiny_top_p_is_greedy(tmp_path):
   assert not np.array_equal(hot.base_token_ids(prompts, key),
                             hot.base_token_ids(prompts, jax.random.key(4)))
   np.testing.assert_array_equal(nucleus.base_token_ids(prompts, key), greedy.base_token_ids(prompts))
+  with pytest.raises(InputError, match="temperature > 0 needs an explicit PRNG key"):
+    hot.base_token_ids(prompts)
+
+
+def test_a_language_model_spec_must_stack_its_layers(tmp_path):
+  with pytest.raises(ValueError, match="needs stacked="):
+    _generator(tmp_path, generate.Sampling(max_new_tokens=2), perturb=PerturbSpec())
 
 
 def test_stop_tokens_and_stop_strings(tmp_path):
   gen = _generator(tmp_path, generate.Sampling(max_new_tokens=6), stop_strings=("C",))
-  assert gen.decode(np.array([2, 3, 1, 4, 5])) == ""  # "CD", cut at the stop string "C"
-  assert gen.decode(np.array([3, 4, 1, 5])) == "DE"  # id 1 (EOS) ends the text
+  assert gen.codec.decode(np.array([2, 3, 1, 4, 5])) == ""  # "CD", cut at the stop string "C"
+  assert gen.codec.decode(np.array([3, 4, 1, 5])) == "DE"  # id 1 (EOS) ends the text
   ids = gen.base_token_ids(["abc", "xyz"])
   for row in ids:
-    stops = np.flatnonzero(np.isin(row, gen.stop_ids))
+    stops = np.flatnonzero(np.isin(row, gen.codec.stop_ids))
     if stops.size:
-      assert np.all(row[stops[0]:] == gen.pad_id)
+      assert np.all(row[stops[0]:] == gen.codec.pad_id)
 
 
 # Exact totals of the published Qwen2.5 safetensors checkpoints (tied embeddings counted once).
@@ -245,9 +251,9 @@ def test_model_parallel_params_give_the_same_logits_and_members(tmp_path):
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, 96, size=(2, 7)))
   np.testing.assert_allclose(M.forward(config, sharded, tokens), M.forward(config, plain, tokens),
                              atol=2e-5)
-  kwargs = dict(stacked=generate.STACKED_LEAVES)
-  chex.assert_trees_all_equal(jax.tree.map(np.asarray, rebuild_member(sharded, 7, 0.01, **kwargs)),
-                              jax.tree.map(np.asarray, rebuild_member(plain, 7, 0.01, **kwargs)))
+  spec = PerturbSpec(stacked=M.STACKED_LEAVES)
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, rebuild_member(sharded, 7, 0.01, spec)),
+                              jax.tree.map(np.asarray, rebuild_member(plain, 7, 0.01, spec)))
 
 
 @pytest.mark.two_devices
@@ -269,7 +275,7 @@ def test_population_generation_on_a_model_parallel_mesh_equals_one_device(tmp_pa
   mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
   directory = str(tmp_path / "qwen2-untied")
   sharded = weights.load_safetensors(directory, gen.config, place=sharding.placer(mesh))
-  on_mesh = generate.Generator(gen.config, sharded, gen.tokenizer, gen.sampling, batch_size=4,
+  on_mesh = generate.Generator(gen.config, sharded, gen.codec.tokenizer, gen.sampling, batch_size=4,
                                chat=False, member_axis="vmap")
   seeds, sigmas = np.array([3, 4]), np.array([0.1, 0.1])
   prompts = ["abc", "hello there"]

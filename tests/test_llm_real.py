@@ -26,8 +26,7 @@ def _prompts(loaded, count=3):
   gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
                            generate.Sampling(max_new_tokens=1), batch_size=count, chat=True)
   texts = [countdown.prompt(p) for p in countdown.generate(7, count)]
-  return gen, texts, [loaded.tokenizer(gen.prompt_text(t), add_special_tokens=False)["input_ids"]
-                      for t in texts]
+  return gen, texts, gen.codec.token_ids(texts)
 
 
 def test_logits_match_pytorch_on_the_same_weights(offline):
@@ -51,7 +50,7 @@ def test_greedy_continuations_match_pytorch_for_32_tokens(offline):
   for row, ids in zip(ours, prompts):
     with torch.no_grad():
       out = hf.generate(torch.tensor([ids]), max_new_tokens=32, min_new_tokens=32,
-                        do_sample=False, pad_token_id=gen.pad_id)
+                        do_sample=False, pad_token_id=gen.codec.pad_id)
     assert row.tolist() == out[0, len(ids):].tolist()
 
 

@@ -1,5 +1,7 @@
 """Noise independence, upstream mode, relative sigma, include filter, bit-identical rebuilds."""
 
+import json
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,8 @@ import numpy as np
 import pytest
 
 from thickets_jax import perturb as P
+from thickets_jax import rng, tree
+from thickets_jax.errors import InputError
 
 
 def _params():
@@ -19,7 +23,7 @@ def _params():
 
 
 def _noise(params, seed=3, sigma=1.0, **kw):
-  return P.rebuild_member(params, seed, sigma, **kw)
+  return P.rebuild_member(params, seed, sigma, P.PerturbSpec(**kw))
 
 
 def _corr(a, b):
@@ -93,13 +97,42 @@ def test_dtypes_are_kept_and_integer_leaves_untouched():
 
 
 def test_leaf_indices_follow_sorted_paths():
-  assert P.stable_leaf_indices({"b": 1.0, "a": {"z": 2.0, "c": 3.0}}) == [0, 1, 2]
-  assert P.leaf_names({"b": 1.0, "a": {"z": 2.0, "c": 3.0}}) == ["a/c", "a/z", "b"]
+  assert tree.stable_leaf_indices({"b": 1.0, "a": {"z": 2.0, "c": 3.0}}) == [0, 1, 2]
+  assert tree.leaf_names({"b": 1.0, "a": {"z": 2.0, "c": 3.0}}) == ["a/c", "a/z", "b"]
   # List positions sort as strings: "0" < "1" < "10" < "2".
-  indices = P.stable_leaf_indices([1.0] * 11)
+  indices = tree.stable_leaf_indices([1.0] * 11)
   assert indices[:3] == [0, 1, 3] and indices[10] == 2
 
 
-def test_unknown_mode_is_refused():
-  with pytest.raises(ValueError, match="unknown perturbation mode"):
-    P.perturb({"w": jnp.ones(3)}, P.member_key(0), 0.1, mode="shared")
+@pytest.mark.parametrize("fields, sentence", [
+    (dict(mode="shared"), "unknown perturbation mode 'shared'"),
+    (dict(noise_dtype="int8"), "unknown noise dtype 'int8'"),
+    (dict(include="(["), "is not a valid regular expression"),
+])
+def test_bad_specs_are_refused_with_one_sentence(fields, sentence):
+  with pytest.raises(InputError, match=sentence):
+    P.PerturbSpec(**fields)
+
+
+def test_spec_round_trips_through_json_and_refuses_partial_records():
+  spec = P.PerturbSpec(mode="upstream", relative=True, include="^head/", stacked="^layers/")
+  assert P.PerturbSpec.from_json(json.loads(json.dumps(spec.to_json()))) == spec
+  partial = {k: v for k, v in spec.to_json().items() if k != "stacked"}
+  with pytest.raises(InputError, match="needs exactly the fields"):
+    P.PerturbSpec.from_json(partial)
+
+
+def test_bfloat16_noise_is_a_different_member_of_the_right_scale():
+  params = {"w": jnp.zeros((128, 128))}
+  f32 = _noise(params, sigma=0.1)["w"]
+  bf16 = _noise(params, sigma=0.1, noise_dtype="bfloat16")["w"]
+  assert bf16.dtype == jnp.float32 and float(bf16.std()) == pytest.approx(0.1, rel=0.05)
+  assert not np.array_equal(np.asarray(f32), np.asarray(bf16))
+
+
+def test_member_key_is_the_member_purpose_of_rng():
+  a = P.perturb({"w": jnp.zeros(4)}, rng.member_key(5), 1.0)
+  b = P.perturb_member({"w": jnp.zeros(4)}, 5, 1.0, P.PerturbSpec())
+  np.testing.assert_array_equal(a["w"], b["w"])
+  with pytest.raises(ValueError, match="unknown PRNG purpose"):
+    rng.key(0, "dropout")

@@ -8,7 +8,7 @@ import pytest
 
 from thickets_jax import population
 from thickets_jax.errors import InputError
-from thickets_jax.perturb import rebuild_member
+from thickets_jax.perturb import PerturbSpec, rebuild_member
 
 
 def _params():
@@ -44,7 +44,7 @@ def test_vmapped_chunks_equal_a_per_member_loop():
   fn = population.population_fn(_score)
   batched = population.evaluate_population(fn, params, seeds, sigmas, chunk_size=3)
   for i, (seed, sigma) in enumerate(zip(seeds, sigmas)):
-    single = jax.tree.map(np.asarray, _score(rebuild_member(params, int(seed), float(sigma))))
+    single = jax.tree.map(np.asarray, _score(rebuild_member(params, int(seed), float(sigma), PerturbSpec())))
     np.testing.assert_allclose(batched["score"][i], single["score"], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(batched["out"][i], single["out"], rtol=1e-6)
 
@@ -56,7 +56,7 @@ def test_members_built_in_a_population_equal_rebuilt_members_bitwise():
                                            seeds, sigmas, chunk_size=2)
   for i, (seed, sigma) in enumerate(zip(seeds, sigmas)):
     chex.assert_trees_all_equal(jax.tree.map(lambda x: x[i], members),
-                                jax.tree.map(np.asarray, rebuild_member(params, int(seed), float(sigma))))
+                                jax.tree.map(np.asarray, rebuild_member(params, int(seed), float(sigma), PerturbSpec())))
 
 
 def test_population_compiles_once_across_chunks():

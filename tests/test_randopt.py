@@ -91,3 +91,58 @@ def test_store_drops_a_cut_last_line_and_refuses_a_corrupt_file(tmp_path):
   path.write_text('{"seed": 2, "sig\n' + good + "\n")
   with pytest.raises(InputError, match="candidates.jsonl line 1"):
     randopt.CandidateStore(str(path))
+
+
+@pytest.mark.parametrize("damage", ["torn", "lost newline"])
+def test_a_damaged_last_record_is_repaired_and_resumes_twice_identically(tmp_path, damage):
+  seeds, sigmas = np.arange(10), np.full(10, 0.25)
+  path = tmp_path / "candidates.jsonl"
+  calls = []
+  full = randopt.score_candidates(_chunks(calls), seeds, sigmas, randopt.CandidateStore(str(path)))
+  lines = path.read_text().splitlines(keepends=True)
+  kept = "".join(lines[:6])
+  path.write_text(kept + (lines[6][:17] if damage == "torn" else lines[6].rstrip("\n")))
+  calls.clear()
+  again = randopt.score_candidates(_chunks(calls), seeds, sigmas, randopt.CandidateStore(str(path)))
+  assert calls == ([6, 7, 8, 9] if damage == "torn" else [7, 8, 9])  # each scored once more
+  assert again == full
+  calls.clear()
+  third = randopt.score_candidates(_chunks(calls), seeds, sigmas, randopt.CandidateStore(str(path)))
+  assert calls == [] and third == full  # the file stays readable: nothing re-scored twice
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  assert sorted(r["seed"] for r in records) == list(range(10))
+
+
+def _toy():
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  x = jnp.linspace(-1, 1, 32)
+  params = {"w": jnp.asarray(0.5), "b": jnp.asarray(0.0)}
+  predict = lambda p, x: p["w"] * x + p["b"]
+  score = lambda p: -jnp.mean((predict(p, x) - (0.8 * x + 0.1)) ** 2)
+  return x, params, predict, score
+
+
+def test_search_ranks_members_and_resumes_from_its_store(tmp_path):
+  from thickets_jax.perturb import PerturbSpec, rebuild_member  # pylint: disable=g-import-not-at-top
+  x, params, predict, score = _toy()
+  path = str(tmp_path / "candidates.jsonl")
+  result = randopt.search(params, score, 3, N=40, sigmas=[0.1, 0.2], K=5,
+                          store=randopt.CandidateStore(path))
+  best_seed, best_sigma = result.top[0]
+  member = rebuild_member(params, best_seed, best_sigma, PerturbSpec())
+  assert float(score(member)) == pytest.approx(result.top_scores[0], rel=1e-5)
+  assert list(result.top_scores) == sorted(result.scores, reverse=True)[:5]
+  with open(path) as f:
+    assert len(f.read().splitlines()) == 40
+  again = randopt.search(params, lambda p: 1 / 0, 3, N=40, sigmas=[0.1, 0.2], K=5,
+                         store=randopt.CandidateStore(path))  # nothing is scored again
+  np.testing.assert_array_equal(again.scores, result.scores)
+  outputs = randopt.member_outputs(params, predict, result, x)
+  assert outputs.shape == (5, 32)
+  np.testing.assert_allclose(outputs[0], predict(member, x), rtol=1e-5, atol=1e-6)
+
+
+def test_search_refuses_k_above_n():
+  _, params, _, score = _toy()
+  with pytest.raises(InputError, match="K=9 is larger than the population N=8"):
+    randopt.search(params, score, 0, N=8, sigmas=[0.1], K=9)

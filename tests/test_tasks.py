@@ -1,5 +1,6 @@
 """Task rewards on hand-written and hostile completions; dataset loaders on files written here."""
 
+import ast
 import json
 import time
 
@@ -37,6 +38,36 @@ def test_countdown_rewards(completion, reward):
   assert countdown.reward(completion, P) == pytest.approx(reward)
 
 
+@pytest.mark.parametrize("completion, reference, completion_only", [
+    ("reasoning</think>\n<answer>3*5+7</answer>", 1.1, 1.05),  # the model starts inside <think>
+    ("</think>\n<answer>(3+5)*7</answer>", 0.1, 0.05),
+    ("<think>x</think>\n<answer>3*5+7</answer>", 1.1, 1.1),
+    ("x</think> <answer>3*5+7</answer>", 1.06, 1.05),
+    ("<answer>3*5+7</answer>", 1.05, 1.05),
+    ("no tags", 0.0, 0.0),
+])
+def test_countdown_format_is_scored_as_the_reference_by_default(completion, reference,
+                                                                completion_only):
+  assert TASKS.get("countdown").reward(completion, P) == pytest.approx(reference)
+  assert TASKS.get("countdown_completion_format").reward(completion, P) == pytest.approx(
+      completion_only)
+
+
+@pytest.mark.parametrize("name", ["countdown", "gsm8k", "basic_arithmetic", "gsm_symbolic",
+                                  "word_sorting", "arithmetic"])
+@pytest.mark.parametrize("hostile", ["<answer>" * 2**17, "<think>" * 2**17, "," * 2**20,
+                                     "</think>\n<answer>" * 2**16, "1," * 2**19,
+                                     "<answer>1" * 2**17 + "</answer>"])
+def test_graders_take_linear_time_on_a_mebibyte(name, hostile):
+  gold = GOLDS[name]
+  task = TASKS.get(name)
+  start = time.perf_counter()
+  task.reward(hostile, gold)
+  task.correct(hostile, gold)
+  task.vote_key(hostile, gold)
+  assert time.perf_counter() - start < 1.0  # linear graders take milliseconds; quadratic, minutes
+
+
 def test_countdown_exact_fractions_and_vote_keys():
   q = countdown.Problem((1, 2, 3), 2)
   assert countdown.correct("<answer>(1+2)/3*2</answer>", countdown.Problem((1, 2, 3, 2), 2))
@@ -60,6 +91,7 @@ def test_gsm8k_extraction():
   assert math.gsm8k_extract("#### no number at first, then 12") == "12"
   assert math.gsm8k_extract("nothing") is None
   assert math.canonical_number("$1,000.") == "1000"
+  assert math.gsm8k_extract("x" * 30_000 + "#### 77") == "77"  # the tail is what counts
 
 
 def test_math_answers_by_equivalence():
@@ -140,3 +172,154 @@ def test_reasoning_gym_tasks_score_their_own_answers():
       right = f"<think>…</think><answer>{entry['answer']}</answer>"
       assert TASKS.get(name).correct(right, example.gold)
       assert not TASKS.get(name).correct("<answer>definitely wrong</answer>", example.gold)
+
+
+def test_arithmetic_values_follow_precedence_and_the_last_number_is_graded():
+  from thickets_jax.tasks import arithmetic  # pylint: disable=g-import-not-at-top
+  p = arithmetic.Problem((14, 2, 9), ("*", "-"))
+  assert p.expression == "14 * 2 - 9" and p.value == 19
+  assert arithmetic.Problem((3, 4, 5), ("+", "*")).value == 23
+  assert arithmetic.Problem((3, 4, 5), ("-", "-")).value == -6
+  assert arithmetic.correct("14 * 2 = 28, 28 - 9 = 19.", p)
+  assert not arithmetic.correct("19 or maybe 20", p)
+  assert arithmetic.correct("The answer is 19.0", p)
+  assert not arithmetic.correct("no number here", p)
+  assert arithmetic.vote_key("so 1,234", p) == "1234"
+  assert arithmetic.vote_key("-7", p) == "-7" and arithmetic.vote_key("", p) is None
+
+
+def test_arithmetic_problems_are_seeded_and_splits_disjoint():
+  from thickets_jax.tasks import arithmetic  # pylint: disable=g-import-not-at-top
+  assert arithmetic.generate(3, 20) == arithmetic.generate(3, 20)
+  assert arithmetic.generate(3, 20) != arithmetic.generate(4, 20)
+  for name, shape in arithmetic.ARITHMETIC_TASKS.items():
+    train, test = TASKS.get(name).splits(10, 10, 0, None)
+    assert len(train) == len(test) == 10 and train[0].gold != test[0].gold
+    for e in train:
+      assert shape.min_terms <= len(e.gold.numbers) <= shape.max_terms
+      assert set(e.gold.operators) <= set(shape.operators)
+      assert TASKS.get(name).correct(f"It is {e.gold.value}.", e.gold)
+
+
+def test_arithmetic_grading_is_linear_on_hostile_completions():
+
+  from thickets_jax.tasks import arithmetic  # pylint: disable=g-import-not-at-top
+  p = arithmetic.Problem((1, 1), ("+",))
+  for hostile in ("1," * 2**19, "-" * 2**20, "9" * 2**20, "1.1." * 2**18):
+    start = time.perf_counter()
+    arithmetic.correct(hostile, p)
+    assert time.perf_counter() - start < 1.0  # generous: linear time is ~ms
+
+
+def _gym_example(name, index=0, seed=0):
+  train, _ = TASKS.get(name).splits(index + 1, 1, seed, None)
+  return train[index].gold
+
+
+def _ans(text):
+  return f"<answer>{text}</answer>"
+
+
+@pytest.mark.parametrize("name, wrong", [
+    ("gsm_symbolic", lambda g: f"-{g}"),                   # the upstream scorer drops the sign
+    ("gsm_symbolic", lambda g: f"{g} or 1 or 2"),         # a hedge
+    ("gsm_symbolic", lambda g: f"[{g}]"),
+    ("number_sorting", lambda g: str([format(float(x) + 0.9, "g") for x in ast.literal_eval(g)])),
+    ("spell_backward", lambda g: f"{g} and then some more words"),
+])
+def test_gym_graders_refuse_the_wrong_answers_upstream_accepts(name, wrong):
+  for index in range(6):
+    gold = _gym_example(name, index)
+    answer = gold[1]["answer"]
+    assert TASKS.get(name).correct(_ans(answer), gold)
+    assert TASKS.get(name).reward(_ans(answer), gold) == 1.0
+    bad = _ans(wrong(answer))
+    assert not TASKS.get(name).correct(bad, gold), (answer, bad)
+    assert TASKS.get(name).reward(bad, gold) < 1.0
+
+
+def test_gym_chain_sum_refuses_the_digit_list_of_a_negative_gold():
+  gold = next(g for i in range(40)
+              if len((g := _gym_example("chain_sum", i))[1]["answer"]) > 3
+              and g[1]["answer"].startswith("-"))
+  wrong = ",".join(gold[1]["answer"])  # '-,1,4,2,8,2' for -14282
+  assert not TASKS.get("chain_sum").correct(_ans(wrong), gold)
+
+
+def test_gym_number_formats_that_are_equal_are_accepted():
+  gold = _gym_example("leg_counting")
+  answer = gold[1]["answer"]
+  for same in (answer, f" {answer} ", f"{answer}.0", f"+{answer}"):
+    assert TASKS.get("leg_counting").correct(_ans(same), gold), same
+  sorting = _gym_example("number_sorting")
+  unquoted = "[" + ", ".join(ast.literal_eval(sorting[1]["answer"])) + "]"
+  assert TASKS.get("number_sorting").correct(_ans(unquoted), sorting)
+
+
+_PERTURB_NUMBER = st.one_of(
+    st.integers(1, 10**6).map(lambda d: lambda g: str(int(g) + d)),
+    st.integers(1, 10**6).map(lambda d: lambda g: str(int(g) - d)),
+    st.sampled_from([lambda g: f"-{g}" if not g.startswith("-") else g[1:],
+                     lambda g: f"{g} {g}", lambda g: f"{g}, 1", lambda g: f"[{g}]",
+                     lambda g: f"{g}0", lambda g: f"{g}.5", lambda g: f"about {g}"]))
+
+
+@settings(max_examples=60, deadline=None)
+@given(name=st.sampled_from(["basic_arithmetic", "chain_sum", "gsm_symbolic", "leg_counting",
+                             "letter_counting"]),
+       index=st.integers(0, 7), perturb=_PERTURB_NUMBER)
+def test_a_perturbed_numeric_gold_is_never_correct(name, index, perturb):
+  gold = _gym_example(name, index)
+  answer = gold[1]["answer"]
+  wrong = perturb(answer)
+  if wrong.lstrip("+-") == answer.lstrip("+-") and answer.lstrip("+-") == "0":
+    return  # -0 is 0
+  assert not TASKS.get(name).correct(_ans(wrong), gold)
+
+
+@settings(max_examples=60, deadline=None)
+@given(index=st.integers(0, 7), position=st.integers(0, 20),
+       change=st.sampled_from(["bump", "drop", "duplicate", "append text"]))
+def test_a_perturbed_list_gold_is_never_correct(index, position, change):
+  for name in ("number_sorting", "word_sorting", "spell_backward"):
+    gold = _gym_example(name, index)
+    answer = gold[1]["answer"]
+    if name == "number_sorting":
+      items = ast.literal_eval(answer)
+      i = position % len(items)
+      if change == "bump":
+        items[i] = format(float(items[i]) + 0.5, "g")
+      elif change == "drop":
+        items.pop(i)
+      elif change == "duplicate":
+        items.insert(i, items[i])
+      wrong = str(items) + (" extra" if change == "append text" else "")
+    elif name == "word_sorting":
+      words = answer.split(", ")
+      i = position % len(words)
+      wrong = {"bump": ", ".join(words[:i] + [words[i] + "x"] + words[i + 1:]),
+               "drop": ", ".join(words[:i] + words[i + 1:]),
+               "duplicate": ", ".join(words[:i + 1] + words[i:]),
+               "append text": answer + " and more"}[change]
+    else:
+      i = position % len(answer)
+      wrong = {"bump": answer[:i] + "#" + answer[i + 1:], "drop": answer[:i] + answer[i + 1:],
+               "duplicate": answer[:i + 1] + answer[i:], "append text": answer + " yes"}[change]
+    assert not TASKS.get(name).correct(_ans(wrong), gold), (name, answer, wrong)
+
+
+def test_the_grader_fuzzer_finds_no_crash_and_no_wrong_accept(tmp_path):
+  import os  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  out = subprocess.run([sys.executable, "-m", "experiments.fuzz_graders", "--inputs", "60",
+                        "--max_chars", "20000", "--workdir", str(tmp_path)], cwd=root,
+                       capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  results = json.loads((tmp_path / "results.json").read_text())["tasks"]
+  assert set(results) == set(TASKS.names())
+  for name, counts in results.items():
+    assert counts["calls"] == 180 and counts["crashes"] == 0, name
+    assert counts["wrong_accepts"] == 0 and counts["reward_out_of_range"] == 0, name
+  assert out.stdout.strip().splitlines()[-1].endswith("0 wrong accepts")

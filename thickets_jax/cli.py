@@ -37,3 +37,17 @@ def floats(values: Sequence[str], flag: str) -> tuple[float, ...]:
     return tuple(float(v) for v in values)
   except ValueError:
     raise InputError(f"--{flag} takes numbers, got {','.join(values)!r}.") from None
+
+
+def int_ranges(text: str, flag: str) -> tuple[int, ...]:
+  """'0-4' -> (0, 1, 2, 3, 4); '0,3,7' -> (0, 3, 7); '0-2,9' -> (0, 1, 2, 9). Distinct, in order."""
+  values = []
+  try:
+    for part in text.split(","):
+      first, _, last = part.strip().partition("-")
+      values += range(int(first), int(last) + 1) if last else [int(first)]
+  except ValueError:
+    raise InputError(f"--{flag} takes integers and ranges like 0-4 or 0,3,7, got {text!r}.") from None
+  if not values or len(set(values)) != len(values):
+    raise InputError(f"--{flag} must name distinct integers, got {text!r}.")
+  return tuple(values)

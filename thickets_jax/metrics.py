@@ -1,4 +1,4 @@
-"""Solution density (Def. 2.1) and spectral discordance (Def. 2.2) of METHOD.md §2."""
+"""Solution density (Def. 2.1) and spectral discordance (Def. 2.2); docs/method.md §2."""
 
 from typing import Optional, Sequence
 
@@ -49,6 +49,33 @@ def solution_density(scores: np.ndarray, base: float, margins: Sequence[float], 
       rows.append({"sigma": sigma, "margin": float(m), "density": count / max(n, 1),
                    "ci_low": low, "ci_high": high, "count": count, "n": n})
   return rows
+
+
+def versus_base(scores: np.ndarray, base: float, *, floor: float = 0.0,
+                ceiling: Optional[float] = 1.0) -> dict:
+  """How the perturbations sit against the base: strictly above, tied, below.
+
+  δ(m = 0) counts ties as successes, so a base at the floor (every member ties a zero base)
+  reads as "density 1.0"; these fractions, with Wilson 95% intervals, and `base_at` say so.
+
+  Args:
+    scores: [N] higher-is-better scores. base: the base's score.
+    floor, ceiling: the score's range (ceiling None: unbounded).
+
+  Returns:
+    {above, tied, below: {fraction, ci_low, ci_high, count}, n, base_at: "floor" | "ceiling" | None}.
+  """
+  gain = improvements(scores, base)
+  n = len(gain)
+  counts = {"above": int(np.sum(gain > 1e-12)), "tied": int(np.sum(np.abs(gain) <= 1e-12))}
+  counts["below"] = n - counts["above"] - counts["tied"]
+  result = {}
+  for name, count in counts.items():
+    low, high = wilson_interval(count, n)
+    result[name] = {"fraction": count / max(n, 1), "ci_low": low, "ci_high": high, "count": count}
+  at_floor = base <= floor + 1e-12
+  at_ceiling = ceiling is not None and base >= ceiling - 1e-12
+  return {**result, "n": n, "base_at": "floor" if at_floor else "ceiling" if at_ceiling else None}
 
 
 def percentile_ranks(scores: np.ndarray) -> np.ndarray:

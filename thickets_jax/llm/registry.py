@@ -35,7 +35,7 @@ def _qwen25(layers, hidden, mlp, heads, kv_heads, vocab, tied) -> ModelConfig:
                      tie_embeddings=tied)
 
 
-QWEN25_SHAPES = {  # METHOD.md §7, from the published configs
+QWEN25_SHAPES = {  # from the published Hugging Face configs of each size
     "0.5b": (24, 896, 4864, 14, 2, 151936, True),
     "1.5b": (28, 1536, 8960, 12, 2, 151936, True),
     "3b": (36, 2048, 11008, 16, 2, 151936, True),
@@ -96,11 +96,13 @@ def find_weights(entry: ModelEntry, weights_dir: Optional[str] = None) -> Weight
     if not os.path.exists(os.path.join(weights_dir, "config.json")):
       raise InputError(f"--weights {weights_dir} is not a Hugging Face checkpoint directory "
                        "(no config.json).")
+    weights.check_checkpoint(weights_dir)
     return WeightsSource("safetensors", weights_dir)
   if not entry.hf_repo:
     raise InputError(f"{entry.name} has no published weights; pass --weights DIR.")
   snapshot = _hf_cache_snapshot(entry.hf_repo)
   if snapshot:
+    weights.check_checkpoint(snapshot)
     return WeightsSource("safetensors", snapshot)
   if entry.gguf is not None:
     return WeightsSource("gguf", assets.gguf_path(entry.gguf))

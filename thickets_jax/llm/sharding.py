@@ -17,7 +17,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from thickets_jax.errors import InputError
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.perturb import path_name
+from thickets_jax.tree import path_name
 from thickets_jax.population import POPULATION_AXIS
 
 MODEL_AXIS = "model"

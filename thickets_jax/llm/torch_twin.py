@@ -8,7 +8,7 @@ import numpy as np
 
 from thickets_jax.llm import weights
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.perturb import path_name
+from thickets_jax.tree import path_name
 
 
 def state_dict(config: ModelConfig, params) -> dict:

@@ -17,7 +17,7 @@ import numpy as np
 from thickets_jax.errors import InputError
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.config import ModelConfig, from_hf_config
-from thickets_jax.perturb import path_name
+from thickets_jax.tree import path_name
 
 PyTree = Any
 Placer = Callable[[str, np.ndarray], jax.Array]
@@ -99,32 +99,80 @@ def build_params(config: ModelConfig, read: Callable[[str], np.ndarray],
 # ---------------------------------------------------------------- Hugging Face safetensors
 
 def hf_config(directory: str, dtype) -> ModelConfig:
+  """The model config of a Hugging Face checkpoint; one sentence naming the file if it is bad."""
   path = os.path.join(directory, "config.json")
+  if not os.path.isfile(path):
+    raise InputError(f"{path} is not a file; a Hugging Face checkpoint needs its config.json.")
   try:
     with open(path) as f:
-      return from_hf_config(json.load(f), dtype)
-  except json.JSONDecodeError as e:
-    raise InputError(f"{path} is not valid JSON ({e.msg}).") from None
+      record = json.load(f)
+  except (json.JSONDecodeError, UnicodeDecodeError) as e:
+    raise InputError(f"{path} is not valid JSON ({e}).") from None
+  if not isinstance(record, dict):
+    raise InputError(f"{path} holds a JSON {type(record).__name__}, not a model config object.")
+  try:
+    config = from_hf_config(record, dtype)
   except KeyError as e:
     raise InputError(f"{path} lacks the field {e.args[0]!r}.") from None
+  except (TypeError, ValueError) as e:
+    raise InputError(f"{path} has a field of the wrong type ({e}).") from None
+  except InputError as e:
+    raise InputError(f"{path}: {e}") from None
+  sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+           "num_kv_heads", "head_dim")
+  bad = next((f for f in sizes if type(getattr(config, f)) is not int or getattr(config, f) <= 0),
+             None)
+  if bad:
+    raise InputError(f"{path} gives {bad} = {getattr(config, bad)!r}; it must be a positive "
+                     "integer.")
+  return config
+
+
+def _index_files(directory: str, index: str) -> dict[str, str]:
+  try:
+    with open(index) as f:
+      weight_map = json.load(f)["weight_map"]
+    if not isinstance(weight_map, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+      raise TypeError("weight_map must map tensor names to file names")
+  except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as e:
+    raise InputError(f"{index} is not a valid safetensors index ({type(e).__name__}: {e}).") from None
+  files = {name: os.path.join(directory, file) for name, file in weight_map.items()}
+  missing = sorted({f for f in files.values() if not os.path.isfile(f)})
+  if missing:
+    raise InputError(f"{index} names {missing[0]}, which is not a file.")
+  return files
 
 
 def _safetensors_files(directory: str) -> dict[str, str]:
-  """HF tensor name -> file, from `model.safetensors.index.json` or the single file."""
+  """HF tensor name -> file, from `model.safetensors.index.json` or the files themselves. Every
+  file's header is read, so a corrupt file is named here, before any tensor is loaded."""
+  from safetensors import SafetensorError, safe_open  # pylint: disable=g-import-not-at-top
   index = os.path.join(directory, "model.safetensors.index.json")
   if os.path.exists(index):
-    with open(index) as f:
-      weight_map = json.load(f)["weight_map"]
-    return {name: os.path.join(directory, file) for name, file in weight_map.items()}
-  files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+    names = _index_files(directory, index)
+    files = sorted(set(names.values()))
+  else:
+    files = sorted(os.path.join(directory, f) for f in os.listdir(directory)
+                   if f.endswith(".safetensors"))
+    names = None
   if not files:
     raise InputError(f"{directory} holds no *.safetensors files.")
-  from safetensors import safe_open  # pylint: disable=g-import-not-at-top
-  names = {}
+  found = {}
   for file in files:
-    with safe_open(os.path.join(directory, file), framework="numpy") as f:
-      names.update({name: os.path.join(directory, file) for name in f.keys()})
-  return names
+    try:
+      with safe_open(file, framework="numpy") as f:
+        found.update({name: file for name in f.keys()})
+    except (SafetensorError, OSError, ValueError) as e:
+      raise InputError(f"{file} is not a readable safetensors file ({e}).") from None
+  return found if names is None else names
+
+
+def check_checkpoint(directory: str) -> None:
+  """Reads a Hugging Face checkpoint's config and file headers (no tensors): bad files are
+  refused with one sentence before any run starts."""
+  hf_config(directory, np.float32)
+  _safetensors_files(directory)
 
 
 def load_safetensors(directory: str, config: ModelConfig, place: Placer = default_placer) -> PyTree:

@@ -1,1 +1,1 @@
-"""The paper's 1D-signal world (METHOD.md §3): signal families, the MLP, pretraining, rollouts."""
+"""The paper's 1D-signal world (docs/method.md §3): signal families, the MLP, pretraining, rollouts."""

@@ -1,4 +1,4 @@
-"""Signal families on the fixed grid x_k = −2.5 + 0.1·k (METHOD.md §3).
+"""Signal families on the fixed grid x_k = −2.5 + 0.1·k (docs/method.md §3).
 
 Each family maps `(key, x [T], n)` to `n` curves `[n, T]`; every curve draws its own amplitude,
 phase and offset. The `one_*` families are single fixed curves.

@@ -1,4 +1,4 @@
-"""The 1D-signal MLP, its pretraining and its autoregressive rollouts (METHOD.md §3).
+"""The 1D-signal MLP, its pretraining and its autoregressive rollouts (docs/method.md §3).
 
 The model sees only the last `ctx` values of a curve (x is not an input) and predicts the next.
 """

@@ -1,4 +1,4 @@
-"""One 1D RandOpt run (base → post-train → test) and the named regimes of METHOD.md §3.
+"""One 1D RandOpt run (base → post-train → test) and the named regimes of docs/method.md §3.
 
 A run: build the base (an untrained init, or pretrained on a family), score N perturbations by
 the MSE of a `fut`-step rollout on the post-train set, keep the K lowest, and report base, top-1
@@ -16,7 +16,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from thickets_jax import checkpoint, metrics, plotting, population, randopt, workdir
+from thickets_jax import checkpoint, metrics, plotting, population, randopt, rng, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.registry import Registry
 from thickets_jax.signals import families, model as signal_model
@@ -109,8 +109,7 @@ def build_base(pretrain: str, bases_dir: str, *, width: int, depth: int, ctx: in
   """
   untrained = pretrain in signal_model.INITS
   model = signal_model.SignalMLP(width, depth, pretrain if untrained else init)
-  init_key, pretrain_key = jax.random.split(jax.random.key(seed))
-  params = signal_model.init_params(model, init_key, ctx)
+  params = signal_model.init_params(model, rng.key(seed, "init"), ctx)
   if untrained:
     return model, params, None
   name = f"{pretrain}_from-{init}_w{width}_d{depth}_c{ctx}_s{seed}_{pretrain_steps}steps"
@@ -118,8 +117,8 @@ def build_base(pretrain: str, bases_dir: str, *, width: int, depth: int, ctx: in
   loss_path = os.path.join(bases_dir, f"{name}.json")
 
   def build():
-    trained, loss = signal_model.pretrain(model, params, pretrain, pretrain_key, ctx=ctx,
-                                          steps=pretrain_steps)
+    trained, loss = signal_model.pretrain(model, params, pretrain, rng.key(seed, "pretrain"),
+                                          ctx=ctx, steps=pretrain_steps)
     final = float(jnp.mean(loss[-50:]))
     workdir.write_json(loss_path, {"final_loss": final})
     logging.info("pretrained %s: final loss %.4g", name, final)
@@ -130,7 +129,7 @@ def build_base(pretrain: str, bases_dir: str, *, width: int, depth: int, ctx: in
 
 
 def _data(spec: RunSpec):
-  posttrain_key, test_key = jax.random.split(jax.random.fold_in(jax.random.key(spec.seed), 1))
+  posttrain_key, test_key = jax.random.split(rng.key(spec.seed, "data"))
   post_ctx, post_fut = families.sample(spec.posttrain, posttrain_key, spec.posttrain_size,
                                        spec.ctx, spec.fut)
   test_ctx, test_fut = families.sample(spec.test, test_key, spec.test_size, spec.ctx, spec.fut)
@@ -143,7 +142,7 @@ def _mean_se(errors: np.ndarray) -> dict:
           "se": float(errors.std(ddof=1) / np.sqrt(len(errors))) if len(errors) > 1 else 0.0}
 
 
-def run(spec: RunSpec, run_dir: str, bases_dir: str, *, chunk_size: int = 8,
+def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: int = 8,
         mesh: Optional[Mesh] = None, plot: bool = True) -> dict:
   """Runs (or resumes) one post-training run under `run_dir`; returns its result record.
 
@@ -152,7 +151,7 @@ def run(spec: RunSpec, run_dir: str, bases_dir: str, *, chunk_size: int = 8,
   """
   spec.validate()
   start = time.perf_counter()
-  workdir.claim(run_dir, dataclasses.asdict(spec))
+  run_dir.claim(dataclasses.asdict(spec))
   model, params, pretrain_loss = build_base(
       spec.pretrain, bases_dir, width=spec.width, depth=spec.depth, ctx=spec.ctx, seed=spec.seed,
       init=spec.init, pretrain_steps=spec.pretrain_steps)
@@ -170,11 +169,10 @@ def run(spec: RunSpec, run_dir: str, bases_dir: str, *, chunk_size: int = 8,
 
   seeds, sigmas = population.draw_candidates(spec.seed, spec.n, [spec.effective_sigma])
   score_fn = population.population_fn(lambda p: {"mse": train_mse(p)})
-  store = randopt.CandidateStore(os.path.join(run_dir, "candidates.jsonl"))
   records = randopt.score_candidates(
       lambda s, g: population.iter_population(score_fn, params, s, g, chunk_size=chunk_size,
                                               mesh=mesh),
-      seeds, sigmas, store)
+      seeds, sigmas, run_dir.store())
   mse = np.asarray([r["mse"] for r in records])
   base_train_mse = float(jax.jit(train_mse)(params))
   best = randopt.top_k(-mse, spec.ks)
@@ -207,10 +205,42 @@ def run(spec: RunSpec, run_dir: str, bases_dir: str, *, chunk_size: int = 8,
         population.population_fn(lambda p: test_rollouts(p)[0]), params, seeds[:shown],
         sigmas[:shown], chunk_size=chunk_size, mesh=mesh)
     plotting.rollouts(
-        os.path.join(run_dir, "rollouts.png"), np.asarray(families.grid(spec.ctx + spec.fut)),
+        run_dir.figure("rollouts"), np.asarray(families.grid(spec.ctx + spec.fut)),
         test_ctx[0], test_fut[0], base_pred[0], random_pred, top_pred[:, 0],
         randopt.mean_ensemble(top_pred)[0],
         f"{spec.name}: N={spec.n}, K={k_max}, σ={spec.effective_sigma:g}")
   result["time_s"] = time.perf_counter() - start
-  workdir.write_json(os.path.join(run_dir, "result.json"), result)
+  run_dir.write("result", result)
   return result
+
+
+def across_seeds(results: Sequence[dict]) -> dict:
+  """Per-seed values, median and mean ± SE across seeds of one run's headline figures.
+
+  A single seed misleads: a pretrained base's test MSE varies ~100x from seed to seed.
+
+  Args:
+    results: `run` results of the same RunSpec with different seeds.
+
+  Returns:
+    {figure: {per_seed [S], median, mean, se}} for test MSE (base, top-1, ensemble per K),
+    train MSE (base, top-1), δ per margin, and ensemble/base test-MSE ratios per K.
+  """
+  figures = {"test_mse/base": [r["test_mse"]["base"]["mean"] for r in results],
+             "test_mse/top1": [r["test_mse"]["top1"]["mean"] for r in results],
+             "train_mse/base": [r["train_mse"]["base"] for r in results],
+             "train_mse/top1": [r["train_mse"]["top1"] for r in results]}
+  for k in results[0]["ensemble_test_mse"]:
+    figures[f"test_mse/ensemble_K{k}"] = [r["ensemble_test_mse"][k]["mean"] for r in results]
+    figures[f"ensemble_over_base/K{k}"] = [r["ensemble_test_mse"][k]["mean"] /
+                                           r["test_mse"]["base"]["mean"] for r in results]
+  for i, row in enumerate(results[0]["density"]):
+    figures[f"density/m={row['margin']:g}"] = [r["density"][i]["density"] for r in results]
+  return {name: _spread(values) for name, values in figures.items()}
+
+
+def _spread(values: Sequence[float]) -> dict:
+  values = np.asarray(values, np.float64)
+  se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
+  return {"per_seed": values.tolist(), "median": float(np.median(values)),
+          "mean": float(values.mean()), "se": se}

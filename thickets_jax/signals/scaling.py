@@ -5,7 +5,6 @@ M tasks (rollout MSE per task). From the [N, M] matrix: solution density δ(m) p
 (relative MSE reduction m) and the spectral discordance D across tasks.
 """
 
-import os
 from typing import Optional
 
 import jax
@@ -13,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from thickets_jax import metrics, population, randopt, workdir
+from thickets_jax import metrics, population, randopt, rng, workdir
 from thickets_jax.signals import families, model as signal_model, runs
 
 
@@ -26,18 +25,18 @@ def task_sets(tasks, key, samples: int, ctx: int, fut: int):
   return sets
 
 
-def sweep_point(base: str, width: int, tasks, run_dir: str, bases_dir: str, *, n: int,
+def sweep_point(base: str, width: int, tasks, run_dir: workdir.RunDir, bases_dir: str, *, n: int,
                 sigma: float, margins, depth: int, ctx: int, fut: int, seed: int,
                 pretrain_steps: int, samples: int, chunk_size: int,
                 mesh: Optional[Mesh] = None) -> dict:
   """Scores N perturbations of one base at one width on every task (resumable)."""
-  workdir.claim(run_dir, {"base": base, "width": width, "tasks": list(tasks), "n": n,
+  run_dir.claim({"base": base, "width": width, "tasks": list(tasks), "n": n,
                           "sigma": sigma, "depth": depth, "ctx": ctx, "fut": fut, "seed": seed,
                           "pretrain_steps": pretrain_steps, "samples": samples})
   model, params, pretrain_loss = runs.build_base(
       base, bases_dir, width=width, depth=depth, ctx=ctx, seed=seed,
       pretrain_steps=pretrain_steps)
-  data_key = jax.random.fold_in(jax.random.key(seed), 2)
+  data_key = rng.key(seed, "data")
   sets = task_sets(tasks, data_key, samples, ctx, fut)
 
   def task_mse(p):  # -> [M]
@@ -46,10 +45,9 @@ def sweep_point(base: str, width: int, tasks, run_dir: str, bases_dir: str, *, n
 
   seeds, sigmas = population.draw_candidates(seed, n, [sigma])
   fn = population.population_fn(lambda p: {"mse": task_mse(p)})
-  store = randopt.CandidateStore(os.path.join(run_dir, "candidates.jsonl"))
   records = randopt.score_candidates(
       lambda s, g: population.iter_population(fn, params, s, g, chunk_size=chunk_size, mesh=mesh),
-      seeds, sigmas, store)
+      seeds, sigmas, run_dir.store())
   mse = np.asarray([r["mse"] for r in records])  # [N, M]
   base_mse = np.asarray(jax.jit(task_mse)(params))  # [M]
   return {

@@ -1,4 +1,4 @@
-"""`--task NAME`: prompts, answer extraction, shaped rewards and vote keys (METHOD.md §4).
+"""`--task NAME`: prompts, answer extraction, shaped rewards and vote keys (docs/method.md §4).
 
 Every task gives `Example`s (the user message and what scoring needs) for a train and a test
 split that never overlap, and four functions of a completion: the shaped reward the ranking
@@ -6,7 +6,7 @@ uses, whether it is correct (accuracy), its canonical vote key (None casts no vo
 gold vote key. Model output is untrusted text: nothing here executes it.
 """
 
-from thickets_jax.tasks import countdown, gym, math  # registers their tasks
+from thickets_jax.tasks import arithmetic, countdown, gym, math  # registers their tasks
 from thickets_jax.tasks.base import TASKS, Example, Task
 
-__all__ = ["TASKS", "Example", "Task", "countdown", "gym", "math"]
+__all__ = ["TASKS", "Example", "Task", "arithmetic", "countdown", "gym", "math"]

@@ -18,7 +18,6 @@ class Example:
 class Task:
   """A task: `splits(train_size, test_size, seed, data)` -> (train, test) examples."""
   name: str
-  domain: str
   splits: Callable[[int, int, int, Optional[str]], tuple[list[Example], list[Example]]]
   reward: Callable[[str, Any], float]
   correct: Callable[[str, Any], bool]
@@ -28,6 +27,16 @@ class Task:
 
 
 TASKS: Registry[Task] = Registry("task")
+
+
+def last_block(text: str, open_tag: str, close_tag: str) -> Optional[str]:
+  """The content of the last `open_tag…close_tag` block, or None. Linear time: a regex like
+  `<answer>(.*?)</answer>` rescans the rest of the text from every opening tag."""
+  end = text.rfind(close_tag)
+  if end < 0:
+    return None
+  start = text.rfind(open_tag, 0, end)
+  return None if start < 0 else text[start + len(open_tag):end]
 
 
 def procedural_splits(make: Callable[[int, int], list[Example]]):

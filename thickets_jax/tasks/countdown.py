@@ -1,4 +1,4 @@
-"""Countdown (METHOD.md §4): reach a target from 3–4 numbers with + − × ÷ and parentheses.
+"""Countdown (docs/method.md §4): reach a target from 3–4 numbers with + − × ÷ and parentheses.
 
 Problems come from our own seeded generator: the target is the value of a random expression
 over the drawn numbers, so every problem is solvable. Answers are checked by parsing them with
@@ -12,13 +12,11 @@ import random
 import re
 from typing import Optional
 
-from thickets_jax.tasks.base import TASKS, Example, Task, procedural_splits
+from thickets_jax.tasks.base import TASKS, Example, Task, last_block, procedural_splits
 
 MAX_ANSWER_CHARS = 200
 MAX_LITERAL = 10**6
 _ALLOWED_CHARS = re.compile(r"^[0-9+\-*/() ]*$")  # ASCII only: \d would admit any Unicode digit
-_ANSWER = re.compile(r"<answer>(.*?)</answer>", re.DOTALL)
-_FULL_FORMAT = re.compile(r"^<think>.*?</think>\n<answer>.*?</answer>$", re.DOTALL)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -109,18 +107,31 @@ def answer_value(answer: str, numbers: tuple[int, ...]) -> Optional[fractions.Fr
 
 
 def last_answer(completion: str) -> Optional[str]:
-  matches = _ANSWER.findall(completion)
-  return matches[-1] if matches else None
+  return last_block(completion, "<answer>", "</answer>")
 
 
-def format_score(completion: str) -> float:
-  """1.0 for the full think-then-answer shape; else 0.1 for a think block + 0.5 for an answer."""
-  if _FULL_FORMAT.match(completion.strip()):
+def _has_block(text: str, open_tag: str, close_tag: str) -> bool:
+  start = text.find(open_tag)
+  return start >= 0 and text.find(close_tag, start + len(open_tag)) >= 0
+
+
+def format_score(completion: str, *, inside_think: bool = True) -> float:
+  """1.0 for the full `<think>…</think>\n<answer>…</answer>` shape; else 0.1 for a think block
+  plus 0.5 for an answer block.
+
+  With `inside_think` (the reference's scoring, the default) the model is taken to start inside
+  its think block: the shape of "<think>" + completion is scored, so a completion that only
+  closes </think> gets the full shape. Without it, the completion itself is scored.
+  """
+  text = ("<think>" + completion if inside_think else completion).strip()
+  middle = text.find("</think>\n<answer>", len("<think>"))
+  if (text.startswith("<think>") and text.endswith("</answer>") and middle >= 0
+      and middle + len("</think>\n<answer>") <= len(text) - len("</answer>")):
     return 1.0
   score = 0.0
-  if re.search(r"<think>.*?</think>", completion, re.DOTALL):
+  if _has_block(text, "<think>", "</think>"):
     score += 0.1
-  if _ANSWER.search(completion):
+  if _has_block(text, "<answer>", "</answer>"):
     score += 0.5
   return score
 
@@ -138,9 +149,10 @@ def correct(completion: str, problem: Problem) -> bool:
   return value is not None and abs(value - problem.target) < 1e-5
 
 
-def reward(completion: str, problem: Problem) -> float:
-  """0.1·format + answer, in [0, 1.1]."""
-  return 0.1 * format_score(completion) + float(correct(completion, problem))
+def reward(completion: str, problem: Problem, *, inside_think: bool = True) -> float:
+  """0.1·format + answer, in [0, 1.1] (`format_score` for `inside_think`)."""
+  return (0.1 * format_score(completion, inside_think=inside_think)
+          + float(correct(completion, problem)))
 
 
 def _examples(seed: int, count: int) -> list[Example]:
@@ -148,5 +160,11 @@ def _examples(seed: int, count: int) -> list[Example]:
 
 
 TASKS.register("countdown")(Task(
-    name="countdown", domain="arithmetic search", splits=procedural_splits(_examples),
+    name="countdown", splits=procedural_splits(_examples),
     reward=reward, correct=correct, vote_key=vote_key, max_reward=1.1))
+# The same task with the format scored on the completion alone (this project's earlier shaping;
+# it gives `</think>\n<answer>…` 0.05 where the reference gives 0.1).
+TASKS.register("countdown_completion_format")(Task(
+    name="countdown_completion_format", splits=procedural_splits(_examples),
+    reward=lambda c, p: reward(c, p, inside_think=False), correct=correct, vote_key=vote_key,
+    max_reward=1.1))

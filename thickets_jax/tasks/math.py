@@ -1,4 +1,4 @@
-"""GSM8K and MATH-500 (METHOD.md §4), from a local JSONL/parquet file or the `datasets` cache.
+"""GSM8K and MATH-500 (docs/method.md §4), from a local JSONL/parquet file or the `datasets` cache.
 
 With `--data PATH` (one file): train = its first `train_size` records, test = the next
 `test_size` (0: all the rest). Without it, the `datasets` hub cache is read offline:
@@ -17,7 +17,7 @@ from thickets_jax.tasks.base import TASKS, Example, Task
 
 GSM8K_SUFFIX = ' Let\'s think step by step and output the final answer after "####".'
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
-_NUMBER = re.compile(r"-?[\d,]*\.?\d+")
+_NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")  # linear: no optional prefix before \d
 _MAX_TEXT = 20_000  # completions are cut to this before parsing (bounded work on hostile text)
 
 
@@ -78,8 +78,8 @@ def canonical_number(text: str) -> Optional[str]:
 
 
 def gsm8k_extract(completion: str) -> Optional[str]:
-  """The number after the last '####', else the last number in the text."""
-  completion = completion[:_MAX_TEXT]
+  """The number after the last '####', else the last number in the text (its tail is read)."""
+  completion = completion[-_MAX_TEXT:]
   if "####" in completion:
     match = _NUMBER.search(completion.rsplit("####", 1)[1])
     if match:
@@ -111,7 +111,7 @@ def gsm8k_correct(completion: str, gold: str) -> bool:
 
 
 TASKS.register("gsm8k")(Task(
-    name="gsm8k", domain="math word problems", splits=gsm8k_splits,
+    name="gsm8k", splits=gsm8k_splits,
     reward=lambda c, g: float(gsm8k_correct(c, g)), correct=gsm8k_correct,
     vote_key=lambda c, g: gsm8k_extract(c), needs_data=True))
 
@@ -179,6 +179,6 @@ def math500_splits(train_size: int, test_size: int, seed: int, data: Optional[st
 
 
 TASKS.register("math500")(Task(
-    name="math500", domain="competition math", splits=math500_splits,
+    name="math500", splits=math500_splits,
     reward=lambda c, g: float(math_correct(c, g)), correct=math_correct,
     vote_key=math_vote_key, needs_data=True))

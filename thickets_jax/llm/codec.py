@@ -1,0 +1,74 @@
+"""Text <-> token batches around the pure generation function: chat template, length buckets,
+left padding, stop tokens and stop strings."""
+
+from typing import Sequence
+
+import numpy as np
+
+from thickets_jax.errors import InputError
+
+PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
+_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
+
+
+class PromptCodec:
+  """Encodes prompts into `[batches, batch_size, bucket]` arrays and decodes continuations.
+
+  All prompts of one `encode` call are left-padded to one length bucket and split into batches
+  of `batch_size` rows (the last padded with empty rows), so a run compiles once per bucket.
+  """
+
+  def __init__(self, tokenizer, *, batch_size: int, chat: bool, stop_strings: Sequence[str] = ()):
+    if batch_size <= 0:
+      raise InputError(f"the prompt batch size must be positive, got {batch_size}.")
+    self.tokenizer, self.batch_size, self.chat = tokenizer, batch_size, chat
+    self.stop_strings = tuple(stop_strings)
+    self.pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                   else tokenizer.eos_token_id)
+    vocab = tokenizer.get_vocab()
+    ends = {tokenizer.eos_token_id} | {vocab[t] for t in _END_TOKENS if t in vocab}
+    self.stop_ids = tuple(sorted(i for i in ends if i is not None))
+
+  def prompt_text(self, user_text: str) -> str:
+    """The model's input text: the chat template around `user_text` for chat models."""
+    if not self.chat:
+      return user_text
+    return self.tokenizer.apply_chat_template([{"role": "user", "content": user_text}],
+                                              tokenize=False, add_generation_prompt=True)
+
+  def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+    return [self.tokenizer(self.prompt_text(t), add_special_tokens=False)["input_ids"]
+            for t in texts]
+
+  def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded ids [batches, batch_size, bucket] int32 and mask (True on real tokens)."""
+    if not texts:
+      raise InputError("there are no prompts to generate for.")
+    ids = self.token_ids(texts)
+    longest = max(len(x) for x in ids)
+    bucket = next((b for b in PROMPT_BUCKETS if b >= longest), None)
+    if bucket is None:
+      raise InputError(f"a prompt of {longest} tokens exceeds the largest bucket "
+                       f"{PROMPT_BUCKETS[-1]}.")
+    batches = -(-len(ids) // self.batch_size)
+    tokens = np.full((batches * self.batch_size, bucket), self.pad_id, np.int32)
+    mask = np.zeros((batches * self.batch_size, bucket), bool)
+    for row, x in enumerate(ids):
+      tokens[row, bucket - len(x):] = x
+      mask[row, bucket - len(x):] = True
+    shape = (batches, self.batch_size, bucket)
+    return tokens.reshape(shape), mask.reshape(shape)
+
+  def decode(self, tokens: np.ndarray) -> str:
+    """Text of one row [new_tokens], cut at the first stop token and the first stop string."""
+    tokens = tokens.tolist()
+    for i, t in enumerate(tokens):
+      if t in self.stop_ids:
+        tokens = tokens[:i]
+        break
+    text = self.tokenizer.decode(tokens, skip_special_tokens=True)
+    for stop in self.stop_strings:
+      cut = text.find(stop)
+      if cut >= 0:
+        text = text[:cut]
+    return text

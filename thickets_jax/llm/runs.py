@@ -1,0 +1,519 @@
+r"""Language-model runs as library functions: RandOpt, solution density, spectral discordance.
+
+Each run takes a frozen config and a workdir and returns its results (also written to the
+workdir's `results.json`); `experiments/*` only turn flags into a config:
+
+  from thickets_jax.llm import runs
+  result = runs.run_randopt(runs.RandOptConfig(task="countdown", N=64, ks=(1, 8)), "/tmp/ro")
+  result = runs.run_density(runs.DensityConfig(), "/tmp/density")   # the offline main job
+
+Every config has `tiny(weights)` for tests on a tiny checkpoint. A run validates everything
+it can before it reads weights or writes anything (one-sentence `InputError`s), claims its
+workdir (`RunDir`), and resumes from it: base scores are computed once, members are appended
+to `candidates.jsonl` as they finish and never re-scored.
+"""
+
+import dataclasses
+import os
+from typing import Optional, Sequence
+
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+from scipy.cluster import vq
+
+from thickets_jax import metrics, plotting, population, randopt
+from thickets_jax.errors import InputError
+from thickets_jax.llm import generate, registry, scoring, sharding, weights
+from thickets_jax.llm import model as llm_model
+from thickets_jax.perturb import PerturbSpec
+from thickets_jax.tasks import TASKS
+from thickets_jax.workdir import RunDir
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Settings that change how a run is computed, never its numbers: a run may resume with others.
+_EXECUTION_FIELDS = ("batch_size", "members_per_batch", "member_axis", "layer_loop",
+                     "model_parallel", "keep_completions")
+TINY_MODEL = "tiny-random-llama"
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringConfig:
+  """What every LLM run shares: weights, the population, the scoring protocol (greedy).
+
+  Attributes:
+    weights: a Hugging Face checkpoint directory (else the HF cache / offline packages).
+    dtype: "float32" or "bfloat16", parameters and activations.
+    N: perturbed members. sigmas: noise scales, each member draws one. seed: the root seed
+      (member seeds and sigmas, procedural data).
+    train_size: examples each member is scored on. max_new_tokens: generation limit.
+    batch_size: prompts per generation batch. members_per_batch: members per compiled call.
+    member_axis: "map" (one member's copy in memory at a time) or "vmap" (batched; shardable).
+    layer_loop: "scan" or "unrolled" (None: unrolled on GPUs).
+    mode, relative, include: the noise (`PerturbSpec`; layers always get their own noise).
+    data: JSONL/parquet file for dataset tasks (gsm8k, math500).
+    model_parallel: devices per member on a (population, model) mesh (0: no mesh).
+    keep_completions: completions stored per task with each member's scores (0: none).
+  """
+  weights: Optional[str] = None
+  dtype: str = "float32"
+  N: int = 16
+  sigmas: tuple[float, ...] = (1e-3,)
+  seed: int = 0
+  train_size: int = 16
+  max_new_tokens: int = 128
+  batch_size: int = 16
+  members_per_batch: int = 2
+  member_axis: str = "map"
+  layer_loop: Optional[str] = None
+  mode: str = "independent"
+  relative: bool = False
+  include: Optional[str] = None
+  data: Optional[str] = None
+  model_parallel: int = 0
+  keep_completions: int = 2
+
+  def perturb_spec(self) -> PerturbSpec:
+    return PerturbSpec(mode=self.mode, relative=self.relative, include=self.include,
+                       stacked=llm_model.STACKED_LEAVES)
+
+  def identity(self) -> dict:
+    """What identifies the run's numbers (its workdir's spec.json)."""
+    fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in _EXECUTION_FIELDS}
+    return {**fields, "experiment": type(self).__name__}
+
+  def validate(self, models: Sequence[str], tasks: Sequence[str], ks: Sequence[int] = ()) -> None:
+    """One sentence for the first bad setting, before any weights are read."""
+    if self.dtype not in DTYPES:
+      raise InputError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}.")
+    if self.member_axis not in population.MEMBER_AXES:
+      raise InputError(f"unknown member axis {self.member_axis!r}; known: "
+                       f"{', '.join(population.MEMBER_AXES)}.")
+    if self.layer_loop is not None and self.layer_loop not in generate.LAYER_LOOPS:
+      raise InputError(f"unknown layer loop {self.layer_loop!r}; known: "
+                       f"{', '.join(generate.LAYER_LOOPS)}.")
+    if not models:
+      raise InputError("give at least one model.")
+    for name in models:
+      registry.find_weights(registry.MODELS.get(name), self.weights)
+    dataset_tasks = [name for name in tasks if TASKS.get(name).needs_data]
+    if self.data and len(dataset_tasks) > 1:
+      raise InputError(f"one --data file cannot serve {' and '.join(dataset_tasks)}; score them "
+                       "in separate runs.")
+    for field in ("N", "train_size", "max_new_tokens", "batch_size", "members_per_batch"):
+      if getattr(self, field) <= 0:
+        raise InputError(f"--{field} must be positive, got {getattr(self, field)}.")
+    if self.keep_completions < 0:
+      raise InputError(f"--keep_completions must be >= 0, got {self.keep_completions}.")
+    population.validate_sigmas(self.sigmas)
+    self.perturb_spec()
+    randopt.validate_top_k(ks, self.N)
+    if self.model_parallel:
+      if self.member_axis != "vmap":
+        raise InputError("--model_parallel needs --member_axis vmap (members spread over the "
+                         "mesh).")
+      slots = self.mesh().shape[population.POPULATION_AXIS]
+      if self.members_per_batch % slots:
+        raise InputError(f"--members_per_batch {self.members_per_batch} must be a multiple of "
+                         f"the {slots} member slots of the mesh.")
+    if self.data and not os.path.isfile(self.data):
+      raise InputError(f"--data {self.data} is not a file.")
+
+  def mesh(self):
+    return sharding.make_mesh(self.model_parallel) if self.model_parallel else None
+
+  def splits(self, task_name: str, test_size: int):
+    """(train, test) examples; read before any model is loaded, so missing data fails first."""
+    return TASKS.get(task_name).splits(self.train_size, test_size, self.seed, self.data)
+
+  def load(self, model: str) -> registry.LoadedModel:
+    """The model, its parameters placed by the sharding table when `model_parallel` is set."""
+    place = sharding.placer(self.mesh()) if self.model_parallel else weights.default_placer
+    return registry.load(model, self.weights, DTYPES[self.dtype], place)
+
+  def generator(self, loaded: registry.LoadedModel,
+                perturb: Optional[PerturbSpec] = None) -> generate.Generator:
+    """Greedy decoding, the RandOpt protocol, with this config's noise (or `perturb`)."""
+    return generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+                              generate.Sampling(max_new_tokens=self.max_new_tokens),
+                              batch_size=self.batch_size, chat=loaded.entry.instruct,
+                              member_axis=self.member_axis,
+                              perturb=perturb or self.perturb_spec(), layer_loop=self.layer_loop)
+
+
+_TINY = dict(N=4, sigmas=(0.01, 0.05), train_size=2, max_new_tokens=8, batch_size=2,
+             members_per_batch=2)
+
+
+@dataclasses.dataclass(frozen=True)
+class RandOptConfig(ScoringConfig):
+  """RandOpt: score N members on `train_size` examples, keep the top max(ks), vote on the test
+  split (`test_size` 0: the whole split)."""
+  model: str = "smollm2-135m-instruct"
+  task: str = "countdown"
+  ks: tuple[int, ...] = (1, 4)
+  test_size: int = 32
+
+  @classmethod
+  def tiny(cls, weights: str, **overrides) -> "RandOptConfig":
+    return cls(**{**_TINY, "weights": weights, "model": TINY_MODEL, "ks": (1, 2), "test_size": 3,
+                  **overrides})
+
+  def validate(self, *args) -> None:
+    del args
+    if self.test_size < 0:
+      raise InputError(f"--test_size must be >= 0, got {self.test_size}.")
+    super().validate([self.model], [self.task], self.ks)
+
+
+@dataclasses.dataclass(frozen=True)
+class DensityConfig(ScoringConfig):
+  """Solution density δ(m) per model and sigma on one task (the paper's Figure 3a).
+
+  The defaults are the offline main job (docs/results.md): both offline models on our
+  `arithmetic` task, where both bases score between 0 and 1 with short answers.
+  """
+  models: tuple[str, ...] = registry.OFFLINE_MODELS
+  task: str = "arithmetic"
+  margins: tuple[float, ...] = (0.0, 0.05, 0.1)
+  N: int = 32
+  sigmas: tuple[float, ...] = (5e-4, 1e-3)
+  train_size: int = 32
+  max_new_tokens: int = 32
+  batch_size: int = 32
+
+  @classmethod
+  def tiny(cls, weights: str, **overrides) -> "DensityConfig":
+    return cls(**{**_TINY, "weights": weights, "models": (TINY_MODEL,), "task": "countdown",
+                  **overrides})
+
+  def validate(self, *args) -> None:
+    del args
+    super().validate(self.models, [self.task])
+
+
+# Tasks on which both offline bases score between 0 and 1 (docs/results.md). The reasoning-gym
+# tasks are not among them: SmolLM2-135M never writes the <answer> tags they grade.
+DISCORDANCE_TASKS = ("arithmetic", "addition", "subtraction", "multiplication")
+
+
+@dataclasses.dataclass(frozen=True)
+class DiscordanceConfig(ScoringConfig):
+  """Spectral discordance of N members over M tasks, per model (the paper's Figure 4)."""
+  models: tuple[str, ...] = registry.OFFLINE_MODELS
+  tasks: tuple[str, ...] = DISCORDANCE_TASKS
+  clusters: int = 3
+  spectra_shown: int = 100
+  N: int = 16
+  sigmas: tuple[float, ...] = (1e-3,)
+  train_size: int = 16
+  max_new_tokens: int = 32
+  batch_size: int = 32
+
+  @classmethod
+  def tiny(cls, weights: str, **overrides) -> "DiscordanceConfig":
+    return cls(**{**_TINY, "weights": weights, "models": (TINY_MODEL,), "N": 6,
+                  "tasks": ("countdown", "basic_arithmetic", "letter_counting"), "clusters": 2,
+                  "sigmas": (0.05, 0.2), "members_per_batch": 3, **overrides})
+
+  def validate(self, *args) -> None:
+    del args
+    if len(self.tasks) < 2:
+      raise InputError("--tasks needs at least two tasks for spectral discordance.")
+    if self.N < 2:
+      raise InputError(f"--N must be at least 2, got {self.N}.")
+    if not 1 <= self.clusters <= self.N:
+      raise InputError(f"--clusters must be between 1 and N={self.N}, got {self.clusters}.")
+    super().validate(self.models, self.tasks)
+
+
+def score_base_and_members(config: ScoringConfig, gen: generate.Generator,
+                           task_sets: Sequence[scoring.TaskSet], run_dir: RunDir):
+  """The base's scores (`base.json`, computed once) and every member's (resumable).
+
+  Returns:
+    (base summary, seeds [N], sigmas [N], member records in sampling order).
+  """
+  base = run_dir.cached_json("base", lambda: scoring.score_base(
+      gen, task_sets, keep_completions=config.keep_completions))
+  seeds, sigmas = population.draw_candidates(config.seed, config.N, config.sigmas)
+  records = scoring.score_members(gen, task_sets, seeds, sigmas, run_dir.store(),
+                                  members_per_batch=config.members_per_batch, mesh=config.mesh(),
+                                  keep_completions=config.keep_completions)
+  return base, seeds, sigmas, records
+
+
+# ---------------------------------------------------------------------------------------------
+# RandOpt
+
+
+def run_randopt(config: RandOptConfig, workdir: str) -> dict:
+  """Scores N members, keeps the top K, writes `topk.json` and test accuracies per K.
+
+  Returns (and writes to results.json): base, top-1, majority-vote ensemble per K and oracle
+  pass@K test accuracies, the train-score distribution and the run's identity.
+  """
+  config.validate()
+  train, test = config.splits(config.task, config.test_size)
+  run_dir = RunDir.prepare(workdir)
+  run_dir.claim(config.identity())
+  with run_dir.session("randopt", dataclasses.asdict(config)):
+    loaded = config.load(config.model)
+    task = TASKS.get(config.task)
+    train_set, test_set = scoring.TaskSet(task, train), scoring.TaskSet(task, test)
+    logging.info("%s on %s: %d train, %d test examples; weights %s", config.model, config.task,
+                 len(train), len(test), loaded.source.describe())
+    gen = config.generator(loaded)
+    base_test = run_dir.cached_json("base_test", lambda: scoring.score_base(
+        gen, [test_set], keep_completions=config.keep_completions))
+    base, seeds, sigmas, records = score_base_and_members(config, gen, [train_set], run_dir)
+    train_scores = np.asarray([r["reward"][0] for r in records])
+    order = randopt.top_k(train_scores, [max(config.ks)])[max(config.ks)]
+    members = [{"seed": int(seeds[i]), "sigma": float(sigmas[i]),
+                "train_score": float(train_scores[i]),
+                "train_accuracy": float(records[i]["accuracy"][0])} for i in order]
+    run_dir.write("topk", {
+        "model": config.model, "weights": config.weights,
+        "weights_source": loaded.source.describe(), "dtype": config.dtype, "task": config.task,
+        "perturbation": gen.perturb.to_json(), "members": members})
+    result = {
+        **config.identity(), "weights_source": loaded.source.describe(),
+        "train_size": len(train), "test_size": len(test),
+        "base": {"train_score": base["reward"][0], "train_accuracy": base["accuracy"][0],
+                 "test_accuracy": base_test["accuracy"][0]},
+        "train_score_distribution": {
+            "mean": float(train_scores.mean()), "max": float(train_scores.max()),
+            **metrics.versus_base(train_scores, base["reward"][0], ceiling=task.max_reward)},
+        **_evaluate_top(config, gen, test_set, members, run_dir),
+    }
+    run_dir.write("results", result)
+  return result
+
+
+def load_topk(run_dir: str) -> dict:
+  """A finished RandOpt run's `topk.json`, with its perturbation as a `PerturbSpec`."""
+  run = RunDir(run_dir)
+  if not run.exists("topk"):
+    raise InputError(f"{run_dir} holds no topk.json; finish a randopt run there first.")
+  saved = run.read("topk")
+  return {**saved, "perturbation": PerturbSpec.from_json(saved["perturbation"])}
+
+
+def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str) -> dict:
+  """The saved top-K of `topk_dir` voted on a new test set (`config`'s seed and test_size);
+  model, task, weights, dtype and perturbation come from its `topk.json`. Nothing is re-scored
+  on train."""
+  saved = load_topk(topk_dir)
+  if max(config.ks) > len(saved["members"]):
+    raise InputError(f"{topk_dir} holds a top-{len(saved['members'])}, fewer than "
+                     f"K={max(config.ks)}.")
+  config = dataclasses.replace(config, model=saved["model"], task=saved["task"],
+                               weights=saved["weights"], dtype=saved["dtype"],
+                               mode=saved["perturbation"].mode,
+                               relative=saved["perturbation"].relative,
+                               include=saved["perturbation"].include)
+  config.validate()
+  _, test = config.splits(config.task, config.test_size)
+  run_dir = RunDir.prepare(workdir)
+  run_dir.claim({**config.identity(), "reevaluated": topk_dir})
+  with run_dir.session("randopt", {**dataclasses.asdict(config), "reevaluated": topk_dir}):
+    loaded = config.load(config.model)
+    gen = config.generator(loaded, saved["perturbation"])
+    test_set = scoring.TaskSet(TASKS.get(config.task), test)
+    result = {"reevaluated": topk_dir, "members": saved["members"], "test_size": len(test),
+              **_evaluate_top(config, gen, test_set, saved["members"], run_dir)}
+    run_dir.write("results", result)
+  return result
+
+
+def _evaluate_top(config: RandOptConfig, gen: generate.Generator, test_set: scoring.TaskSet,
+                  members: list[dict], run_dir: RunDir) -> dict:
+  """Test completions of the ranked members (resumable) -> accuracies per K."""
+  seeds = np.asarray([m["seed"] for m in members], np.int64)
+  sigmas = np.asarray([m["sigma"] for m in members], np.float64)
+  records = scoring.score_members(gen, [test_set], seeds, sigmas, run_dir.store("test_members"),
+                                  members_per_batch=config.members_per_batch,
+                                  mesh=config.mesh(), keep_examples=True,
+                                  keep_completions=config.keep_completions)
+  votes = [r["votes"][0] for r in records]
+  correct = [r["correct"][0] for r in records]
+  return {
+      "top1_accuracy": float(np.mean(correct[0])),
+      "ensemble_accuracy": {str(k): randopt.ensemble_accuracy(votes[:k], correct[:k])
+                            for k in config.ks},
+      "oracle_pass_at_k": {str(k): float(np.mean(np.any(correct[:k], axis=0))) for k in config.ks},
+      "member_test_accuracy": [float(np.mean(c)) for c in correct],
+  }
+
+
+# ---------------------------------------------------------------------------------------------
+# Solution density
+
+
+def run_density(config: DensityConfig, workdir: str) -> dict:
+  """δ(m) per model × sigma on the train examples, against the base, with intervals.
+
+  Returns (and writes to results.json) one point per model: parameters, base reward and
+  accuracy, δ(m) per sigma and margin (reward and accuracy, Wilson 95%), the fractions of
+  members strictly above / tied with / below the base, and whether the base is at the floor or
+  ceiling (where δ(0) says nothing). Writes `scores_<model>.png` and `density_vs_size.png`.
+  """
+  config.validate()
+  train, _ = config.splits(config.task, 1)  # density scores the train examples only
+  run_dir = RunDir.prepare(workdir)
+  run_dir.claim(config.identity())
+  with run_dir.session("density", dataclasses.asdict(config)):
+    task = TASKS.get(config.task)
+    task_set = scoring.TaskSet(task, train)
+    points = []
+    for name in config.models:
+      loaded = config.load(name)
+      member_dir = run_dir.child(name)
+      base, _, sigmas, records = score_base_and_members(config, config.generator(loaded),
+                                                        [task_set], member_dir)
+      points.append(_density_point(config, name, loaded, base, sigmas, records, task.max_reward))
+      _plot_scores(run_dir, config, points[-1], sigmas, records)
+      del loaded
+    result = {**config.identity(), "points": points}
+    run_dir.write("results", result)
+    _plot_density(run_dir, config, points)
+  return result
+
+
+def _density_point(config, name, loaded, base, sigmas, records, max_reward) -> dict:
+  rewards = np.asarray([r["reward"][0] for r in records])
+  accuracy = np.asarray([r["accuracy"][0] for r in records])
+  point = {"model": name, "params": loaded.config.num_params,
+           "weights_source": loaded.source.describe(),
+           "base_reward": base["reward"][0], "base_accuracy": base["accuracy"][0],
+           "reward_quantiles": np.quantile(rewards, [0, 0.25, 0.5, 0.75, 1]).tolist(),
+           "member_accuracy_mean": float(accuracy.mean())}
+  for score, values, ceiling in (("reward", rewards, max_reward), ("accuracy", accuracy, 1.0)):
+    point[f"density_{score}"] = metrics.solution_density(values, point[f"base_{score}"],
+                                                         config.margins, sigmas=sigmas)
+    point[f"versus_base_{score}"] = metrics.versus_base(values, point[f"base_{score}"],
+                                                         ceiling=ceiling)
+  logging.info("%s: base reward %.3f accuracy %.3f; members above base %.2f, tied %.2f%s", name,
+               point["base_reward"], point["base_accuracy"],
+               point["versus_base_reward"]["above"]["fraction"],
+               point["versus_base_reward"]["tied"]["fraction"],
+               _at_bound_note(point["versus_base_reward"]["base_at"]))
+  return point
+
+
+def _at_bound_note(base_at: Optional[str]) -> str:
+  return "" if base_at is None else f" (the base is at the {base_at}: δ(0) counts ties)"
+
+
+def _plot_scores(run_dir: RunDir, config: DensityConfig, point: dict, sigmas, records) -> None:
+  rewards = np.asarray([r["reward"][0] for r in records])
+  plotting.score_histogram(
+      run_dir.figure(f"scores_{point['model']}"),
+      {f"σ={s:g}": rewards[sigmas == s] for s in sorted(set(sigmas.tolist()))},
+      point["base_reward"], f"mean reward on {config.train_size} {config.task} examples",
+      f"{point['model']}: perturbations vs base{_at_bound_note(point['versus_base_reward']['base_at'])}")
+
+
+def _plot_density(run_dir: RunDir, config: DensityConfig, points: list[dict]) -> None:
+  """δ(m) for the smallest and largest margin per sigma, and the fraction strictly above the
+  base, against parameters."""
+  ordered = sorted(points, key=lambda p: p["params"])
+  curves = {}
+  for sigma in config.sigmas:
+    for margin in sorted({config.margins[0], config.margins[-1]}):
+      rows = [next(r for r in p["density_reward"] if r["sigma"] == sigma and r["margin"] == margin)
+              for p in ordered]
+      curves[f"δ(m={margin:g}), σ={sigma:g}"] = tuple(
+          np.asarray([r[k] for r in rows]) for k in ("density", "ci_low", "ci_high"))
+  above = [p["versus_base_reward"]["above"] for p in ordered]
+  curves["strictly above base, all σ"] = tuple(
+      np.asarray([a[k] for a in above]) for k in ("fraction", "ci_low", "ci_high"))
+  notes = [f"{p['model']}: base at the {p['versus_base_reward']['base_at']}" for p in ordered
+           if p["versus_base_reward"]["base_at"]]
+  plotting.curves_vs_scale(
+      run_dir.figure("density_vs_size"), [p["params"] for p in ordered], curves, "parameters",
+      "fraction of perturbations", f"solution density on {config.task}, N={config.N} per model",
+      note="; ".join(notes))
+
+
+# ---------------------------------------------------------------------------------------------
+# Spectral discordance
+
+
+def run_discordance(config: DiscordanceConfig, workdir: str) -> dict:
+  """N members × M tasks per model -> D (with its bound M/(M−1)), PCA clusters, D vs size.
+
+  Scores are mean rewards on each task's train examples. Writes per model
+  `correlation_<model>.png`, `spectra_<model>.png`, `pca_<model>.png`, and
+  `discordance_vs_size.png`.
+  """
+  config.validate()
+  task_sets = [scoring.TaskSet(TASKS.get(name), config.splits(name, 1)[0])
+               for name in config.tasks]
+  run_dir = RunDir.prepare(workdir)
+  run_dir.claim(config.identity())
+  with run_dir.session("discordance", dataclasses.asdict(config)):
+    points = []
+    for name in config.models:
+      loaded = config.load(name)
+      base, _, _, records = score_base_and_members(config, config.generator(loaded), task_sets,
+                                                   run_dir.child(name))
+      points.append(_discordance_point(run_dir, config, name, loaded, base, records))
+      del loaded
+    result = {**config.identity(), "points": points}
+    run_dir.write("results", result)
+    _plot_discordance(run_dir, config, points)
+  return result
+
+
+def _discordance_point(run_dir, config, name, loaded, base, records) -> dict:
+  rewards = np.asarray([r["reward"] for r in records])  # [N, M]
+  accuracy = np.asarray([r["accuracy"] for r in records])
+  by_reward = metrics.spectral_discordance(rewards)
+  gains = rewards - np.asarray(base["reward"])[None]  # performance vectors relative to the base
+  projected, explained = _pca(gains)
+  _, labels = vq.kmeans2(projected, config.clusters, seed=config.seed, minit="++")
+  point = {"model": name, "params": loaded.config.num_params,
+           "weights_source": loaded.source.describe(), "base_reward": base["reward"],
+           "base_accuracy": base["accuracy"], "discordance_reward": by_reward,
+           "discordance_accuracy": metrics.spectral_discordance(accuracy),
+           "base_at_bound": {t: metrics.versus_base(rewards[:, j], base["reward"][j],
+                                                    ceiling=TASKS.get(t).max_reward)["base_at"]
+                             for j, t in enumerate(config.tasks)},
+           "percentile_ranks_reward": metrics.percentile_ranks(rewards).tolist(),  # [N, M]
+           "pca_explained_variance": explained, "clusters": labels.tolist(),
+           "mean_gain_per_cluster": [gains[labels == c].mean(0).tolist() if np.any(labels == c)
+                                     else None for c in range(config.clusters)]}
+  if by_reward["correlation"] is not None:
+    plotting.correlation_heatmap(run_dir.figure(f"correlation_{name}"),
+                                 np.asarray(by_reward["correlation"]), config.tasks,
+                                 f"{name}: rank correlation, D = {by_reward['discordance']:.3f}")
+  shown = slice(0, config.spectra_shown)
+  plotting.spectra(run_dir.figure(f"spectra_{name}"), gains[shown], labels[shown], config.tasks,
+                   f"{name}: performance spectra of perturbations (by cluster)")
+  plotting.clusters_2d(run_dir.figure(f"pca_{name}"), projected, labels,
+                       f"{name}: PCA of performance vectors, k-means clusters")
+  logging.info("%s: D (reward) = %s of bound %.3f", name, by_reward["discordance"],
+               by_reward["upper_bound"])
+  return point
+
+
+def _pca(x: np.ndarray) -> tuple[np.ndarray, list[float]]:
+  """2-D principal components of the rows of x [N, M]; explained variance ratios."""
+  centered = x - x.mean(0)
+  _, s, vt = np.linalg.svd(centered, full_matrices=False)
+  total = float((s**2).sum()) or 1.0
+  return centered @ vt[:2].T, [float(v**2 / total) for v in s[:2]]
+
+
+def _plot_discordance(run_dir: RunDir, config: DiscordanceConfig, points: list[dict]) -> None:
+  ordered = [p for p in sorted(points, key=lambda p: p["params"])
+             if p["discordance_reward"]["discordance"] is not None]
+  undefined = [p["model"] for p in points if p["discordance_reward"]["discordance"] is None]
+  values = np.asarray([p["discordance_reward"]["discordance"] for p in ordered])
+  bound = len(config.tasks) / (len(config.tasks) - 1)
+  plotting.curves_vs_scale(
+      run_dir.figure("discordance_vs_size"), [p["params"] for p in ordered],
+      {"D (reward ranks)": (values, values, values)}, "parameters", "spectral discordance D",
+      f"{len(config.tasks)} tasks, N={config.N} per model", hline=(bound, "bound M/(M−1)"),
+      note="" if not undefined else f"undefined (a constant task): {', '.join(undefined)}")
