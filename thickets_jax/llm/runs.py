@@ -192,9 +192,10 @@ class DensityConfig(ScoringConfig):
     super().validate(self.models, [self.task])
 
 
-# Tasks on which both offline bases score between 0 and 1 (docs/results.md). The reasoning-gym
-# tasks are not among them: SmolLM2-135M never writes the <answer> tags they grade.
-DISCORDANCE_TASKS = ("arithmetic", "addition", "subtraction", "multiplication")
+# Tasks on which both offline bases score between 0 and 1 and their members differ
+# (docs/results.md). The reasoning-gym tasks are not among them: SmolLM2-135M never writes the
+# <answer> tags they grade; on `subtraction` all its members score the same.
+DISCORDANCE_TASKS = ("arithmetic", "addition", "multiplication")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,6 +392,8 @@ def _density_point(config, name, loaded, base, sigmas, records, max_reward) -> d
   for score, values, ceiling in (("reward", rewards, max_reward), ("accuracy", accuracy, 1.0)):
     point[f"density_{score}"] = metrics.solution_density(values, point[f"base_{score}"],
                                                          config.margins, sigmas=sigmas)
+    point[f"density_{score}_all_sigmas"] = metrics.solution_density(
+        values, point[f"base_{score}"], config.margins)
     point[f"versus_base_{score}"] = metrics.versus_base(values, point[f"base_{score}"],
                                                          ceiling=ceiling)
   logging.info("%s: base reward %.3f accuracy %.3f; members above base %.2f, tied %.2f%s", name,
@@ -415,24 +418,26 @@ def _plot_scores(run_dir: RunDir, config: DensityConfig, point: dict, sigmas, re
 
 
 def _plot_density(run_dir: RunDir, config: DensityConfig, points: list[dict]) -> None:
-  """δ(m) for the smallest and largest margin per sigma, and the fraction strictly above the
-  base, against parameters."""
+  """Against parameters, over all of a model's members: δ(0) (at least the base: above or
+  tied), the fraction strictly above, and δ at the largest margin; per-sigma values are in
+  results.json."""
   ordered = sorted(points, key=lambda p: p["params"])
-  curves = {}
-  for sigma in config.sigmas:
-    for margin in sorted({config.margins[0], config.margins[-1]}):
-      rows = [next(r for r in p["density_reward"] if r["sigma"] == sigma and r["margin"] == margin)
-              for p in ordered]
-      curves[f"δ(m={margin:g}), σ={sigma:g}"] = tuple(
-          np.asarray([r[k] for r in rows]) for k in ("density", "ci_low", "ci_high"))
-  above = [p["versus_base_reward"]["above"] for p in ordered]
-  curves["strictly above base, all σ"] = tuple(
-      np.asarray([a[k] for a in above]) for k in ("fraction", "ci_low", "ci_high"))
+  at = lambda p, m: next(r for r in p["density_reward_all_sigmas"] if r["margin"] == m)
+  rows = {f"δ(m=0): at least the base": [at(p, 0.0) for p in ordered] if 0.0 in config.margins
+          else None,
+          "strictly above the base": [
+              {"density": p["versus_base_reward"]["above"]["fraction"],
+               **{k: p["versus_base_reward"]["above"][k] for k in ("ci_low", "ci_high")}}
+              for p in ordered],
+          f"δ(m={max(config.margins):g})": [at(p, max(config.margins)) for p in ordered]}
+  curves = {label: tuple(np.asarray([r[k] for r in values]) for k in ("density", "ci_low", "ci_high"))
+            for label, values in rows.items() if values is not None}
   notes = [f"{p['model']}: base at the {p['versus_base_reward']['base_at']}" for p in ordered
            if p["versus_base_reward"]["base_at"]]
   plotting.curves_vs_scale(
       run_dir.figure("density_vs_size"), [p["params"] for p in ordered], curves, "parameters",
-      "fraction of perturbations", f"solution density on {config.task}, N={config.N} per model",
+      "fraction of perturbations (95% Wilson)",
+      f"{config.task}: N={config.N} per model, σ ∈ {{{', '.join(f'{s:g}' for s in config.sigmas)}}}",
       note="; ".join(notes))
 
 

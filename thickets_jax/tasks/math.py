@@ -118,8 +118,12 @@ TASKS.register("gsm8k")(Task(
 
 # ---------------------------------------------------------------- MATH-500
 
+MAX_BOXED_CHARS = 1000  # a longer "final answer" is no answer (and math-verify time grows with it)
+
+
 def last_boxed(text: str) -> Optional[str]:
-  """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; None if there is none."""
+  """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; None if there is none
+  or it is longer than `MAX_BOXED_CHARS`."""
   text = text[-_MAX_TEXT:]
   start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
   if start < 0:
@@ -130,6 +134,8 @@ def last_boxed(text: str) -> Optional[str]:
     depth += {"{": 1, "}": -1}.get(text[i], 0)
     if depth == 0:
       return text[begin:i]
+    if i - begin > MAX_BOXED_CHARS:
+      return None
     i += 1
   return None
 
