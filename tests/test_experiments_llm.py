@@ -64,6 +64,7 @@ def test_run_randopt_resumes_and_reevaluates(tmp_path, tiny_weights):
   assert [set(m) >= {"seed", "sigma", "train_score"} for m in top["members"]] == [True, True]
   assert PerturbSpec.from_json(top["perturbation"]) == config.perturb_spec()
   assert top["perturbation"]["stacked"] == llm_model.STACKED_LEAVES
+  assert result["perturbation"] == top["perturbation"]  # one identity, in both files
 
   candidates = os.path.join(workdir, "candidates.jsonl")
   with open(candidates) as f:

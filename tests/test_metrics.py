@@ -64,3 +64,16 @@ def test_discordance_stays_within_its_bounds(m, n, seed):
   d = metrics.spectral_discordance(scores)
   if d["discordance"] is not None:
     assert -1e-9 <= d["discordance"] <= m / (m - 1) + 1e-9
+
+
+def test_discordance_interval_covers_the_estimate_and_shrinks_with_n():
+  rng = np.random.default_rng(0)
+  small, large = rng.normal(size=(16, 3)), rng.normal(size=(400, 3))
+  for scores in (small, large):
+    d = metrics.spectral_discordance(scores)["discordance"]
+    low, high = metrics.discordance_interval(scores, draws=300)
+    assert low <= d <= high
+  width = lambda s: np.subtract(*metrics.discordance_interval(s, draws=300)[::-1])
+  assert width(large) < width(small) / 2
+  constant = np.concatenate([rng.normal(size=(10, 2)), np.zeros((10, 1))], axis=1)
+  assert metrics.discordance_interval(constant, draws=50) is None

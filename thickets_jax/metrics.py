@@ -109,3 +109,25 @@ def spectral_discordance(scores: np.ndarray) -> dict:
   corr = np.corrcoef(ranks, rowvar=False)
   off_diagonal = corr[~np.eye(m, dtype=bool)]
   return {**result, "discordance": float(1 - off_diagonal.mean()), "correlation": corr.tolist()}
+
+
+def discordance_interval(scores: np.ndarray, *, draws: int = 1000, seed: int = 0,
+                         level: float = 0.95) -> Optional[tuple[float, float]]:
+  """Percentile bootstrap interval of D, resampling the N perturbations (rows) with
+  replacement; resamples in which a task's column is constant are skipped. None when fewer than
+  half of the resamples define D.
+
+  Args:
+    scores: [N, M] score of perturbation n on task m.
+  """
+  scores = np.asarray(scores, np.float64)
+  rng = np.random.default_rng(seed)
+  values = []
+  for _ in range(draws):
+    d = spectral_discordance(scores[rng.integers(0, len(scores), len(scores))])["discordance"]
+    if d is not None:
+      values.append(d)
+  if len(values) < draws / 2:
+    return None
+  tail = 100 * (1 - level) / 2
+  return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))

@@ -79,13 +79,15 @@ def grouped_bars(path: str, groups: Sequence[str], series: dict[str, tuple[np.nd
 
 def curves_vs_scale(path: str, sizes: Sequence[float], curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                     xlabel: str, ylabel: str, title: str, *, note: str = "",
-                    hline: Optional[tuple[float, str]] = None) -> None:
+                    hline: Optional[tuple[float, str]] = None,
+                    ylim: Optional[tuple[float, float]] = None) -> None:
   """Lines against a log-scaled size axis with shaded intervals.
 
   Args:
     curves: {label: (values [S], low [S], high [S])}.
     note: a line of text printed inside the axes (e.g. "base at the floor").
     hline: (value, label) of a dashed horizontal reference line (e.g. a bound).
+    ylim: the y range (default: matplotlib's).
   """
   fig, ax = plt.subplots(figsize=(6, 4))
   for label, (values, low, high) in curves.items():
@@ -97,6 +99,8 @@ def curves_vs_scale(path: str, sizes: Sequence[float], curves: dict[str, tuple[n
     ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, color="firebrick")
   if len(sizes):
     ax.set_xscale("log")
+  if ylim is not None:
+    ax.set_ylim(*ylim)
   ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   _save(fig, ax, path, title)

@@ -34,6 +34,7 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Settings that change how a run is computed, never its numbers: a run may resume with others.
 _EXECUTION_FIELDS = ("batch_size", "members_per_batch", "member_axis", "layer_loop",
                      "model_parallel", "keep_completions")
+_NOISE_FIELDS = ("mode", "relative", "include")  # the identity holds them as a PerturbSpec
 TINY_MODEL = "tiny-random-llama"
 
 
@@ -78,9 +79,12 @@ class ScoringConfig:
                        stacked=llm_model.STACKED_LEAVES)
 
   def identity(self) -> dict:
-    """What identifies the run's numbers (its workdir's spec.json)."""
-    fields = {k: v for k, v in dataclasses.asdict(self).items() if k not in _EXECUTION_FIELDS}
-    return {**fields, "experiment": type(self).__name__}
+    """What identifies the run's numbers (its workdir's spec.json, and the head of its
+    results.json): the settings, with the noise as the run's `PerturbSpec`."""
+    fields = {k: v for k, v in dataclasses.asdict(self).items()
+              if k not in _EXECUTION_FIELDS + _NOISE_FIELDS}
+    return {**fields, "perturbation": self.perturb_spec().to_json(),
+            "experiment": type(self).__name__}
 
   def validate(self, models: Sequence[str], tasks: Sequence[str], ks: Sequence[int] = ()) -> None:
     """One sentence for the first bad setting, before any weights are read."""
@@ -475,6 +479,7 @@ def _discordance_point(run_dir, config, name, loaded, base, records) -> dict:
   rewards = np.asarray([r["reward"] for r in records])  # [N, M]
   accuracy = np.asarray([r["accuracy"] for r in records])
   by_reward = metrics.spectral_discordance(rewards)
+  by_reward["interval_95"] = metrics.discordance_interval(rewards, seed=config.seed)
   gains = rewards - np.asarray(base["reward"])[None]  # performance vectors relative to the base
   projected, explained = _pca(gains)
   _, labels = vq.kmeans2(projected, config.clusters, seed=config.seed, minit="++")
@@ -516,9 +521,12 @@ def _plot_discordance(run_dir: RunDir, config: DiscordanceConfig, points: list[d
              if p["discordance_reward"]["discordance"] is not None]
   undefined = [p["model"] for p in points if p["discordance_reward"]["discordance"] is None]
   values = np.asarray([p["discordance_reward"]["discordance"] for p in ordered])
+  intervals = [p["discordance_reward"]["interval_95"] or (np.nan, np.nan) for p in ordered]
   bound = len(config.tasks) / (len(config.tasks) - 1)
   plotting.curves_vs_scale(
       run_dir.figure("discordance_vs_size"), [p["params"] for p in ordered],
-      {"D (reward ranks)": (values, values, values)}, "parameters", "spectral discordance D",
-      f"{len(config.tasks)} tasks, N={config.N} per model", hline=(bound, "bound M/(M−1)"),
+      {"D (reward ranks), bootstrap 95%": (values, np.asarray([i[0] for i in intervals]),
+                                           np.asarray([i[1] for i in intervals]))},
+      "parameters", "spectral discordance D", f"{len(config.tasks)} tasks, N={config.N} per model",
+      hline=(bound, "bound M/(M−1)"), ylim=(0.0, 1.05 * bound),
       note="" if not undefined else f"undefined (a constant task): {', '.join(undefined)}")
