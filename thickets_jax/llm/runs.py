@@ -427,7 +427,7 @@ def _plot_density(run_dir: RunDir, config: DensityConfig, points: list[dict]) ->
   results.json."""
   ordered = sorted(points, key=lambda p: p["params"])
   at = lambda p, m: next(r for r in p["density_reward_all_sigmas"] if r["margin"] == m)
-  rows = {f"δ(m=0): at least the base": [at(p, 0.0) for p in ordered] if 0.0 in config.margins
+  rows = {"δ(m=0): at least the base": [at(p, 0.0) for p in ordered] if 0.0 in config.margins
           else None,
           "strictly above the base": [
               {"density": p["versus_base_reward"]["above"]["fraction"],
