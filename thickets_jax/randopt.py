@@ -23,6 +23,8 @@ from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec
 
 PyTree = Any
+# What a line that is not a candidate record raises (JSON and UTF-8 errors are ValueErrors).
+_BAD_RECORD = (KeyError, TypeError, ValueError)
 
 
 def validate_top_k(ks: Sequence[int], n: int) -> None:
@@ -115,7 +117,7 @@ class CandidateStore:
         continue
       try:
         self._add(json.loads(line))
-      except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError) as e:
+      except _BAD_RECORD as e:
         raise InputError(f"{self.path} line {number} is not a candidate record ({e}); the file "
                          "is corrupt, move it away to re-score.") from None
     tail = lines[-1]
@@ -124,7 +126,7 @@ class CandidateStore:
     try:
       self._add(json.loads(tail))
       repair = lambda f: f.write(b"\n")  # a whole record that lost its newline
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError, ValueError):
+    except _BAD_RECORD:
       logging.warning("%s: dropping a last line cut short by a kill (%d bytes); its candidates "
                       "are scored again", self.path, len(tail))
       repair = lambda f: f.truncate(len(data) - len(tail))

@@ -204,8 +204,9 @@ class Transformer(nn.Module):
   def _layer_step(self, x, layer, positions, cache_mask, token_mask):
     """One layer: (x [b, t, d], (its parameters, its (k, v) cache)) -> (x, new (k, v))."""
     layer_params, layer_cache = layer
-    return Block(self.config, parent=None).apply({"params": layer_params}, x, layer_cache, positions,
-                                    cache_mask, token_mask)
+    block = Block(self.config, parent=None)
+    return block.apply({"params": layer_params}, x, layer_cache, positions, cache_mask,
+                       token_mask)
 
   def logits(self, x: jax.Array, last_only: bool = False) -> jax.Array:
     """[b, t, d] last hidden states -> [b, t or 1, vocab] float32."""

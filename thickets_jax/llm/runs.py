@@ -376,8 +376,11 @@ def run_density(config: DensityConfig, workdir: str) -> dict:
       member_dir = run_dir.child(name)
       base, _, sigmas, records = score_base_and_members(config, config.generator(loaded),
                                                         [task_set], member_dir)
-      points.append(_density_point(config, name, loaded, base, sigmas, records, task.max_reward))
-      _plot_scores(run_dir, config, points[-1], sigmas, records)
+      rewards = np.asarray([r["reward"][0] for r in records])  # [N]
+      accuracy = np.asarray([r["accuracy"][0] for r in records])  # [N]
+      points.append(_density_point(config, name, loaded, base, sigmas, rewards, accuracy,
+                                   task.max_reward))
+      _plot_scores(run_dir, config, points[-1], sigmas, rewards)
       del loaded
     result = {**config.identity(), "points": points}
     run_dir.write("results", result)
@@ -385,9 +388,7 @@ def run_density(config: DensityConfig, workdir: str) -> dict:
   return result
 
 
-def _density_point(config, name, loaded, base, sigmas, records, max_reward) -> dict:
-  rewards = np.asarray([r["reward"][0] for r in records])
-  accuracy = np.asarray([r["accuracy"][0] for r in records])
+def _density_point(config, name, loaded, base, sigmas, rewards, accuracy, max_reward) -> dict:
   point = {"model": name, "params": loaded.config.num_params,
            "weights_source": loaded.source.describe(),
            "base_reward": base["reward"][0], "base_accuracy": base["accuracy"][0],
@@ -412,8 +413,7 @@ def _at_bound_note(base_at: Optional[str]) -> str:
   return "" if base_at is None else f" (the base is at the {base_at}: δ(0) counts ties)"
 
 
-def _plot_scores(run_dir: RunDir, config: DensityConfig, point: dict, sigmas, records) -> None:
-  rewards = np.asarray([r["reward"][0] for r in records])
+def _plot_scores(run_dir: RunDir, config: DensityConfig, point: dict, sigmas, rewards) -> None:
   plotting.score_histogram(
       run_dir.figure(f"scores_{point['model']}"),
       {f"σ={s:g}": rewards[sigmas == s] for s in sorted(set(sigmas.tolist()))},

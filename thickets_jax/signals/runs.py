@@ -241,6 +241,4 @@ def across_seeds(results: Sequence[dict]) -> dict:
 
 def _spread(values: Sequence[float]) -> dict:
   values = np.asarray(values, np.float64)
-  se = float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0
-  return {"per_seed": values.tolist(), "median": float(np.median(values)),
-          "mean": float(values.mean()), "se": se}
+  return {"per_seed": values.tolist(), "median": float(np.median(values)), **_mean_se(values)}

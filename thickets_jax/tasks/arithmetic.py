@@ -12,13 +12,11 @@ value is computed by our own evaluator.
 import dataclasses
 import fractions
 import random
-import re
 from typing import Optional
 
-from thickets_jax.tasks.base import TASKS, Example, Task, procedural_splits
+from thickets_jax.tasks.base import NUMBER, TASKS, Example, Task, procedural_splits
 
 TAIL_CHARS = 2000  # the answer is the last number: only the tail of a completion is read
-_NUMBER = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?")  # linear time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,7 +80,7 @@ def prompt(problem: Problem) -> str:
 def extract(completion: str) -> Optional[fractions.Fraction]:
   """The last number in the completion ("1,234" and "12.0" read as numbers), or None."""
   last = None
-  for last in _NUMBER.finditer(completion[-TAIL_CHARS:]):
+  for last in NUMBER.finditer(completion[-TAIL_CHARS:]):
     pass
   return None if last is None else fractions.Fraction(last.group().replace(",", ""))
 

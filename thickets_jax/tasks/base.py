@@ -3,6 +3,7 @@
 """
 
 import dataclasses
+import re
 from typing import Any, Callable, Optional
 
 from thickets_jax.registry import Registry
@@ -27,6 +28,9 @@ class Task:
 
 
 TASKS: Registry[Task] = Registry("task")
+# A decimal number ("-1,234.5", "+7", "12"); no optional prefix before a digit, so scanning a
+# text with it takes linear time.
+NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 
 
 def last_block(text: str, open_tag: str, close_tag: str) -> Optional[str]:

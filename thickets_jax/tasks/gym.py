@@ -15,20 +15,18 @@ score when it is below 1, else 0.
 """
 
 import decimal
-import re
 from typing import Callable, Optional
 
-from thickets_jax.tasks.base import TASKS, Example, Task, last_block, procedural_splits
+from thickets_jax.tasks.base import NUMBER, TASKS, Example, Task, last_block, procedural_splits
 
 MAX_ANSWER_CHARS = 2000
 INSTRUCTION = "\nGive only the final answer inside <answer></answer> tags."
-_NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")
 
 
 def _number(text: str) -> Optional[str]:
   """'-1,234.50' -> '-1234.5'; None unless the whole text is one number."""
   text = text.strip()
-  if not _NUMBER.fullmatch(text):
+  if not NUMBER.fullmatch(text):
     return None
   value = decimal.Decimal(text.replace(",", ""))
   return format(value.normalize(), "f") if value else "0"
