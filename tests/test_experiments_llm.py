@@ -21,25 +21,6 @@ torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 
-@pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-  """tiny-random-llama's shapes as a safetensors checkpoint, with SmolLM2's tokenizer."""
-  from thickets_jax.llm import assets, registry, tokenizer  # pylint: disable=g-import-not-at-top
-  c = registry.MODELS.get("tiny-random-llama").config
-  torch.manual_seed(0)
-  model = transformers.LlamaForCausalLM(transformers.LlamaConfig(
-      vocab_size=c.vocab_size, hidden_size=c.hidden_size, intermediate_size=c.intermediate_size,
-      num_hidden_layers=c.num_layers, num_attention_heads=c.num_heads,
-      num_key_value_heads=c.num_kv_heads, rope_theta=c.rope_theta, rms_norm_eps=c.rms_norm_eps,
-      tie_word_embeddings=True))
-  directory = str(tmp_path_factory.mktemp("tiny"))
-  model.save_pretrained(directory, safe_serialization=True)
-  gguf = assets.gguf_path(assets.SMOLLM2_135M_INSTRUCT)
-  tokenizer.from_gguf(gguf, os.path.join(assets.cache_dir(), "smollm2-135m-instruct-tokenizer")
-                      ).save_pretrained(directory)
-  return directory
-
-
 def _run(module, *args):
   return subprocess.run([sys.executable, "-m", f"experiments.{module}", *args], cwd=ROOT,
                         capture_output=True, text=True, timeout=900)

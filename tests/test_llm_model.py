@@ -13,6 +13,8 @@ from thickets_jax.errors import InputError
 from thickets_jax.llm import assets, generate, model as M, registry, weights
 from thickets_jax.perturb import PerturbSpec, rebuild_member
 
+import toys
+
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
@@ -80,28 +82,11 @@ def test_left_padding_does_not_change_logits(tmp_path):
                              M.forward(config, params, tokens), atol=1e-5)
 
 
-class _Tokenizer:
-  """A stand-in tokenizer over the tiny vocabulary: one character per token."""
-  pad_token_id, eos_token_id = 0, 1
-
-  def get_vocab(self):
-    return {chr(65 + i): i for i in range(60)}
-
-  def convert_tokens_to_ids(self, token):
-    return self.get_vocab()[token]
-
-  def __call__(self, text, add_special_tokens=False):
-    return {"input_ids": [2 + (ord(ch) % 50) for ch in text]}
-
-  def decode(self, ids, skip_special_tokens=True):
-    return "".join(chr(65 + i) for i in ids if i > 1)
-
-
 def _generator(tmp_path, sampling, **kwargs):
   _, directory = _checkpoint(tmp_path, "qwen2", False)
   config = weights.hf_config(directory, jnp.float32)
   params = weights.load_safetensors(directory, config)
-  return generate.Generator(config, params, _Tokenizer(), sampling, batch_size=4, chat=False, **kwargs)
+  return generate.Generator(config, params, toys.CharTokenizer(), sampling, batch_size=4, chat=False, **kwargs)
 
 
 def _greedy_reference(config, params, prompt_ids, n):
@@ -182,10 +167,16 @@ def test_stop_tokens_and_stop_strings(tmp_path):
   assert gen.codec.decode(np.array([2, 3, 1, 4, 5])) == ""  # "CD", cut at the stop string "C"
   assert gen.codec.decode(np.array([3, 4, 1, 5])) == "DE"  # id 1 (EOS) ends the text
   ids = gen.base_token_ids(["abc", "xyz"])
-  for row in ids:
+  for row, generated in zip(ids, generate.completion_mask(ids, gen.codec.stop_ids)):
     stops = np.flatnonzero(np.isin(row, gen.codec.stop_ids))
-    if stops.size:
-      assert np.all(row[stops[0]:] == gen.codec.pad_id)
+    if stops.size:  # the stop token is emitted, then padding
+      assert np.all(row[stops[0] + 1:] == gen.codec.pad_id)
+      assert generated.sum() == stops[0] + 1
+    else:
+      assert generated.all()
+  np.testing.assert_array_equal(
+      generate.completion_mask(np.array([[5, 1, 0, 0], [5, 6, 7, 8], [1, 1, 1, 1]]), (1,)),
+      [[True, True, False, False], [True] * 4, [True, False, False, False]])
 
 
 # Exact totals of the published Qwen2.5 safetensors checkpoints (tied embeddings counted once).

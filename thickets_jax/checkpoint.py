@@ -1,4 +1,5 @@
-"""Base-parameter checkpoints with orbax, so a resumed run reuses the exact pretrained bits."""
+"""orbax checkpoints: pretrained bases (a resumed run reuses the exact bits) and the state of a
+training run (ES, GRPO) that resumes where it was killed."""
 
 import os
 from typing import Any, Callable
@@ -28,3 +29,31 @@ def cached(path: str, like: PyTree, build: Callable[[], PyTree]) -> PyTree:
   params = build()
   save(path, params)
   return params
+
+
+class TrainingCheckpoints:
+  """Orbax checkpoints of a training run's state (params, optimiser state, step, RNG...).
+
+  Saves are synchronous, so a step whose checkpoint exists is complete on disk whatever kills
+  the process afterwards; orbax writes each step to a temporary directory and renames it, so a
+  kill mid-save leaves the previous checkpoint as the latest. The last `keep` are kept.
+  """
+
+  def __init__(self, directory: str, keep: int = 2):
+    options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=False,
+                                           cleanup_tmp_directories=True)
+    self._manager = ocp.CheckpointManager(os.path.abspath(directory), options=options)
+
+  def latest_step(self):
+    return self._manager.latest_step()
+
+  def save(self, step: int, state: PyTree) -> None:
+    self._manager.save(step, args=ocp.args.StandardSave(state), force=True)
+
+  def restore(self, step: int, like: PyTree) -> PyTree:
+    """The state saved at `step`, in the structure, shapes and dtypes of `like`."""
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
+    return self._manager.restore(step, args=ocp.args.StandardRestore(abstract))
+
+  def close(self) -> None:
+    self._manager.close()

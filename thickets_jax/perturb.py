@@ -96,31 +96,56 @@ def _leaf_std(leaf: jax.Array, is_stacked: bool) -> jax.Array:
   return jnp.std(leaf.astype(jnp.float32), axis=axes, keepdims=True)
 
 
+def _perturbed_leaves(params: PyTree, spec: PerturbSpec):
+  """(treedef, [(leaf, index, is_stacked or None when the leaf is not perturbed)])."""
+  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
+  leaves = []
+  for index, (path, leaf) in zip(tree.stable_leaf_indices(params), flat):
+    leaf, name = jnp.asarray(leaf), tree.path_name(path)
+    perturbed = jnp.issubdtype(leaf.dtype, jnp.floating) and (
+        spec.include is None or re.search(spec.include, name) is not None)
+    is_stacked = spec.stacked is not None and re.search(spec.stacked, name) is not None
+    leaves.append((leaf, index, is_stacked if perturbed else None))
+  return treedef, leaves
+
+
 def perturb(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec = PerturbSpec()) -> PyTree:
   """Returns θ + σ·ε for one member.
 
   Args:
     params: base parameters θ, any pytree of arrays. Non-floating leaves are left alone.
     key: the member's key, `rng.member_key(seed)`.
-    sigma: scalar noise scale (may be traced, so a vmapped population mixes sigmas).
+    sigma: scalar noise scale (may be traced, so a vmapped population mixes sigmas; a negative
+      sigma is the antithetic member θ − |σ|·ε).
     spec: how noise is drawn and where it goes.
 
   Returns:
     A pytree like `params`, each leaf in its own dtype (noise is added in float32).
   """
-  flat, treedef = jax.tree_util.tree_flatten_with_path(params)
-  names = [tree.path_name(p) for p, _ in flat]
+  treedef, leaves = _perturbed_leaves(params, spec)
   out = []
-  for name, index, (_, leaf) in zip(names, tree.stable_leaf_indices(params), flat):
-    leaf = jnp.asarray(leaf)
-    if not jnp.issubdtype(leaf.dtype, jnp.floating) or (
-        spec.include is not None and not re.search(spec.include, name)):
+  for leaf, index, is_stacked in leaves:
+    if is_stacked is None:
       out.append(leaf)
       continue
-    is_stacked = spec.stacked is not None and re.search(spec.stacked, name) is not None
     scale = sigma * _leaf_std(leaf, is_stacked) if spec.relative else sigma
     noise = _leaf_noise(key, index, leaf.shape, spec, is_stacked).astype(jnp.float32)
     out.append((leaf.astype(jnp.float32) + scale * noise).astype(leaf.dtype))
+  return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def direction(params: PyTree, key: jax.Array, spec: PerturbSpec = PerturbSpec()) -> PyTree:
+  """The member's unit-σ direction d, float32, so that `perturb(θ, key, σ) = θ + σ·d` (up to
+  the rounding of the leaf dtype): ε, times each leaf's std when `spec.relative`; zeros on
+  leaves the spec leaves alone. Evolution strategies regenerate it from the seed."""
+  treedef, leaves = _perturbed_leaves(params, spec)
+  out = []
+  for leaf, index, is_stacked in leaves:
+    if is_stacked is None:
+      out.append(jnp.zeros(leaf.shape, jnp.float32))
+      continue
+    noise = _leaf_noise(key, index, leaf.shape, spec, is_stacked).astype(jnp.float32)
+    out.append(_leaf_std(leaf, is_stacked) * noise if spec.relative else noise)
   return jax.tree_util.tree_unflatten(treedef, out)
 
 

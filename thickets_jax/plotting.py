@@ -148,3 +148,27 @@ def clusters_2d(path: str, points: np.ndarray, labels: np.ndarray, title: str) -
   ax.set_ylabel("PC 2")
   ax.set_title(title, fontsize=9)
   _write(fig, path)
+
+
+def metric_vs_flops(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
+                    levels: dict[str, tuple[float, float]], ylabel: str, title: str,
+                    log_y: bool = False) -> None:
+  """Figure 1c style: one curve of points per method against training FLOPs (log x), error
+  bars ± SE; `levels` (e.g. the base, which trains nothing) are horizontal lines with an SE band.
+
+  Args:
+    curves: {method: (training FLOPs [P], value [P], SE [P])}.
+    levels: {label: (value, SE)}.
+  """
+  fig, ax = plt.subplots(figsize=(6.5, 4.2))
+  for (label, (value, se)), color in zip(levels.items(), ("black", "0.5", "0.7")):
+    ax.axhline(value, color=color, linestyle="--", linewidth=1, label=label)
+    ax.axhspan(value - se, value + se, color=color, alpha=0.12)
+  for label, (x, y, se) in curves.items():
+    ax.errorbar(x, y, yerr=se, marker="o", capsize=3, label=label)
+  ax.set_xscale("log")
+  if log_y:
+    ax.set_yscale("log")
+  ax.set_xlabel("training FLOPs")
+  ax.set_ylabel(ylabel)
+  _save(fig, ax, path, title)

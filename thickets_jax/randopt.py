@@ -93,8 +93,13 @@ def mean_ensemble(predictions: np.ndarray) -> np.ndarray:
   return np.mean(predictions, axis=0)
 
 
+def member_key(record: dict) -> tuple[int, float]:
+  return int(record["seed"]), float(record["sigma"])
+
+
 class CandidateStore:
-  """Append-only JSONL record of scored candidates, keyed by (seed, sigma).
+  """Append-only JSONL record of scored candidates, keyed by (seed, sigma) (or by `key`, e.g.
+  a training step, for other append-only logs of a run).
 
   Opening the store repairs what a kill mid-append leaves: a last line cut short is truncated
   away (its candidates are scored again), and a last record that lost only its newline gets it
@@ -102,9 +107,9 @@ class CandidateStore:
   line anywhere else means the file was edited or corrupted: it is refused, naming the line.
   """
 
-  def __init__(self, path: str):
-    self.path = path
-    self.records: dict[tuple[int, float], dict] = {}
+  def __init__(self, path: str, key: Callable[[dict], Hashable] = member_key):
+    self.path, self._key = path, key
+    self.records: dict[Hashable, dict] = {}
     if os.path.exists(path):
       self._load()
 
@@ -138,10 +143,10 @@ class CandidateStore:
         os.fsync(f.fileno())
 
   def _add(self, record: dict) -> None:
-    self.records[(int(record["seed"]), float(record["sigma"]))] = record
+    self.records[self._key(record)] = record
 
-  def __contains__(self, member: tuple[int, float]) -> bool:
-    return member in self.records
+  def __contains__(self, key: Hashable) -> bool:
+    return key in self.records
 
   def append(self, records: Iterable[dict]) -> None:
     lines = []

@@ -7,7 +7,8 @@ generation step, a prompt batch) are then derived with `fold_in`, never by re-sp
   init      parameters of an untrained base (1D MLPs)
   pretrain  pretraining batches (1D MLPs)
   data      sampled data sets (1D post-train and test signals)
-  sampling  temperature sampling during generation
+  sampling  temperature sampling during generation (GRPO rollouts: one key per step)
+  evaluation  test-time samples voted on (every evaluated model draws the same keys)
   member    a population member's noise; its seed is the member's own, drawn by
             `population.draw_candidates` from the root seed with numpy's SeedSequence
 
@@ -16,7 +17,8 @@ The member purpose's value is fixed forever: it defines which parameters `(seed,
 
 import jax
 
-PURPOSES = {"init": 1, "pretrain": 2, "data": 3, "sampling": 4, "member": 0x7E7B}
+PURPOSES = {"init": 1, "pretrain": 2, "data": 3, "sampling": 4, "evaluation": 5,
+            "member": 0x7E7B}
 
 
 def key(seed, purpose: str) -> jax.Array:

@@ -8,8 +8,10 @@ A run directory holds:
   results.json       the run's results (written last)
   base.json, base_test.json, topk.json, result.json
                      computed once, read back on resume (`cached_json`)
-  candidates.jsonl, test_members.jsonl
-                     scored members, appended as they finish (`store`); resuming skips them
+  candidates.jsonl, test_members.jsonl, <name>.jsonl
+                     scored members (or training steps, evaluations), appended as they finish
+                     (`store`); resuming skips them
+  checkpoints/       orbax checkpoints of a training run's state (ES, GRPO)
   *.png              figures (`figure`)
   runs/<name>/       nested runs (`child`), each a RunDir of its own
   bases/             checkpoints of pretrained bases (orbax)
@@ -25,7 +27,7 @@ import logging as std_logging
 import os
 import tempfile
 import time
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Hashable, Iterator
 
 from absl import logging
 
@@ -120,8 +122,15 @@ class RunDir:
     self.write(name, value)
     return value
 
-  def store(self, name: str = "candidates") -> randopt.CandidateStore:
-    return randopt.CandidateStore(self.file(name))
+  def store(self, name: str = "candidates",
+            key: Callable[[dict], Hashable] = randopt.member_key) -> randopt.CandidateStore:
+    """The append-only JSONL `name` (a key of `FILES`, else `<name>.jsonl`), keyed by `key`."""
+    path = self.file(name) if name in FILES else os.path.join(self.path, f"{name}.jsonl")
+    return randopt.CandidateStore(path, key)
+
+  @property
+  def checkpoints(self) -> str:
+    return os.path.join(self.path, "checkpoints")
 
   def claim(self, spec: dict) -> None:
     """Makes this directory hold the run `spec`; a directory holding another run is refused."""

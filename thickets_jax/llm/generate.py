@@ -84,14 +84,16 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   Args:
     prompt: [b, p] int32, left-padded. prompt_mask: [b, p] bool, True on real tokens.
     key: sampling key (unused when greedy); step s draws from `fold_in(key, s)`.
-    stop_ids: tokens that end a row (it is not emitted); never drawn with `sampling.ignore_eos`.
-    pad_id: what fills a row after it stopped.
+    stop_ids: tokens that end a row: the stop token is emitted, `pad_id` fills the rest; never
+      drawn with `sampling.ignore_eos`.
+    pad_id: what fills a row after its stop token.
     layer_loop: "scan" runs the stacked layers in a scan; "unrolled" slices them once, before
       the decode loop, and runs them unrolled (`model.Transformer`). Same tokens, different
       speed and compile time.
 
   Returns:
-    [b, max_new_tokens] int32; after a stop token every position holds `pad_id`.
+    [b, max_new_tokens] int32; every position after a stop token holds `pad_id`
+    (`completion_mask` marks the generated tokens).
   """
   _check_layer_loop(layer_loop)
   b, p = prompt.shape
@@ -114,8 +116,7 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
     return _pick(logits, jax.random.fold_in(key, step), sampling)
 
   def emit(out, done, step, token):
-    stopped = done | jnp.isin(token, stop)
-    return out.at[:, step].set(jnp.where(stopped, pad_id, token)), stopped
+    return out.at[:, step].set(jnp.where(done, pad_id, token)), done | jnp.isin(token, stop)
 
   out, done = emit(jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b,), bool), 0,
                    next_token(logits[:, -1], 0))
@@ -135,6 +136,16 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
 
   _, _, _, out, _ = jax.lax.while_loop(cond, body, (1, cache, cache_valid, out, done))
   return out
+
+
+def completion_mask(ids, stop_ids: Sequence[int]):
+  """True on the tokens a row generated: up to and including its first stop token.
+
+  ids [..., max_new_tokens] (numpy or JAX) -> bool of the same shape.
+  """
+  xp = jnp if isinstance(ids, jax.Array) else np
+  is_stop = xp.isin(ids, xp.asarray(stop_ids))
+  return (xp.cumsum(is_stop, axis=-1) - is_stop) == 0
 
 
 def generate_batches(config: ModelConfig, params, prompts: jax.Array, masks: jax.Array,
@@ -212,14 +223,17 @@ class Generator:
 
   def population_token_ids(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str], *,
                            members_per_batch: int, mesh: Optional[Mesh] = None,
-                           key: Optional[jax.Array] = None) -> Iterator[tuple[slice, np.ndarray]]:
+                           key: Optional[jax.Array] = None,
+                           params=None) -> Iterator[tuple[slice, np.ndarray]]:
     """Yields (members slice, [members, prompts, max_new_tokens] token ids) per chunk of members.
 
-    Members share the sampling key (irrelevant when greedy, the RandOpt protocol).
+    Members perturb `params` (default: the base, e.g. an ES iterate) and share the sampling
+    key (irrelevant when greedy, the RandOpt protocol).
     """
     tokens, mask = self.codec.encode(texts)
     keys = batch_keys(self.sampling, key, len(tokens))
-    for part, out in population.iter_population(self._population, self.params, seeds, sigmas,
+    params = self.params if params is None else params
+    for part, out in population.iter_population(self._population, params, seeds, sigmas,
                                                 chunk_size=members_per_batch, mesh=mesh,
                                                 args=(tokens, mask, keys)):
       yield part, out.reshape(out.shape[0], -1, out.shape[-1])[:, :len(texts)]

@@ -11,8 +11,8 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
-from thickets_jax import randopt
-from thickets_jax.llm.generate import Generator
+from thickets_jax import flops, randopt
+from thickets_jax.llm.generate import Generator, completion_mask
 from thickets_jax.tasks import Example, Task
 
 
@@ -61,33 +61,56 @@ def summarize(completions: Sequence[Sequence[str]], task_sets: Sequence[TaskSet]
   return summary
 
 
-def score_base(generator: Generator, task_sets: Sequence[TaskSet], **summary_kwargs) -> dict:
-  """`summarize` of the base model's completions; keyword arguments as `summarize`."""
-  completions = generator.generate(_prompts(task_sets))
-  return summarize(_split(completions, task_sets), task_sets, **summary_kwargs)
+def forward_flops(generator: Generator, prompt_lengths: np.ndarray, ids: np.ndarray) -> float:
+  """Model FLOPs of generating `ids` [prompts, new] after prompts of `prompt_lengths` tokens
+  (`flops.sequence_flops` over the real tokens: prompt + generated, the stop token included)."""
+  generated = completion_mask(ids, generator.codec.stop_ids).sum(-1)
+  return flops.sequence_flops(generator.config, prompt_lengths + generated)
+
+
+def _prompt_lengths(generator: Generator, prompts: Sequence[str]) -> np.ndarray:
+  return np.asarray([len(x) for x in generator.codec.token_ids(prompts)])
+
+
+def score_base(generator: Generator, task_sets: Sequence[TaskSet], params=None,
+               **summary_kwargs) -> dict:
+  """`summarize` of the base model's (or `params`') greedy completions, with their
+  `forward_flops`; keyword arguments as `summarize`."""
+  prompts = _prompts(task_sets)
+  ids = generator.base_token_ids(prompts, params=params)
+  completions = [generator.codec.decode(row) for row in ids]
+  return {**summarize(_split(completions, task_sets), task_sets, **summary_kwargs),
+          "forward_flops": forward_flops(generator, _prompt_lengths(generator, prompts), ids)}
 
 
 def member_chunks(generator: Generator, task_sets: Sequence[TaskSet], *, members_per_batch: int,
-                  mesh: Optional[Mesh] = None, **summary_kwargs):
-  """A `score_chunk` for `randopt.score_candidates`: members -> per-task scores, chunk by chunk.
+                  mesh: Optional[Mesh] = None, params=None, **summary_kwargs):
+  """A `score_chunk` for `randopt.score_candidates`: members -> per-task scores and the
+  member's `forward_flops`, chunk by chunk. Members perturb `params` (default: the generator's).
 
   `summary_kwargs` go to `summarize`.
   """
   prompts = _prompts(task_sets)
+  prompt_lengths = _prompt_lengths(generator, prompts)
 
   def score_chunk(seeds: np.ndarray, sigmas: np.ndarray) -> Iterator[tuple[slice, dict]]:
-    for part, texts in generator.generate_population(seeds, sigmas, prompts,
-                                                     members_per_batch=members_per_batch, mesh=mesh):
-      summaries = [summarize(_split(member, task_sets), task_sets, **summary_kwargs)
-                   for member in texts]
+    for part, ids in generator.population_token_ids(seeds, sigmas, prompts, params=params,
+                                                    members_per_batch=members_per_batch,
+                                                    mesh=mesh):
+      summaries = []
+      for member in ids:
+        texts = [generator.codec.decode(row) for row in member]
+        summaries.append({**summarize(_split(texts, task_sets), task_sets, **summary_kwargs),
+                          "forward_flops": forward_flops(generator, prompt_lengths, member)})
       yield part, {key: [s[key] for s in summaries] for key in summaries[0]}
   return score_chunk
 
 
 def score_members(generator: Generator, task_sets: Sequence[TaskSet], seeds: np.ndarray,
                   sigmas: np.ndarray, store: randopt.CandidateStore, *, members_per_batch: int,
-                  mesh: Optional[Mesh] = None, **summary_kwargs) -> list[dict]:
-  """Scores (or resumes scoring) every member; records in member order."""
+                  mesh: Optional[Mesh] = None, params=None, **summary_kwargs) -> list[dict]:
+  """Scores (or resumes scoring) every member of `params` (default: the generator's); records
+  in member order."""
   return randopt.score_candidates(
       member_chunks(generator, task_sets, members_per_batch=members_per_batch, mesh=mesh,
-                    **summary_kwargs), seeds, sigmas, store)
+                    params=params, **summary_kwargs), seeds, sigmas, store)

@@ -128,7 +128,8 @@ def build_base(pretrain: str, bases_dir: str, *, width: int, depth: int, ctx: in
   return model, params, workdir.read_json(loss_path)["final_loss"]
 
 
-def _data(spec: RunSpec):
+def data(spec: RunSpec):
+  """((post-train context, future, weights of the distinct rows), (test context, future))."""
   posttrain_key, test_key = jax.random.split(rng.key(spec.seed, "data"))
   post_ctx, post_fut = families.sample(spec.posttrain, posttrain_key, spec.posttrain_size,
                                        spec.ctx, spec.fut)
@@ -155,7 +156,7 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
   model, params, pretrain_loss = build_base(
       spec.pretrain, bases_dir, width=spec.width, depth=spec.depth, ctx=spec.ctx, seed=spec.seed,
       init=spec.init, pretrain_steps=spec.pretrain_steps)
-  (post_ctx, post_fut, weights), (test_ctx, test_fut) = _data(spec)
+  (post_ctx, post_fut, weights), (test_ctx, test_fut) = data(spec)
   logging.info("%s: %d post-train samples (%d distinct), %d test samples, %d parameters",
                spec.name, spec.posttrain_size, len(weights), spec.test_size,
                signal_model.count_params(params))

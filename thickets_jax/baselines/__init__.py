@@ -1,0 +1,1 @@
+"""Baselines RandOpt is compared with: evolution strategies and GRPO."""

@@ -1,0 +1,188 @@
+"""Evolution strategies on the perturbation core RandOpt uses.
+
+An iteration's members are `(seed, sigma)` members exactly as in RandOpt (`perturb.perturb_member`
+with the run's `PerturbSpec`), scored by any function. The update
+
+    g = (1/N) Σᵢ zᵢ · sign(σᵢ) · dᵢ        (÷ σ with `divide_by_sigma`)
+    θ ← θ + optimiser(g)                    (sgd: θ + α·g)
+
+uses the fitness `z` shaped from the scores (z-score by default, or centred ranks) and each
+member's unit-σ direction dᵢ (`perturb.direction`), regenerated from its seed inside the jitted
+step: a scan over members adds one member's direction at a time to a float32 accumulator, so
+memory is the base, one direction and the accumulator whatever N, and bf16 weights get a
+float32 update. Antithetic pairs are the members (s, +σ) and (s, −σ).
+
+The defaults are the reference ES (N = 30, σ = 1e-3, α = 5e-4, z-scores, no 1/σ, no antithetic
+pairs, no weight decay, plain SGD).
+"""
+
+import dataclasses
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from thickets_jax import population, rng
+from thickets_jax.errors import InputError
+from thickets_jax.perturb import PerturbSpec, direction
+
+PyTree = Any
+FITNESS = ("zscore", "centered_rank")
+OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
+
+
+@dataclasses.dataclass(frozen=True)
+class ESConfig:
+  """Evolution-strategies hyperparameters.
+
+  Attributes:
+    population: members per iteration N (an even number with `antithetic`).
+    sigma: noise scale of every member.
+    learning_rate: α of the optimiser.
+    antithetic: members come in pairs (s, +σ), (s, −σ).
+    fitness: "zscore", (r − mean)/(std + 1e-8), or "centered_rank", ranks mapped to [−0.5, 0.5].
+    divide_by_sigma: the textbook gradient estimate g/σ (the reference omits it).
+    weight_decay: decoupled decay added to the update (optax `add_decayed_weights`).
+    optimizer: optax optimiser on the ascent direction: sgd, momentum (0.9), adam or adamw.
+  """
+  population: int = 30
+  sigma: float = 1e-3
+  learning_rate: float = 5e-4
+  antithetic: bool = False
+  fitness: str = "zscore"
+  divide_by_sigma: bool = False
+  weight_decay: float = 0.0
+  optimizer: str = "sgd"
+
+  def validate(self) -> None:
+    if self.population < 2:
+      raise InputError(f"ES needs a population of at least 2, got {self.population}.")
+    if self.antithetic and self.population % 2:
+      raise InputError(f"antithetic pairs need an even population, got {self.population}.")
+    population.validate_sigmas([self.sigma])
+    if not self.learning_rate > 0:
+      raise InputError(f"the ES learning rate must be positive, got {self.learning_rate}.")
+    if self.weight_decay < 0:
+      raise InputError(f"weight decay must be >= 0, got {self.weight_decay}.")
+    if self.fitness not in FITNESS:
+      raise InputError(f"unknown fitness shaping {self.fitness!r}; known: {', '.join(FITNESS)}.")
+    if self.optimizer not in OPTIMIZERS:
+      raise InputError(f"unknown ES optimiser {self.optimizer!r}; known: "
+                       f"{', '.join(OPTIMIZERS)}.")
+
+  def transform(self) -> optax.GradientTransformation:
+    """The optax transformation that turns −g (optax minimises) into the update."""
+    lr = self.learning_rate
+    base = {"sgd": lambda: optax.sgd(lr), "momentum": lambda: optax.sgd(lr, momentum=0.9),
+            "adam": lambda: optax.adam(lr), "adamw": lambda: optax.adamw(lr, weight_decay=0.0)}
+    parts = [optax.add_decayed_weights(self.weight_decay)] if self.weight_decay else []
+    return optax.chain(*parts, base[self.optimizer]())
+
+
+def iteration_members(seed: int, iteration: int, config: ESConfig) -> tuple[np.ndarray, np.ndarray]:
+  """The members of one iteration: seeds [N] int64 and signed sigmas [N] float64.
+
+  Drawn from the stream (seed, iteration), independent of RandOpt's stream of `seed`; with
+  antithetic pairs, members 2j and 2j+1 share a seed and carry +σ and −σ.
+  """
+  pairs = config.population // 2 if config.antithetic else config.population
+  seeds, _ = population.draw_candidates([seed, iteration], pairs, [config.sigma])
+  if not config.antithetic:
+    return seeds, np.full(pairs, config.sigma)
+  return np.repeat(seeds, 2), np.tile([config.sigma, -config.sigma], pairs)
+
+
+def shape_fitness(scores: jax.Array, fitness: str) -> jax.Array:
+  """Fitness weights z [N] from scores [N] (higher is better)."""
+  scores = scores.astype(jnp.float32)
+  if fitness == "zscore":
+    return (scores - scores.mean()) / (scores.std() + 1e-8)
+  if fitness == "centered_rank":  # ties share their mean rank, so equal scores weigh the same
+    n = scores.shape[0]
+    below = jnp.sum(scores[None, :] < scores[:, None], axis=1)
+    equal = jnp.sum(scores[None, :] == scores[:, None], axis=1)
+    ranks = below + (equal - 1) / 2  # in [0, n − 1]
+    return ranks / (n - 1) - 0.5
+  raise InputError(f"unknown fitness shaping {fitness!r}; known: {', '.join(FITNESS)}.")
+
+
+def ascent_direction(params: PyTree, seeds: jax.Array, sigmas: jax.Array, weights: jax.Array,
+                     spec: PerturbSpec) -> PyTree:
+  """(1/N) Σᵢ weightsᵢ · sign(σᵢ) · dᵢ, float32, one member's direction in memory at a time.
+
+  seeds [N] int32, sigmas [N] (their sign marks antithetic members), weights [N].
+  """
+  def add(total, member):
+    seed, sign, weight = member
+    d = direction(params, rng.member_key(seed), spec)
+    return jax.tree.map(lambda t, x: t + (weight * sign) * x, total, d), None
+
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
+  signs = jnp.sign(sigmas).astype(jnp.float32)
+  total, _ = jax.lax.scan(add, zeros, (seeds, signs, weights.astype(jnp.float32)))
+  return jax.tree.map(lambda t: t / seeds.shape[0], total)
+
+
+def init(params: PyTree, config: ESConfig) -> PyTree:
+  """The optimiser state, float32 whatever the parameters' dtype."""
+  return config.transform().init(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params))
+
+
+def make_step(config: ESConfig, spec: PerturbSpec = PerturbSpec()) -> Callable:
+  """The jitted ES step `(params, opt_state, seeds [N], sigmas [N], scores [N]) -> (params,
+  opt_state)`; members as `iteration_members`, scores in their order."""
+  config.validate()
+  transform = config.transform()
+
+  @jax.jit
+  def step(params, opt_state, seeds, sigmas, scores):
+    weights = shape_fitness(scores, config.fitness)
+    g = ascent_direction(params, seeds.astype(jnp.int32), sigmas, weights, spec)
+    if config.divide_by_sigma:
+      g = jax.tree.map(lambda x: x / config.sigma, g)
+    descent = jax.tree.map(jnp.negative, g)
+    params32 = jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), params)
+    updates, opt_state = transform.update(descent, opt_state, params32)
+    new = jax.tree.map(lambda p, u: (p.astype(jnp.float32) + u).astype(p.dtype), params, updates)
+    return new, opt_state
+
+  return step
+
+
+def train(params: PyTree, score: Callable, config: ESConfig, *, iterations: int, seed: int,
+          spec: PerturbSpec = PerturbSpec(), checkpoints=None, checkpoint_every: int = 1,
+          on_iteration: Callable = lambda iteration, params, scores: None) -> PyTree:
+  """Runs `iterations` ES iterations, or resumes them from `checkpoints`.
+
+  Args:
+    params: the starting parameters θ₀.
+    score: `(params, iteration, seeds [N], sigmas [N]) -> scores [N]`, higher is better; the
+      members are `(seed, sigma)` perturbations of `params` under `spec`.
+    config: the ES hyperparameters. seed: the run's root seed (member draws).
+    checkpoints: a `checkpoint.TrainingCheckpoints`, or None; step t holds the state after t
+      iterations, saved every `checkpoint_every` iterations and after the last.
+    on_iteration: `(iterations done, params, scores)` after each update and before its
+      checkpoint, so a resumed run may call it again for the same iteration (make it idempotent).
+
+  Returns:
+    θ after `iterations` iterations; a resumed run returns the same bits as an uninterrupted one
+    when `score` is deterministic.
+  """
+  step = make_step(config, spec)
+  state = {"params": params, "opt_state": init(params, config), "iteration": jnp.int32(0)}
+  done = checkpoints.latest_step() if checkpoints is not None else None
+  if done is not None:
+    state = checkpoints.restore(done, state)
+  for iteration in range(int(state["iteration"]), iterations):
+    seeds, sigmas = iteration_members(seed, iteration, config)
+    scores = np.asarray(score(state["params"], iteration, seeds, sigmas), np.float32)
+    params, opt_state = step(state["params"], state["opt_state"], jnp.asarray(seeds, jnp.int32),
+                             jnp.asarray(sigmas, jnp.float32), jnp.asarray(scores))
+    state = {"params": params, "opt_state": opt_state, "iteration": jnp.int32(iteration + 1)}
+    on_iteration(iteration + 1, params, scores)
+    if checkpoints is not None and ((iteration + 1) % checkpoint_every == 0
+                                    or iteration + 1 == iterations):
+      checkpoints.save(iteration + 1, state)
+  return state["params"]

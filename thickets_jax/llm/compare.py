@@ -1,0 +1,299 @@
+r"""RandOpt against ES and GRPO at matched training FLOPs on one model and task (Figure 1c).
+
+  from thickets_jax.llm import compare
+  result = compare.run_compare(compare.CompareConfig(), "/tmp/compare")   # the offline default
+
+Every method shares the model, the train/test split, the reward and the vote protocol, and
+each is also majority-voted at test time over K: RandOpt over its top-K members (greedy), the
+base, ES and GRPO over K samples at `vote_temperature`. Test accuracy is reported greedy
+("single": the base, RandOpt's top-1, the ES / GRPO iterate) and voted, with binomial standard
+errors over the test examples, against the training FLOPs spent to reach each point
+(`thickets_jax.flops`, from the tokens actually processed). RandOpt is evaluated after the first
+N/4, N/2 and N members (the same members: a longer search only adds some), ES and GRPO every
+`eval_every` iterations or steps.
+
+The run resumes from its workdir: member scores, ES iterations and GRPO steps are persisted as
+they finish, ES and GRPO state is checkpointed with orbax, test evaluations are stored once.
+"""
+
+import dataclasses
+import time
+from typing import Callable
+
+import numpy as np
+from absl import logging
+
+from thickets_jax import checkpoint, flops, plotting, population, randopt, rng
+from thickets_jax.baselines import es, grpo
+from thickets_jax.errors import InputError
+from thickets_jax.llm import generate, scoring
+from thickets_jax.llm.runs import TINY_MODEL, ScoringConfig
+from thickets_jax.tasks import TASKS
+from thickets_jax.workdir import RunDir
+
+METHODS = ("base", "randopt", "es", "grpo")
+
+
+@dataclasses.dataclass(frozen=True)
+class CompareConfig(ScoringConfig):
+  """The comparison. `N`, `sigmas` are RandOpt's; ES and GRPO settings are prefixed.
+
+  The defaults are the offline job (docs/results.md): SmolLM2-135M-Instruct on `arithmetic`
+  (base accuracy about 0.25), budgets of roughly equal training FLOPs for the three methods,
+  about 20 minutes on 2 CPU cores. ES keeps the reference's σ and α; GRPO keeps its clip, group
+  normalisation and AdamW, with lr 1e-5 (the reference's 1e-6 is tuned for batches of 1024×8
+  prompts over hundreds of steps and does not move in six small steps).
+  """
+  model: str = "smollm2-135m-instruct"
+  task: str = "arithmetic"
+  methods: tuple[str, ...] = METHODS
+  test_size: int = 64
+  vote_k: int = 4
+  vote_temperature: float = 0.7
+  N: int = 32
+  sigmas: tuple[float, ...] = (5e-4, 1e-3)
+  train_size: int = 32
+  max_new_tokens: int = 32
+  batch_size: int = 32
+  es_population: int = 8
+  es_iterations: int = 4
+  es_sigma: float = 1e-3
+  es_learning_rate: float = 5e-4
+  es_antithetic: bool = False
+  es_fitness: str = "zscore"
+  es_optimizer: str = "sgd"
+  grpo_steps: int = 6
+  group_size: int = 4
+  grpo_prompts: int = 8
+  grpo_mini_batch: int = 8
+  grpo_micro_batch: int = 8
+  grpo_learning_rate: float = 1e-5
+  kl_coef: float = 0.0
+  eval_every: int = 2
+  checkpoint_every: int = 1
+
+  @classmethod
+  def tiny(cls, weights: str, **overrides) -> "CompareConfig":
+    return cls(**{"weights": weights, "model": TINY_MODEL, "task": "countdown", "N": 4,
+                  "sigmas": (0.01, 0.05), "train_size": 2, "test_size": 3, "max_new_tokens": 8,
+                  "batch_size": 4, "members_per_batch": 2, "vote_k": 2, "es_population": 2,
+                  "es_iterations": 2, "es_sigma": 0.01, "grpo_steps": 2, "group_size": 2,
+                  "grpo_prompts": 2, "grpo_mini_batch": 1, "grpo_micro_batch": 2,
+                  "eval_every": 1, **overrides})
+
+  def es_config(self) -> es.ESConfig:
+    return es.ESConfig(population=self.es_population, sigma=self.es_sigma,
+                       learning_rate=self.es_learning_rate, antithetic=self.es_antithetic,
+                       fitness=self.es_fitness, optimizer=self.es_optimizer)
+
+  def grpo_config(self) -> grpo.GRPOConfig:
+    return grpo.GRPOConfig(group_size=self.group_size, prompts_per_step=self.grpo_prompts,
+                           mini_batch=self.grpo_mini_batch, micro_batch=self.grpo_micro_batch,
+                           learning_rate=self.grpo_learning_rate, kl_coef=self.kl_coef)
+
+  def validate(self, *args) -> None:
+    del args
+    unknown = [m for m in self.methods if m not in METHODS]
+    if unknown or not self.methods:
+      raise InputError(f"unknown method {unknown[0] if unknown else ''!r}; known: "
+                       f"{', '.join(METHODS)}.")
+    for name in ("test_size", "vote_k", "es_iterations", "grpo_steps", "eval_every",
+                 "checkpoint_every"):
+      if getattr(self, name) <= 0:
+        raise InputError(f"--{name} must be positive, got {getattr(self, name)}.")
+    if self.vote_k > self.N and "randopt" in self.methods:
+      raise InputError(f"--vote_k {self.vote_k} exceeds the {self.N} RandOpt members (K > N).")
+    if not self.vote_temperature > 0:
+      raise InputError(f"--vote_temperature must be positive, got {self.vote_temperature}.")
+    self.es_config().validate()
+    self.grpo_config().validate()
+    super().validate([self.model], [self.task])
+
+
+def _se(p: float, n: int) -> float:
+  return float(np.sqrt(p * (1 - p) / n))
+
+
+class _Evaluator:
+  """Test accuracy of a parameter set, greedy and voted over K samples, stored once per point."""
+
+  def __init__(self, config: CompareConfig, gen: generate.Generator, sampler: generate.Generator,
+               test_set: scoring.TaskSet, run_dir: RunDir):
+    self.config, self.gen, self.sampler, self.test_set = config, gen, sampler, test_set
+    self.store = run_dir.store("evaluations", key=lambda r: r["point"])
+
+  def __call__(self, point: str, method: str, params, train_flops: float, **extra) -> dict:
+    if point in self.store:
+      return self.store.records[point]
+    start, n, k = time.perf_counter(), len(self.test_set.examples), self.config.vote_k
+    greedy = scoring.score_base(self.gen, [self.test_set], params=params)
+    prompts = [e.prompt for e in self.test_set.examples]
+    key = rng.key(self.config.seed, "evaluation")  # every point votes on the same key
+    ids = self.sampler.base_token_ids([p for _ in range(k) for p in prompts], key, params=params)
+    samples = [scoring.grade([self.sampler.codec.decode(r) for r in ids[i * n:(i + 1) * n]],
+                             self.test_set) for i in range(k)]
+    vote = randopt.ensemble_accuracy([s["votes"] for s in samples],
+                                     [s["correct"] for s in samples])
+    lengths = np.asarray([len(x) for x in self.sampler.codec.token_ids(prompts)] * k)
+    record = {"point": point, "method": method, "train_flops": float(train_flops),
+              "single_accuracy": greedy["accuracy"][0],
+              "single_se": _se(greedy["accuracy"][0], n), "vote_accuracy": vote,
+              "vote_se": _se(vote, n), "test_flops_single": greedy["forward_flops"],
+              "test_flops_vote": scoring.forward_flops(self.sampler, lengths, ids),
+              "seconds": time.perf_counter() - start, **extra}
+    self.store.append([record])
+    logging.info("%s: test accuracy %.3f single, %.3f voted over %d (train %.3g FLOPs)", point,
+                 record["single_accuracy"], vote, k, train_flops)
+    return record
+
+
+def _randopt(config, gen, train_set, test_set, run_dir: RunDir) -> list[dict]:
+  """Selection over N members; top-K voted (greedy members) after N/4, N/2 and N members."""
+  seeds, sigmas = population.draw_candidates(config.seed, config.N, config.sigmas)
+  records = scoring.score_members(gen, [train_set], seeds, sigmas, run_dir.store(),
+                                  members_per_batch=config.members_per_batch, mesh=config.mesh())
+  scores = np.asarray([r["reward"][0] for r in records])
+  cost = np.cumsum([r["forward_flops"] for r in records])
+  points, n = [], len(test_set.examples)
+  for count in sorted({max(config.vote_k, config.N // 4), max(config.vote_k, config.N // 2),
+                       config.N}):
+    top = randopt.top_k(scores[:count], [config.vote_k])[config.vote_k]
+    tested = scoring.score_members(gen, [test_set], seeds[top], sigmas[top],
+                                   run_dir.store("test_members"),
+                                   members_per_batch=config.members_per_batch, mesh=config.mesh(),
+                                   keep_examples=True)
+    votes, correct = [r["votes"][0] for r in tested], [r["correct"][0] for r in tested]
+    vote = randopt.ensemble_accuracy(votes, correct)
+    single = float(np.mean(correct[0]))
+    points.append({"point": f"randopt_{count}", "method": "randopt", "members": count,
+                   "train_flops": float(cost[count - 1]), "single_accuracy": single,
+                   "single_se": _se(single, n), "vote_accuracy": vote, "vote_se": _se(vote, n),
+                   "test_flops_single": tested[0]["forward_flops"],
+                   "test_flops_vote": float(sum(r["forward_flops"] for r in tested))})
+  return points
+
+
+def _es(config, gen, train_set, run_dir: RunDir, evaluate, params) -> list[dict]:
+  """ES from the base; each iteration's members are scored greedily on the train split."""
+  es_config = config.es_config()
+  history = run_dir.store("history", key=lambda r: r["iteration"])
+  update_flops = flops.es_update_flops(gen.config.num_params, es_config.population)
+
+  def score(params, iteration, seeds, sigmas):
+    records = scoring.score_members(gen, [train_set], seeds, sigmas,
+                                    run_dir.store(f"iteration_{iteration:04d}"),
+                                    members_per_batch=config.members_per_batch,
+                                    mesh=config.mesh(), params=params)
+    if iteration not in history:
+      history.append([{"iteration": iteration, "reward": [r["reward"][0] for r in records],
+                       "flops": sum(r["forward_flops"] for r in records) + update_flops}])
+    return [r["reward"][0] for r in records]
+
+  def after(done, params, scores):
+    logging.info("ES iteration %d/%d: train reward mean %.3f, max %.3f", done,
+                 config.es_iterations, np.mean(scores), np.max(scores))
+    if done % config.eval_every == 0 or done == config.es_iterations:
+      spent = sum(history.records[i]["flops"] for i in range(done))
+      evaluate(f"es_{done}", "es", params, spent, iteration=done)
+
+  es.train(params, score, es_config, iterations=config.es_iterations, seed=config.seed,
+           spec=gen.perturb, checkpoints=checkpoint.TrainingCheckpoints(run_dir.checkpoints),
+           checkpoint_every=config.checkpoint_every, on_iteration=after)
+  return _points(evaluate.store, "es")
+
+
+def _grpo(config, loaded, train_set, run_dir: RunDir, evaluate, params) -> list[dict]:
+  grpo_config = config.grpo_config()
+  sampler = generate.Generator(
+      loaded.config, params, loaded.tokenizer,
+      generate.Sampling(max_new_tokens=config.max_new_tokens, temperature=grpo_config.temperature),
+      batch_size=config.batch_size, chat=loaded.entry.instruct, layer_loop=config.layer_loop)
+  trainer = grpo.Trainer(sampler, train_set.task, train_set.examples, grpo_config, config.seed)
+  history = run_dir.store("history", key=lambda r: r["step"])
+
+  def after(done, params, record):
+    if done not in history:
+      history.append([record])
+    logging.info("GRPO step %d/%d: train reward %.3f, loss %.4f, KL %.2g", done,
+                 config.grpo_steps, record["reward_mean"], record["loss"], record["kl"])
+    if done % config.eval_every == 0 or done == config.grpo_steps:
+      spent = sum(history.records[s]["flops"]["total"] for s in range(1, done + 1))
+      evaluate(f"grpo_{done}", "grpo", params, spent, step=done)
+
+  grpo.train(params, trainer, steps=config.grpo_steps,
+             checkpoints=checkpoint.TrainingCheckpoints(run_dir.checkpoints),
+             checkpoint_every=config.checkpoint_every, on_step=after)
+  return _points(evaluate.store, "grpo")
+
+
+def _points(store, method: str) -> list[dict]:
+  return sorted((r for r in store.records.values() if r["method"] == method),
+                key=lambda r: r["train_flops"])
+
+
+def run_compare(config: CompareConfig, workdir: str) -> dict:
+  """Runs (or resumes) every method of `config.methods`; writes results.json and
+  accuracy_vs_flops.png. Returns the results: per method its points (training FLOPs, test
+  accuracy single and voted with SEs, test FLOPs) and wall time."""
+  config.validate()
+  train, test = config.splits(config.task, config.test_size)
+  run_dir = RunDir.prepare(workdir)
+  run_dir.claim(config.identity())
+  with run_dir.session("compare", dataclasses.asdict(config)):
+    loaded = config.load(config.model)
+    task = TASKS.get(config.task)
+    train_set, test_set = scoring.TaskSet(task, train), scoring.TaskSet(task, test)
+    logging.info("%s on %s: %d train, %d test examples; weights %s", config.model, config.task,
+                 len(train), len(test), loaded.source.describe())
+    gen = config.generator(loaded)
+    sampler = generate.Generator(
+        loaded.config, loaded.params, loaded.tokenizer,
+        generate.Sampling(max_new_tokens=config.max_new_tokens,
+                          temperature=config.vote_temperature),
+        batch_size=config.batch_size, chat=loaded.entry.instruct, layer_loop=config.layer_loop)
+    evaluate = _Evaluator(config, gen, sampler, test_set, run_dir)
+    methods: dict[str, Callable[[], list[dict]]] = {
+        "base": lambda: [evaluate("base", "base", loaded.params, 0.0)],
+        "randopt": lambda: _randopt(config, gen, train_set, test_set, run_dir.child("randopt")),
+        "es": lambda: _es(config, gen, train_set, run_dir.child("es"), evaluate, loaded.params),
+        "grpo": lambda: _grpo(config, loaded, train_set, run_dir.child("grpo"), evaluate,
+                              loaded.params),
+    }
+    results = {}
+    for method in config.methods:
+      start = time.perf_counter()
+      logging.info("--- %s", method)
+      results[method] = {"points": methods[method](),
+                         "wall_s_this_invocation": time.perf_counter() - start}
+    result = {**config.identity(), "weights_source": loaded.source.describe(),
+              "num_params": loaded.config.num_params, "train_size": len(train),
+              "test_size": len(test), "methods": results, "table": _table(results)}
+    run_dir.write("results", result)
+    _plot(run_dir, config, results)
+  return result
+
+
+def _table(results: dict) -> list[dict]:
+  """One row per method: its last point (the base: its only one)."""
+  return [{"method": m, **{k: r["points"][-1][k] for k in
+                           ("train_flops", "single_accuracy", "single_se", "vote_accuracy",
+                            "vote_se", "test_flops_vote")},
+           "wall_s_this_invocation": r["wall_s_this_invocation"]}
+          for m, r in results.items()]
+
+
+def _plot(run_dir: RunDir, config: CompareConfig, results: dict) -> None:
+  levels, curves = {}, {}
+  for method, r in results.items():
+    points = r["points"]
+    if method == "base":
+      levels[f"base, vote over {config.vote_k} samples"] = (points[0]["vote_accuracy"],
+                                                             points[0]["vote_se"])
+      levels["base, greedy"] = (points[0]["single_accuracy"], points[0]["single_se"])
+      continue
+    curves[f"{method}, vote over {config.vote_k}"] = tuple(
+        np.asarray([p[k] for p in points]) for k in ("train_flops", "vote_accuracy", "vote_se"))
+  plotting.metric_vs_flops(
+      run_dir.figure("accuracy_vs_flops"), curves, levels, "test accuracy (± SE)",
+      f"{config.model} on {config.task}: {config.train_size} train / {config.test_size} test")
+
