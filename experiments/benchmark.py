@@ -5,11 +5,12 @@ r"""Benchmarks of docs/benchmarks.md, each printing `<id>: <figure> (<comparison
   python -m experiments.benchmark --bench B3   # SmolLM2 population generation vs HF generate
   python -m experiments.benchmark --bench B4   # peak RSS of population scoring at two N
   python -m experiments.benchmark --bench B5   # GPU/TPU: qwen2.5-7b shapes vs the roofline
+  python -m experiments.benchmark --bench ES   # peak RSS and time of one ES update at two N
 
 Figures are ratios measured in one process (B1, B3: against the machine's fp32 matmul peak,
 measured before and after the workload; B3 also against transformers `generate` on the same
 members and prompts; B5: against the accelerator's measured bf16 matmul rate and copy
-bandwidth) or against a recorded peer time (B2). B4 runs one child process per N.
+bandwidth) or against a recorded peer time (B2). B4 and ES run one child process per N.
 """
 
 import dataclasses
@@ -27,13 +28,14 @@ from absl import flags, logging
 
 from experiments import common
 from thickets_jax import bench, cli, population
+from thickets_jax.baselines import es
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, model as llm_model, registry
 from thickets_jax.perturb import PerturbSpec, perturb_member, rebuild_member
 from thickets_jax.signals import families, model as signal_model
 from thickets_jax.tasks import countdown
 
-BENCHES = ("B1", "B2", "B3", "B4", "B5")
+BENCHES = ("B1", "B2", "B3", "B4", "B5", "ES")
 flags.DEFINE_string("bench", "B1", f"One of {', '.join(BENCHES)}.")
 flags.DEFINE_integer("N", 1000, "B1: population size.")
 flags.DEFINE_integer("chunk_size", 4, "B1: members per vmapped call.")
@@ -43,7 +45,7 @@ flags.DEFINE_integer("prompts", 16, "B3: distinct Countdown prompts (one batch).
 flags.DEFINE_integer("new_tokens", 64, "B3: exactly this many new tokens per prompt.")
 flags.DEFINE_integer("members_per_batch", 2, "B3, B4: members per compiled call.")
 flags.DEFINE_enum("member_axis", "map", population.MEMBER_AXES, "B3, B4: how members share a call.")
-flags.DEFINE_list("b4_sizes", ["4", "32"], "B4: population sizes N, one child process each.")
+flags.DEFINE_list("b4_sizes", ["4", "32"], "B4, ES: population sizes N, one child process each.")
 flags.DEFINE_string("b5_model", "qwen2.5-7b", "B5: registry model whose shapes get random weights.")
 flags.DEFINE_integer("b5_members", 4, "B5: perturbed members timed (after one warm-up member).")
 flags.DEFINE_integer("b5_prompts", 128, "B5: prompts per member (one batch).")
@@ -182,6 +184,30 @@ def bench_b4() -> str:
   return (f"B4: peak RSS {figures} (SmolLM2 fp32 weights 0.50 GiB; target <= 3 GB whatever N)")
 
 
+def es_workload(n: int) -> None:
+  """One ES update of SmolLM2-135M's shapes (fp32, random weights) from N members' scores."""
+  config = registry.MODELS.get(SMOLLM2).config
+  params = bench.random_params(config, jax.random.key(0))
+  es_config = es.ESConfig(population=n)
+  step = es.make_step(es_config, PerturbSpec(stacked=llm_model.STACKED_LEAVES))
+  seeds, sigmas = es.iteration_members(0, 0, es_config)
+  args = (jnp.asarray(seeds, jnp.int32), jnp.asarray(sigmas, jnp.float32),
+          jnp.asarray(np.random.default_rng(0).random(n), jnp.float32))
+  jax.block_until_ready(step(params, es.init(params, es_config), *args))  # compiled
+  start = time.perf_counter()
+  jax.block_until_ready(step(params, es.init(params, es_config), *args))
+  logging.info("ES update with N=%d: %.2f s (%.3f s per member)", n,
+               time.perf_counter() - start, (time.perf_counter() - start) / n)
+
+
+def bench_es() -> str:
+  peaks = {n: bench.peak_rss_in_fresh_process(es_workload, n)
+           for n in cli.ints(FLAGS.b4_sizes, "b4_sizes")}
+  figures = ", ".join(f"{peaks[n] / 2**30:.2f} GiB at N={n}" for n in peaks)
+  return (f"ES: peak RSS of one update {figures} (SmolLM2 fp32 weights 0.50 GiB; the update "
+          f"holds the base, one member's noise and a float32 accumulator whatever N)")
+
+
 def bench_b5() -> str:
   entry = registry.MODELS.get(FLAGS.b5_model)
   config = entry.config.replace(dtype=jnp.bfloat16)
@@ -249,7 +275,8 @@ _POSITIVE = ("N", "chunk_size", "repeats", "members", "prompts", "new_tokens",
 
 def main(argv):
   del argv
-  benches = {"B1": bench_b1, "B2": bench_b2, "B3": bench_b3, "B4": bench_b4, "B5": bench_b5}
+  benches = {"B1": bench_b1, "B2": bench_b2, "B3": bench_b3, "B4": bench_b4, "B5": bench_b5,
+             "ES": bench_es}
   if FLAGS.bench not in benches:
     raise InputError(f"unknown --bench {FLAGS.bench!r}; known: {', '.join(benches)}.")
   for name in _POSITIVE:  # before any measurement

@@ -2,8 +2,9 @@
 
 import pytest
 
-import toys
 from thickets_jax import flops
+
+import toys
 
 CONFIG = toys.TINY_CONFIG  # 2 layers, 4 heads of 8
 P = CONFIG.num_params

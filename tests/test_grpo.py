@@ -5,12 +5,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-import toys
 from thickets_jax import bench, checkpoint
 from thickets_jax.baselines import grpo
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate
 from thickets_jax.tasks import Example, Task
+
+import toys
 
 
 def test_group_advantages_by_hand():

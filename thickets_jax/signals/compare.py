@@ -34,8 +34,8 @@ class CompareSpec:
   es_population: int = 32
   es_iterations: int = 32
   es_learning_rate: float = 2e-3
-  gd_steps: tuple[int, ...] = (8, 32, 128)
-  gd_learning_rate: float = 1e-3
+  gd_steps: tuple[int, ...] = (8, 32, 128, 512)
+  gd_learning_rate: float = 3e-5  # 1e-3 diverges through the 60-step rollout on some seeds
   posttrain_size: int = 256
   test_size: int = 256
 
@@ -157,9 +157,11 @@ def run_compare(spec: CompareSpec, seeds: Sequence[int], workdir_path: str) -> d
 def _plot(run_dir: workdir.RunDir, spec: CompareSpec, points: list[dict], n_seeds: int) -> None:
   base = next(p for p in points if p["method"] == "base")
   curves = {}
-  for method in ("randopt", "randopt_top1", "es", "gd"):
+  labels = {"randopt": f"RandOpt, top-{spec.k} mean", "randopt_top1": "RandOpt, top-1",
+            "es": "ES", "gd": "gradient descent (Adam)"}
+  for method, label in labels.items():
     rows = [p for p in points if p["method"] == method]
-    curves[method] = tuple(np.asarray([p[k] for p in rows]) for k in ("train_flops", "mean", "se"))
+    curves[label] = tuple(np.asarray([p[k] for p in rows]) for k in ("train_flops", "mean", "se"))
   plotting.metric_vs_flops(
       run_dir.figure("mse_vs_flops"), curves, {"base": (base["mean"], base["se"])},
       f"test MSE, mean ± SE over {n_seeds} seeds",
