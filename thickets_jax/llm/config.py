@@ -37,6 +37,17 @@ class ModelConfig:
     head = 0 if self.tie_embeddings else d * self.vocab_size
     return self.vocab_size * d + self.num_layers * layer + d + head
 
+  def to_hf(self) -> dict[str, Any]:
+    """The Hugging Face config fields of these shapes: `model_type` ("qwen2" with q/k/v
+    biases, else "llama") and the keyword arguments of its config class."""
+    return {"model_type": "qwen2" if self.qkv_bias else "llama",
+            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
+            "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
+            "head_dim": self.head_dim, "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps, "tie_word_embeddings": self.tie_embeddings,
+            "max_position_embeddings": 32768}
+
   @property
   def flops_per_token(self) -> int:
     """2 × parameters: the model-FLOP convention of docs/benchmarks.md (attention scores excluded)."""

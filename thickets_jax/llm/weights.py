@@ -9,7 +9,7 @@ built, so the host never holds a second full copy of the model.
 import json
 import os
 import re
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -59,6 +59,17 @@ _GGUF_NAMES = {
     "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
     "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
 }
+
+
+def hf_tensors(config: ModelConfig, params: PyTree) -> Iterator[tuple[str, jax.Array]]:
+  """Our parameter tree as Hugging Face tensors, one at a time: (name, [out, in] array), one
+  per layer for stacked leaves; a tied head is not repeated (it is the embedding)."""
+  for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
+    name = path_name(path)
+    hf_name, transposed = _HF_NAMES[name]
+    for i in range(config.num_layers) if name.startswith("layers/") else [None]:
+      tensor = leaf if i is None else leaf[i]
+      yield hf_name.format(i=i), tensor.T if transposed else tensor
 
 
 def default_placer(name: str, leaf: np.ndarray) -> jax.Array:

@@ -1,0 +1,89 @@
+"""A RandOpt member as a Hugging Face checkpoint that `transformers` loads as it is.
+
+The member is rebuilt from its run's `topk.json` (`(seed, sigma)` and the `PerturbSpec`) on the
+base weights the run used, in the run's dtype, so its bits are the ones that were scored; it is
+then written as `model.safetensors` (Hugging Face tensor names and layout, float32 or bfloat16),
+`config.json`, `generation_config.json` (greedy, stopping at the tokens our generator stops at),
+the tokenizer files and `thickets_member.json` (where it came from).
+"""
+
+import os
+import shutil
+import tempfile
+
+import jax.numpy as jnp
+
+from thickets_jax import workdir
+from thickets_jax.errors import InputError
+from thickets_jax.llm import model as llm_model
+from thickets_jax.llm import registry, runs, weights
+from thickets_jax.llm.codec import PromptCodec
+from thickets_jax.perturb import rebuild_member
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def pick_member(saved: dict, member: str) -> tuple[int, dict]:
+  """`member`: "top1" or a rank k in 1..K of the saved top-K -> (k, its record)."""
+  members = saved["members"]
+  try:
+    rank = 1 if member == "top1" else int(member)
+  except ValueError:
+    raise InputError(f"--member takes top1 or a rank 1..{len(members)}, got {member!r}.") from None
+  if not 1 <= rank <= len(members):
+    raise InputError(f"--member {member} is outside the saved top-{len(members)}.")
+  return rank, members[rank - 1]
+
+
+def export_member(run_dir: str, out: str, member: str = "top1", dtype: str = "float32") -> dict:
+  """Writes the member of `run_dir` ranked `member` to the new directory `out`.
+
+  Returns the provenance record also written to `out/thickets_member.json`.
+  """
+  if dtype not in DTYPES:
+    raise InputError(f"unknown --dtype {dtype!r}; known: {', '.join(DTYPES)}.")
+  saved = runs.load_topk(run_dir)
+  rank, record = pick_member(saved, member)
+  spec = saved["perturbation"]
+  if spec.stacked != llm_model.STACKED_LEAVES or saved["model"] not in registry.MODELS:
+    raise InputError(f"{run_dir}/topk.json names a model or perturbation this version cannot "
+                     f"rebuild ({saved['model']}, stacked={spec.stacked!r}).")
+  if saved["dtype"] not in runs.DTYPES:
+    raise InputError(f"{run_dir}/topk.json names an unknown dtype {saved['dtype']!r}.")
+  if os.path.exists(out) and os.listdir(out):
+    raise InputError(f"--out {out} exists and is not empty; give a new directory.")
+  loaded = registry.load(saved["model"], saved["weights"], runs.DTYPES[saved["dtype"]])
+  params = rebuild_member(loaded.params, record["seed"], record["sigma"], spec)
+  provenance = {"run_dir": os.path.abspath(run_dir), "model": saved["model"],
+                "task": saved["task"], "rank": rank, **record,
+                "perturbation": spec.to_json(), "base_weights": saved["weights_source"],
+                "search_dtype": saved["dtype"], "dtype": dtype}
+  parent = os.path.dirname(os.path.abspath(out))
+  os.makedirs(parent, exist_ok=True)
+  staging = tempfile.mkdtemp(dir=parent, suffix=".partial")
+  try:
+    _write(staging, loaded, params, DTYPES[dtype], provenance)
+    if os.path.exists(out):
+      os.rmdir(out)
+    os.replace(staging, out)
+  finally:
+    shutil.rmtree(staging, ignore_errors=True)
+  return provenance
+
+
+def _write(directory: str, loaded: registry.LoadedModel, params, dtype, provenance: dict) -> None:
+  import transformers  # pylint: disable=g-import-not-at-top
+  from safetensors import flax as safetensors_flax  # pylint: disable=g-import-not-at-top
+  tensors = {name: jnp.asarray(t, dtype) for name, t in weights.hf_tensors(loaded.config, params)}
+  safetensors_flax.save_file(tensors, os.path.join(directory, "model.safetensors"),
+                             metadata={"format": "pt"})
+  codec = PromptCodec(loaded.tokenizer, batch_size=1, chat=loaded.entry.instruct)
+  tokenizer = loaded.tokenizer
+  config = transformers.AutoConfig.for_model(
+      **loaded.config.to_hf(), dtype=provenance["dtype"], bos_token_id=tokenizer.bos_token_id,
+      eos_token_id=tokenizer.eos_token_id, pad_token_id=codec.pad_id)
+  config.save_pretrained(directory)
+  transformers.GenerationConfig(eos_token_id=list(codec.stop_ids), pad_token_id=codec.pad_id,
+                                do_sample=False).save_pretrained(directory)
+  tokenizer.save_pretrained(directory)
+  workdir.write_json(os.path.join(directory, "thickets_member.json"), provenance)
