@@ -247,8 +247,9 @@ class Trainer:
                                     jnp.asarray(m), prompt_len))
           for t, m in zip(np.split(out.tokens, len(out.tokens) // c.micro_batch),
                           np.split(out.mask, len(out.mask) // c.micro_batch))])
-    update = self._updates.setdefault(prompt_len, make_update(self.generator.config, c,
-                                                               prompt_len))
+    if prompt_len not in self._updates:
+      self._updates[prompt_len] = make_update(self.generator.config, c, prompt_len)
+    update = self._updates[prompt_len]
     per_update = c.mini_batch * c.group_size
     stats = []
     for start in range(0, len(out.tokens), per_update):
