@@ -27,8 +27,7 @@ from thickets_jax import checkpoint, flops, plotting, population, randopt, rng
 from thickets_jax.baselines import es, grpo
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, scoring
-from thickets_jax.llm.runs import TINY_MODEL, ScoringConfig
-from thickets_jax.tasks import TASKS
+from thickets_jax.llm.runs import TINY_MODEL, ScoringConfig, model_task_run
 from thickets_jax.workdir import RunDir
 
 METHODS = ("base", "randopt", "es", "grpo")
@@ -204,10 +203,7 @@ def _es(config, gen, train_set, run_dir: RunDir, evaluate, params) -> list[dict]
 
 def _grpo(config, loaded, train_set, run_dir: RunDir, evaluate, params) -> list[dict]:
   grpo_config = config.grpo_config()
-  sampler = generate.Generator(
-      loaded.config, params, loaded.tokenizer,
-      generate.Sampling(max_new_tokens=config.max_new_tokens, temperature=grpo_config.temperature),
-      batch_size=config.batch_size, chat=loaded.entry.instruct, layer_loop=config.layer_loop)
+  sampler = config.generator(loaded, temperature=grpo_config.temperature)
   trainer = grpo.Trainer(sampler, train_set.task, train_set.examples, grpo_config, config.seed)
   history = run_dir.store("history", key=lambda r: r["step"])
 
@@ -235,22 +231,8 @@ def run_compare(config: CompareConfig, workdir: str) -> dict:
   """Runs (or resumes) every method of `config.methods`; writes results.json and
   accuracy_vs_flops.png. Returns the results: per method its points (training FLOPs, test
   accuracy single and voted with SEs, test FLOPs) and wall time."""
-  config.validate()
-  train, test = config.splits(config.task, config.test_size)
-  run_dir = RunDir.prepare(workdir)
-  run_dir.claim(config.identity())
-  with run_dir.session("compare", dataclasses.asdict(config)):
-    loaded = config.load(config.model)
-    task = TASKS.get(config.task)
-    train_set, test_set = scoring.TaskSet(task, train), scoring.TaskSet(task, test)
-    logging.info("%s on %s: %d train, %d test examples; weights %s", config.model, config.task,
-                 len(train), len(test), loaded.source.describe())
-    gen = config.generator(loaded)
-    sampler = generate.Generator(
-        loaded.config, loaded.params, loaded.tokenizer,
-        generate.Sampling(max_new_tokens=config.max_new_tokens,
-                          temperature=config.vote_temperature),
-        batch_size=config.batch_size, chat=loaded.entry.instruct, layer_loop=config.layer_loop)
+  with model_task_run(config, workdir, "compare") as (run_dir, loaded, train_set, test_set, gen):
+    sampler = config.generator(loaded, temperature=config.vote_temperature)
     evaluate = _Evaluator(config, gen, sampler, test_set, run_dir)
     methods: dict[str, Callable[[], list[dict]]] = {
         "base": lambda: [evaluate("base", "base", loaded.params, 0.0)],
@@ -266,8 +248,9 @@ def run_compare(config: CompareConfig, workdir: str) -> dict:
       results[method] = {"points": methods[method](),
                          "wall_s_this_invocation": time.perf_counter() - start}
     result = {**config.identity(), "weights_source": loaded.source.describe(),
-              "num_params": loaded.config.num_params, "train_size": len(train),
-              "test_size": len(test), "methods": results, "table": _table(results)}
+              "num_params": loaded.config.num_params,
+              "train_size": len(train_set.examples), "test_size": len(test_set.examples),
+              "methods": results, "table": _table(results)}
     run_dir.write("results", result)
     _plot(run_dir, config, results)
   return result

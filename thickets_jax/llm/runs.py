@@ -13,9 +13,10 @@ workdir (`RunDir`), and resumes from it: base scores are computed once, members 
 to `candidates.jsonl` as they finish and never re-scored.
 """
 
+import contextlib
 import dataclasses
 import os
-from typing import Optional, Sequence
+from typing import Iterator, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -135,11 +136,13 @@ class ScoringConfig:
     place = sharding.placer(self.mesh()) if self.model_parallel else weights.default_placer
     return registry.load(model, self.weights, DTYPES[self.dtype], place)
 
-  def generator(self, loaded: registry.LoadedModel,
-                perturb: Optional[PerturbSpec] = None) -> generate.Generator:
-    """Greedy decoding, the RandOpt protocol, with this config's noise (or `perturb`)."""
+  def generator(self, loaded: registry.LoadedModel, perturb: Optional[PerturbSpec] = None,
+                temperature: float = 0.0) -> generate.Generator:
+    """Greedy decoding (the RandOpt protocol) unless `temperature` > 0, with this config's
+    noise (or `perturb`)."""
     return generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
-                              generate.Sampling(max_new_tokens=self.max_new_tokens),
+                              generate.Sampling(max_new_tokens=self.max_new_tokens,
+                                                temperature=temperature),
                               batch_size=self.batch_size, chat=loaded.entry.instruct,
                               member_axis=self.member_axis,
                               perturb=perturb or self.perturb_spec(), layer_loop=self.layer_loop)
@@ -252,23 +255,35 @@ def score_base_and_members(config: ScoringConfig, gen: generate.Generator,
 # RandOpt
 
 
+@contextlib.contextmanager
+def model_task_run(config, workdir: str, experiment: str) -> Iterator[tuple]:
+  """What a run of one model on one task's train/test split opens with: validate, split, claim
+  the workdir, start its session, load the model.
+
+  Yields:
+    (run_dir, loaded model, train TaskSet, test TaskSet, the config's greedy generator).
+  """
+  config.validate()
+  train, test = config.splits(config.task, config.test_size)
+  run_dir = RunDir.prepare(workdir)
+  run_dir.claim(config.identity())
+  with run_dir.session(experiment, dataclasses.asdict(config)):
+    loaded = config.load(config.model)
+    task = TASKS.get(config.task)
+    logging.info("%s on %s: %d train, %d test examples; weights %s", config.model, config.task,
+                 len(train), len(test), loaded.source.describe())
+    yield (run_dir, loaded, scoring.TaskSet(task, train), scoring.TaskSet(task, test),
+           config.generator(loaded))
+
+
 def run_randopt(config: RandOptConfig, workdir: str) -> dict:
   """Scores N members, keeps the top K, writes `topk.json` and test accuracies per K.
 
   Returns (and writes to results.json): base, top-1, majority-vote ensemble per K and oracle
   pass@K test accuracies, the train-score distribution and the run's identity.
   """
-  config.validate()
-  train, test = config.splits(config.task, config.test_size)
-  run_dir = RunDir.prepare(workdir)
-  run_dir.claim(config.identity())
-  with run_dir.session("randopt", dataclasses.asdict(config)):
-    loaded = config.load(config.model)
-    task = TASKS.get(config.task)
-    train_set, test_set = scoring.TaskSet(task, train), scoring.TaskSet(task, test)
-    logging.info("%s on %s: %d train, %d test examples; weights %s", config.model, config.task,
-                 len(train), len(test), loaded.source.describe())
-    gen = config.generator(loaded)
+  with model_task_run(config, workdir, "randopt") as (run_dir, loaded, train_set, test_set, gen):
+    task, train, test = train_set.task, train_set.examples, test_set.examples
     base_test = run_dir.cached_json("base_test", lambda: scoring.score_base(
         gen, [test_set], keep_completions=config.keep_completions))
     base, seeds, sigmas, records = score_base_and_members(config, gen, [train_set], run_dir)
