@@ -92,14 +92,13 @@ def compare_one_seed(spec: CompareSpec, seed: int, bases_dir: str) -> list[dict]
   # ES from the base, on the same score (−train MSE), reference fitness and plain SGD.
   config = es.ESConfig(population=spec.es_population, sigma=spec.sigma,
                        learning_rate=spec.es_learning_rate)
-  member_mse = population.population_fn(lambda p: train_mse(p))
   per_iteration = flops.mlp_flops(num_params, spec.es_population * distinct_steps) + \
       flops.es_update_flops(num_params, spec.es_population)
   checkpoints = {spec.es_iterations // 4, spec.es_iterations // 2, spec.es_iterations}
 
   def es_score(p, iteration, member_seeds, member_sigmas):
     del iteration
-    return -population.evaluate_population(member_mse, p, member_seeds, member_sigmas,
+    return -population.evaluate_population(score_fn, p, member_seeds, member_sigmas,
                                            chunk_size=16)
 
   def es_point(done, p, scores):
