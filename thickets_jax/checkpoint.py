@@ -2,7 +2,7 @@
 training run (ES, GRPO) that resumes where it was killed."""
 
 import os
-from typing import Any, Callable
+from typing import Any, Callable, Optional
 
 import jax
 import orbax.checkpoint as ocp
@@ -57,3 +57,17 @@ class TrainingCheckpoints:
 
   def close(self) -> None:
     self._manager.close()
+
+
+def resume(checkpoints: Optional[TrainingCheckpoints], state: PyTree) -> PyTree:
+  """`state` as the latest checkpoint holds it; as given without checkpoints or before any."""
+  done = checkpoints.latest_step() if checkpoints is not None else None
+  return state if done is None else checkpoints.restore(done, state)
+
+
+def save_when_due(checkpoints: Optional[TrainingCheckpoints], done: int, total: int, every: int,
+                  state: PyTree) -> None:
+  """Saves the state after `done` of `total` steps when `done` is a multiple of `every` or the
+  last step (nothing without checkpoints)."""
+  if checkpoints is not None and (done % every == 0 or done == total):
+    checkpoints.save(done, state)

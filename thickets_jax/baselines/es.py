@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from thickets_jax import population, rng
+from thickets_jax import checkpoint, population, rng
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec, direction
 
@@ -172,9 +172,7 @@ def train(params: PyTree, score: Callable, config: ESConfig, *, iterations: int,
   """
   step = make_step(config, spec)
   state = {"params": params, "opt_state": init(params, config), "iteration": jnp.int32(0)}
-  done = checkpoints.latest_step() if checkpoints is not None else None
-  if done is not None:
-    state = checkpoints.restore(done, state)
+  state = checkpoint.resume(checkpoints, state)
   for iteration in range(int(state["iteration"]), iterations):
     seeds, sigmas = iteration_members(seed, iteration, config)
     scores = np.asarray(score(state["params"], iteration, seeds, sigmas), np.float32)
@@ -182,7 +180,5 @@ def train(params: PyTree, score: Callable, config: ESConfig, *, iterations: int,
                              jnp.asarray(sigmas, jnp.float32), jnp.asarray(scores))
     state = {"params": params, "opt_state": opt_state, "iteration": jnp.int32(iteration + 1)}
     on_iteration(iteration + 1, params, scores)
-    if checkpoints is not None and ((iteration + 1) % checkpoint_every == 0
-                                    or iteration + 1 == iterations):
-      checkpoints.save(iteration + 1, state)
+    checkpoint.save_when_due(checkpoints, iteration + 1, iterations, checkpoint_every, state)
   return state["params"]

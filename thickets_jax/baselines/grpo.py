@@ -26,7 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from thickets_jax import flops, rng
+from thickets_jax import checkpoint, flops, rng
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate
 from thickets_jax.llm import model as llm_model
@@ -279,14 +279,11 @@ def train(params: PyTree, trainer: Trainer, *, steps: int, checkpoints=None,
   ref_params = params if trainer.config.kl_coef > 0 else None
   state = {"params": params, "opt_state": trainer.init(params), "step": jnp.int32(0),
            "sampling_key": jax.random.key_data(rng.key(trainer.seed, "sampling"))}
-  done = checkpoints.latest_step() if checkpoints is not None else None
-  if done is not None:
-    state = checkpoints.restore(done, state)
+  state = checkpoint.resume(checkpoints, state)
   for step in range(int(state["step"]), steps):
     params, opt_state, record = trainer.step(state["params"], state["opt_state"], ref_params,
                                              step, jax.random.wrap_key_data(state["sampling_key"]))
     state = {**state, "params": params, "opt_state": opt_state, "step": jnp.int32(step + 1)}
     on_step(step + 1, params, record)
-    if checkpoints is not None and ((step + 1) % checkpoint_every == 0 or step + 1 == steps):
-      checkpoints.save(step + 1, state)
+    checkpoint.save_when_due(checkpoints, step + 1, steps, checkpoint_every, state)
   return state["params"]
