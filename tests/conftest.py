@@ -38,3 +38,13 @@ def tiny_weights(tmp_path_factory):
   tokenizer.from_gguf(gguf, os.path.join(assets.cache_dir(), "smollm2-135m-instruct-tokenizer")
                       ).save_pretrained(directory)
   return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_randopt_run(tmp_path_factory, tiny_weights):
+  """(config, run directory, result) of a finished tiny RandOpt run on `arithmetic`."""
+  from thickets_jax.llm import runs  # pylint: disable=g-import-not-at-top
+  workdir = str(tmp_path_factory.mktemp("tiny_randopt"))
+  config = runs.RandOptConfig.tiny(tiny_weights, task="arithmetic", sigmas=(0.2,), test_size=4,
+                                   max_new_tokens=12)
+  return config, workdir, runs.run_randopt(config, workdir)

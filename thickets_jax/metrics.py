@@ -17,6 +17,11 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -
   return float(max(0.0, center - half)), float(min(1.0, center + half))
 
 
+def binomial_se(p: float, n: int) -> float:
+  """Standard error of an accuracy p measured on n independent examples."""
+  return float(np.sqrt(p * (1 - p) / n))
+
+
 def improvements(scores: np.ndarray, base: float, relative: bool = False) -> np.ndarray:
   """s(θ+ε) − s(θ), or that divided by |s(θ)| when `relative` (for MSE-like scales)."""
   gain = np.asarray(scores, np.float64) - base

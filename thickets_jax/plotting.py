@@ -172,3 +172,32 @@ def metric_vs_flops(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray, n
   ax.set_xlabel("training FLOPs")
   ax.set_ylabel(ylabel)
   _save(fig, ax, path, title)
+
+
+def landscapes(path: str, coordinates: np.ndarray, panels: dict[str, tuple[np.ndarray, list]],
+               axis_labels: tuple[str, str], title: str) -> None:
+  """Figure 2 as heat maps: per panel, the relative gain [points (b), points (a)] in % over the
+  plane (positive: better than the base, clipped to ±100), the base (0, 0) as a star and the
+  projected members as circles labelled by rank.
+
+  Args:
+    panels: {title: (gain [points, points], members [{"a", "b"}] best-ranked first)}.
+  """
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.6 * len(panels), 4.0), squeeze=False)
+  extent = (coordinates[0], coordinates[-1], coordinates[0], coordinates[-1])
+  for ax, (name, (gain, members)) in zip(axes[0], panels.items()):
+    image = ax.imshow(np.clip(gain, -100, 100), origin="lower", extent=extent, cmap="RdBu",
+                      vmin=-100, vmax=100, interpolation="nearest")
+    ax.plot(0, 0, marker="*", color=BASE, markersize=12, label="base")
+    for rank, m in enumerate(members, 1):
+      ax.plot(m["a"], m["b"], "o", mfc="none", mec=TOP_K, markersize=8,
+              label="top-K members" if rank == 1 else None)
+      ax.annotate(str(rank), (m["a"], m["b"]), fontsize=7, color=TOP_K,
+                  xytext=(3, 3), textcoords="offset points")
+    ax.set_xlabel(axis_labels[0])
+    ax.set_ylabel(axis_labels[1])
+    ax.set_title(name, fontsize=9)
+    ax.legend(fontsize=7, loc="lower right")
+    fig.colorbar(image, ax=ax, label="gain over base, % (clipped ±100)")
+  fig.suptitle(title, fontsize=10)
+  _write(fig, path)

@@ -9,6 +9,7 @@ generation step, a prompt batch) are then derived with `fold_in`, never by re-sp
   data      sampled data sets (1D post-train and test signals)
   sampling  temperature sampling during generation (GRPO rollouts: one key per step)
   evaluation  test-time samples voted on (every evaluated model draws the same keys)
+  landscape random directions of a landscape plane
   member    a population member's noise; its seed is the member's own, drawn by
             `population.draw_candidates` from the root seed with numpy's SeedSequence
 
@@ -17,7 +18,7 @@ The member purpose's value is fixed forever: it defines which parameters `(seed,
 
 import jax
 
-PURPOSES = {"init": 1, "pretrain": 2, "data": 3, "sampling": 4, "evaluation": 5,
+PURPOSES = {"init": 1, "pretrain": 2, "data": 3, "sampling": 4, "evaluation": 5, "landscape": 6,
             "member": 0x7E7B}
 
 

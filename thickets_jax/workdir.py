@@ -88,8 +88,8 @@ class RunDir:
     return cls(path)
 
   def file(self, name: str) -> str:
-    """The path of the run file `name` (a key of `FILES`)."""
-    return os.path.join(self.path, FILES[name])
+    """The path of the run file `name`: a key of `FILES`, else `<name>.json`."""
+    return os.path.join(self.path, FILES.get(name, f"{name}.json"))
 
   def figure(self, stem: str) -> str:
     return os.path.join(self.path, f"{stem}.png")

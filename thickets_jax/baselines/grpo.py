@@ -184,16 +184,11 @@ def rollout(generator: generate.Generator, params: PyTree, task: Task,
   """Samples G completions of each example's prompt with `params` and grades them."""
   texts = [e.prompt for e in examples for _ in range(group_size)]
   ids = generator.base_token_ids(texts, key, params=params)  # [rows, T]
-  prompt, prompt_mask = generator.codec.encode(texts)
-  prompt = prompt.reshape(-1, prompt.shape[-1])[:len(texts)]
-  prompt_mask = prompt_mask.reshape(-1, prompt_mask.shape[-1])[:len(texts)]
-  completion = generate.completion_mask(ids, generator.codec.stop_ids)
+  rows = generate.training_rows(generator.codec, texts, ids)
   decoded = [generator.codec.decode(row) for row in ids]
   golds = [e.gold for e in examples for _ in range(group_size)]
   rewards = np.asarray([task.reward(t, g) for t, g in zip(decoded, golds)], np.float32)
-  return Rollouts(tokens=np.concatenate([prompt, ids], axis=1),
-                  mask=np.concatenate([prompt_mask, completion], axis=1), completion=completion,
-                  rewards=rewards.reshape(len(examples), group_size))
+  return Rollouts(**rows, rewards=rewards.reshape(len(examples), group_size))
 
 
 def step_prompts(num_examples: int, prompts_per_step: int, seed: int, step: int) -> np.ndarray:

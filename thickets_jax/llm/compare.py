@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 from absl import logging
 
-from thickets_jax import checkpoint, flops, plotting, population, randopt, rng
+from thickets_jax import checkpoint, flops, metrics, plotting, population, randopt, rng
 from thickets_jax.baselines import es, grpo
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, scoring
@@ -109,10 +109,6 @@ class CompareConfig(ScoringConfig):
     super().validate([self.model], [self.task])
 
 
-def _se(p: float, n: int) -> float:
-  return float(np.sqrt(p * (1 - p) / n))
-
-
 class _Evaluator:
   """Test accuracy of a parameter set, greedy and voted over K samples, stored once per point."""
 
@@ -136,8 +132,8 @@ class _Evaluator:
     lengths = np.asarray([len(x) for x in self.sampler.codec.token_ids(prompts)] * k)
     record = {"point": point, "method": method, "train_flops": float(train_flops),
               "single_accuracy": greedy["accuracy"][0],
-              "single_se": _se(greedy["accuracy"][0], n), "vote_accuracy": vote,
-              "vote_se": _se(vote, n), "test_flops_single": greedy["forward_flops"],
+              "single_se": metrics.binomial_se(greedy["accuracy"][0], n), "vote_accuracy": vote,
+              "vote_se": metrics.binomial_se(vote, n), "test_flops_single": greedy["forward_flops"],
               "test_flops_vote": scoring.forward_flops(self.sampler, lengths, ids),
               "seconds": time.perf_counter() - start, **extra}
     self.store.append([record])
@@ -166,7 +162,7 @@ def _randopt(config, gen, train_set, test_set, run_dir: RunDir) -> list[dict]:
     single = float(np.mean(correct[0]))
     points.append({"point": f"randopt_{count}", "method": "randopt", "members": count,
                    "train_flops": float(cost[count - 1]), "single_accuracy": single,
-                   "single_se": _se(single, n), "vote_accuracy": vote, "vote_se": _se(vote, n),
+                   "single_se": metrics.binomial_se(single, n), "vote_accuracy": vote, "vote_se": metrics.binomial_se(vote, n),
                    "test_flops_single": tested[0]["forward_flops"],
                    "test_flops_vote": float(sum(r["forward_flops"] for r in tested))})
   return points

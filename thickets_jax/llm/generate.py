@@ -148,6 +148,24 @@ def completion_mask(ids, stop_ids: Sequence[int]):
   return (xp.cumsum(is_stop, axis=-1) - is_stop) == 0
 
 
+def training_rows(codec, texts: Sequence[str], ids: np.ndarray) -> dict:
+  """Teacher-forcing rows of prompts and what was generated after them.
+
+  Args:
+    codec: the generator's `PromptCodec`. texts: [n] prompts. ids: [n, T] generated ids.
+
+  Returns:
+    tokens [n, p + T] int32 (left-padded prompt, then the completion), mask [n, p + T] bool
+    (real tokens: the prompt and the generated ones), completion [n, T] bool.
+  """
+  prompt, prompt_mask = codec.encode(texts)
+  prompt = prompt.reshape(-1, prompt.shape[-1])[:len(texts)]
+  prompt_mask = prompt_mask.reshape(-1, prompt_mask.shape[-1])[:len(texts)]
+  completion = completion_mask(ids, codec.stop_ids)
+  return {"tokens": np.concatenate([prompt, ids], axis=1).astype(np.int32),
+          "mask": np.concatenate([prompt_mask, completion], axis=1), "completion": completion}
+
+
 def generate_batches(config: ModelConfig, params, prompts: jax.Array, masks: jax.Array,
                      keys: jax.Array, **kwargs) -> jax.Array:
   """`generate_tokens` over prompt batches one after another (bounded KV-cache memory).

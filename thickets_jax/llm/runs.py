@@ -319,6 +319,25 @@ def load_topk(run_dir: str) -> dict:
   return {**saved, "perturbation": PerturbSpec.from_json(saved["perturbation"])}
 
 
+def saved_run(run_dir: str, **execution) -> tuple[dict, RandOptConfig]:
+  """A finished RandOpt run's `load_topk` and the config that rebuilds its members and its
+  splits (model, task, weights, dtype, noise, seed, sizes: its `spec.json`), with `execution`
+  settings (batch sizes, member axis; also max_new_tokens) replaced."""
+  saved = load_topk(run_dir)
+  spec_path = RunDir(run_dir).file("spec")
+  if not os.path.isfile(spec_path):
+    raise InputError(f"{run_dir} holds no spec.json; give the directory of a randopt run.")
+  identity = RunDir(run_dir).read("spec")
+  if identity.get("experiment") != RandOptConfig.__name__:
+    raise InputError(f"{run_dir} is a {identity.get('experiment')} run, not a randopt run.")
+  noise = saved["perturbation"]
+  settings = {k: tuple(v) if isinstance(v, list) else v for k, v in identity.items()
+              if k not in ("perturbation", "experiment")}
+  config = RandOptConfig(**{**settings, "mode": noise.mode, "relative": noise.relative,
+                            "include": noise.include, **execution})
+  return saved, config
+
+
 def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str) -> dict:
   """The saved top-K of `topk_dir` voted on a new test set (`config`'s seed and test_size);
   model, task, weights, dtype and perturbation come from its `topk.json`. Nothing is re-scored

@@ -237,9 +237,10 @@ def across_seeds(results: Sequence[dict]) -> dict:
                                            r["test_mse"]["base"]["mean"] for r in results]
   for i, row in enumerate(results[0]["density"]):
     figures[f"density/m={row['margin']:g}"] = [r["density"][i]["density"] for r in results]
-  return {name: _spread(values) for name, values in figures.items()}
+  return {name: spread(values) for name, values in figures.items()}
 
 
-def _spread(values: Sequence[float]) -> dict:
+def spread(values: Sequence[float]) -> dict:
+  """Per-seed values, median, mean and SE of one figure."""
   values = np.asarray(values, np.float64)
   return {"per_seed": values.tolist(), "median": float(np.median(values)), **_mean_se(values)}

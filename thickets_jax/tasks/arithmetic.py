@@ -14,7 +14,9 @@ import fractions
 import random
 from typing import Optional
 
-from thickets_jax.tasks.base import NUMBER, TASKS, Example, Task, procedural_splits
+from thickets_jax.errors import InputError
+from thickets_jax.tasks.base import (NUMBER, TASKS, Example, Task, field, integers,
+                                     procedural_splits)
 
 TAIL_CHARS = 2000  # the answer is the last number: only the tail of a completion is read
 
@@ -95,6 +97,23 @@ def vote_key(completion: str, problem: Problem) -> Optional[str]:
   return None if value is None else str(value)
 
 
+def to_record(example: Example) -> dict:
+  problem = example.gold
+  return {"prompt": example.prompt, "numbers": list(problem.numbers),
+          "operators": list(problem.operators)}
+
+
+def from_record(record: dict) -> Example:
+  """{"numbers": [...], "operators": [...]} (gold known), or {"prompt": "What is ...?"} alone."""
+  if "numbers" not in record:
+    return Example(field(record, "prompt", str), None)
+  numbers, operators = integers(record, "numbers"), tuple(field(record, "operators", list))
+  if len(operators) != len(numbers) - 1 or not set(operators) <= set("+-*"):
+    raise InputError(f"'operators' must be {len(numbers) - 1} of +, -, *; got {operators!r}.")
+  problem = Problem(numbers, operators)
+  return Example(field(record, "prompt", str, prompt(problem)), problem)
+
+
 def _examples(shape: Shape):
   return lambda seed, count: [Example(prompt(p), p) for p in generate(seed, count, shape)]
 
@@ -102,4 +121,5 @@ def _examples(shape: Shape):
 for _name, _shape in ARITHMETIC_TASKS.items():
   TASKS.register(_name)(Task(
       name=_name, splits=procedural_splits(_examples(_shape)),
-      reward=lambda c, p: float(correct(c, p)), correct=correct, vote_key=vote_key))
+      reward=lambda c, p: float(correct(c, p)), correct=correct, vote_key=vote_key,
+      to_record=to_record, from_record=from_record))

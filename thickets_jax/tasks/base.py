@@ -1,11 +1,10 @@
-"""Task types and the task registry (see `thickets_jax.tasks`).
-
-"""
+"""Task types and the task registry (see `thickets_jax.tasks`)."""
 
 import dataclasses
 import re
 from typing import Any, Callable, Optional
 
+from thickets_jax.errors import InputError
 from thickets_jax.registry import Registry
 
 
@@ -25,6 +24,11 @@ class Task:
   vote_key: Callable[[str, Any], Optional[str]]
   max_reward: float = 1.0
   needs_data: bool = False  # a dataset: --data PATH or the `datasets` hub cache
+  # A prompts file's JSON record <-> Example, for answering new prompts (experiments.predict).
+  # `from_record` gives gold None when the record carries no answer and the vote key needs none.
+  to_record: Callable[[Example], dict] = lambda example: {"prompt": example.prompt}
+  from_record: Callable[[dict], Example] = lambda record: Example(field(record, "prompt", str),
+                                                                  None)
 
 
 TASKS: Registry[Task] = Registry("task")
@@ -50,3 +54,23 @@ def procedural_splits(make: Callable[[int, int], list[Example]]):
     examples = make(seed, train_size + test_size)
     return examples[:train_size], examples[train_size:]
   return splits
+
+
+def field(record: dict, name: str, kind: type, default: Any = InputError) -> Any:
+  """`record[name]` checked to be a `kind` (a JSON value), or `default` when absent; one
+  sentence for a missing or mistyped field."""
+  if name not in record:
+    if default is InputError:
+      raise InputError(f"the record lacks the field {name!r}.")
+    return default
+  value = record[name]
+  if not isinstance(value, kind) or isinstance(value, bool) and kind is not bool:
+    raise InputError(f"the field {name!r} must be a {kind.__name__}, got {value!r}.")
+  return value
+
+
+def integers(record: dict, name: str) -> tuple[int, ...]:
+  values = field(record, name, list)
+  if not values or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+    raise InputError(f"the field {name!r} must be a non-empty list of integers, got {values!r}.")
+  return tuple(values)

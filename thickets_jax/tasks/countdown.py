@@ -12,7 +12,9 @@ import random
 import re
 from typing import Optional
 
-from thickets_jax.tasks.base import TASKS, Example, Task, last_block, procedural_splits
+from thickets_jax.errors import InputError
+from thickets_jax.tasks.base import (TASKS, Example, Task, field, integers, last_block,
+                                     procedural_splits)
 
 MAX_ANSWER_CHARS = 200
 MAX_LITERAL = 10**6
@@ -159,12 +161,28 @@ def _examples(seed: int, count: int) -> list[Example]:
   return [Example(prompt(p), p) for p in generate(seed, count)]
 
 
+def to_record(example: Example) -> dict:
+  problem = example.gold
+  return {"prompt": example.prompt, "numbers": list(problem.numbers), "target": problem.target}
+
+
+def from_record(record: dict) -> Example:
+  """{"numbers": [...], "target": T} (the vote checks the numbers); "prompt" defaults to ours."""
+  problem = Problem(integers(record, "numbers"), field(record, "target", int))
+  if not 1 <= len(problem.numbers) <= 8:
+    raise InputError(f"a Countdown problem takes 1 to 8 numbers, got {len(problem.numbers)}.")
+  return Example(field(record, "prompt", str, prompt(problem)), problem)
+
+
+_CODEC = dict(to_record=to_record, from_record=from_record)
+
+
 TASKS.register("countdown")(Task(
     name="countdown", splits=procedural_splits(_examples),
-    reward=reward, correct=correct, vote_key=vote_key, max_reward=1.1))
+    reward=reward, correct=correct, vote_key=vote_key, max_reward=1.1, **_CODEC))
 # The same task with the format scored on the completion alone (this project's earlier shaping;
 # it gives `</think>\n<answer>…` 0.05 where the reference gives 0.1).
 TASKS.register("countdown_completion_format")(Task(
     name="countdown_completion_format", splits=procedural_splits(_examples),
     reward=lambda c, p: reward(c, p, inside_think=False), correct=correct, vote_key=vote_key,
-    max_reward=1.1))
+    max_reward=1.1, **_CODEC))

@@ -17,7 +17,8 @@ score when it is below 1, else 0.
 import decimal
 from typing import Callable, Optional
 
-from thickets_jax.tasks.base import NUMBER, TASKS, Example, Task, last_block, procedural_splits
+from thickets_jax.tasks.base import (NUMBER, TASKS, Example, Task, field, last_block,
+                                     procedural_splits)
 
 MAX_ANSWER_CHARS = 2000
 INSTRUCTION = "\nGive only the final answer inside <answer></answer> tags."
@@ -100,7 +101,19 @@ def _grader(name: str):
   return reward, correct, vote_key
 
 
+def to_record(example: Example) -> dict:
+  return {"prompt": example.prompt, "answer": str(example.gold[1]["answer"])}
+
+
+def from_record(record: dict) -> Example:
+  """{"prompt": ..., "answer": optional}; a record's gold serves correctness, not the reward
+  (which needs the reasoning-gym dataset that generated the entry)."""
+  answer = field(record, "answer", str, None)
+  return Example(field(record, "prompt", str), None if answer is None else (None, {"answer": answer}))
+
+
 for _name in NORMALISERS:
   _reward, _correct, _vote_key = _grader(_name)
   TASKS.register(_name)(Task(name=_name, splits=procedural_splits(_make(_name)), reward=_reward,
-                             correct=_correct, vote_key=_vote_key))
+                             correct=_correct, vote_key=_vote_key, to_record=to_record,
+                             from_record=from_record))

@@ -13,7 +13,7 @@ import re
 from typing import Optional
 
 from thickets_jax.errors import InputError
-from thickets_jax.tasks.base import TASKS, Example, Task
+from thickets_jax.tasks.base import TASKS, Example, Task, field
 
 GSM8K_SUFFIX = ' Let\'s think step by step and output the final answer after "####".'
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -110,10 +110,29 @@ def gsm8k_correct(completion: str, gold: str) -> bool:
   return gsm8k_extract(completion) == gold
 
 
+def _answer_codec(question_field: str, suffix: str, canonical=str):
+  """Records {"prompt": ...} or {question_field: ...} (our suffix appended), "answer" optional."""
+  def to_record(example: Example) -> dict:
+    return {"prompt": example.prompt, "answer": example.gold}
+
+  def from_record(record: dict) -> Example:
+    if "prompt" in record:
+      text = field(record, "prompt", str)
+    else:
+      text = field(record, question_field, str) + suffix
+    answer = record.get("answer")
+    gold = None if answer is None else canonical(str(answer).rsplit("####", 1)[-1])
+    if answer is not None and gold is None:
+      raise InputError(f"the answer {str(answer)[-60:]!r} holds no number.")
+    return Example(text, gold)
+  return dict(to_record=to_record, from_record=from_record)
+
+
 TASKS.register("gsm8k")(Task(
     name="gsm8k", splits=gsm8k_splits,
     reward=lambda c, g: float(gsm8k_correct(c, g)), correct=gsm8k_correct,
-    vote_key=lambda c, g: gsm8k_extract(c), needs_data=True))
+    vote_key=lambda c, g: gsm8k_extract(c), needs_data=True,
+    **_answer_codec("question", GSM8K_SUFFIX, canonical_number)))
 
 
 # ---------------------------------------------------------------- MATH-500
@@ -187,4 +206,4 @@ def math500_splits(train_size: int, test_size: int, seed: int, data: Optional[st
 TASKS.register("math500")(Task(
     name="math500", splits=math500_splits,
     reward=lambda c, g: float(math_correct(c, g)), correct=math_correct,
-    vote_key=math_vote_key, needs_data=True))
+    vote_key=math_vote_key, needs_data=True, **_answer_codec("problem", MATH_SUFFIX)))

@@ -1,0 +1,155 @@
+"""Ensemble inference: the saved top-K members of a RandOpt run answer new prompts by vote.
+
+Each member is rebuilt from `(seed, sigma)` and the run's `PerturbSpec` inside the generation
+call (`Generator.population_token_ids`), never stored; it answers every prompt greedily, its
+answer is the task's vote key of its completion, and the answer of the ensemble is
+`randopt.majority_vote` over the members best-ranked first (the search's tie rule: a tie goes
+to the key first cast by the better-ranked member).
+
+A prompts file is JSONL, one record per prompt, in the task's record format
+(`Task.from_record`): e.g. `{"numbers": [3, 5, 7], "target": 22}` for countdown, or
+`{"prompt": "What is 3 + 4?"}` for arithmetic. Records that carry the answer get `correct`.
+
+Each member's completions are appended to `<out>.<fingerprint>.partial.jsonl` as the member
+finishes, so a killed prediction resumes without regenerating them; the file is removed once
+`out` is written.
+"""
+
+import dataclasses
+import hashlib
+import json
+import os
+from typing import Optional
+
+import numpy as np
+from absl import logging
+
+from thickets_jax import randopt, workdir
+from thickets_jax.errors import InputError
+from thickets_jax.llm import runs
+from thickets_jax.tasks import TASKS, Example, Task
+
+
+@dataclasses.dataclass(frozen=True)
+class PredictConfig:
+  """Attributes:
+    run_dir: a finished `experiments.randopt` run (its topk.json and spec.json).
+    prompts: the JSONL prompts file. out: the JSONL answers file (one line per prompt).
+    K: members voting, the K best saved (None: all saved).
+    max_new_tokens: generation limit (None: the run's).
+    batch_size, members_per_batch, member_axis: execution only, as in `ScoringConfig`.
+    keep_completions: write each member's completion beside its answer.
+  """
+  run_dir: str
+  prompts: str
+  out: str
+  K: Optional[int] = None
+  max_new_tokens: Optional[int] = None
+  batch_size: int = 16
+  members_per_batch: int = 1
+  member_axis: str = "map"
+  keep_completions: bool = True
+
+
+def read_prompts(path: str, task: Task) -> tuple[list[dict], list[Example]]:
+  """The records of a JSONL prompts file and their `Example`s; one sentence naming the file and
+  line for the first bad record."""
+  if not os.path.isfile(path):
+    raise InputError(f"--prompts {path} is not a file.")
+  records, examples = [], []
+  with open(path) as f:
+    for number, line in enumerate(f, 1):
+      if not line.strip():
+        continue
+      try:
+        record = json.loads(line)
+        if not isinstance(record, dict):
+          raise InputError("a record must be a JSON object")
+        examples.append(task.from_record(record))
+      except (json.JSONDecodeError, InputError) as e:
+        raise InputError(f"{path} line {number} is not a prompt record of {task.name}: "
+                         f"{str(e).rstrip('.')}.") from None
+      records.append(record)
+  if not records:
+    raise InputError(f"--prompts {path} holds no records.")
+  return records, examples
+
+
+def _fingerprint(config: PredictConfig, saved: dict, max_new_tokens: int) -> str:
+  with open(config.prompts, "rb") as f:
+    digest = hashlib.sha256(f.read())
+  members = [(m["seed"], m["sigma"]) for m in saved["members"]]
+  digest.update(json.dumps([members, max_new_tokens, saved["perturbation"].to_json()]).encode())
+  return digest.hexdigest()[:12]
+
+
+def predict(config: PredictConfig) -> dict:
+  """Answers every prompt with the top-K vote; writes `config.out` and returns a summary
+  (prompts, K, how many got an answer, and the accuracy when the records carry answers)."""
+  execution = dict(batch_size=config.batch_size, members_per_batch=config.members_per_batch,
+                   member_axis=config.member_axis)
+  if config.max_new_tokens:
+    execution["max_new_tokens"] = config.max_new_tokens
+  saved, scoring = runs.saved_run(config.run_dir, **execution)
+  K = len(saved["members"]) if config.K is None else config.K
+  if not 1 <= K <= len(saved["members"]):
+    raise InputError(f"--K must be between 1 and the {len(saved['members'])} members saved in "
+                     f"{config.run_dir}, got {K}.")
+  scoring.validate()
+  task = TASKS.get(saved["task"])
+  records, examples = read_prompts(config.prompts, task)
+  if os.path.dirname(config.out):
+    os.makedirs(os.path.dirname(config.out), exist_ok=True)
+  store = randopt.CandidateStore(
+      f"{config.out}.{_fingerprint(config, saved, scoring.max_new_tokens)}.partial.jsonl")
+  loaded = scoring.load(saved["model"])
+  gen = scoring.generator(loaded, saved["perturbation"])
+  members = saved["members"][:K]
+  seeds = np.asarray([m["seed"] for m in members], np.int64)
+  sigmas = np.asarray([m["sigma"] for m in members], np.float64)
+  prompts = [e.prompt for e in examples]
+
+  def answer_chunk(chunk_seeds, chunk_sigmas):
+    for part, texts in gen.generate_population(chunk_seeds, chunk_sigmas, prompts,
+                                               members_per_batch=config.members_per_batch):
+      yield part, {"completions": texts}
+  completions = [r["completions"] for r in
+                 randopt.score_candidates(answer_chunk, seeds, sigmas, store)]  # [K][prompts]
+  lines = [_answer(task, record, example, members, [c[i] for c in completions],
+                   config.keep_completions)
+           for i, (record, example) in enumerate(zip(records, examples))]
+  workdir.atomic_write(config.out, lambda tmp: _write_lines(tmp, lines))
+  os.remove(store.path)
+  graded = [line["correct"] for line in lines if "correct" in line]
+  summary = {"run_dir": config.run_dir, "model": saved["model"], "task": saved["task"],
+             "K": K, "prompts": len(lines),
+             "answered": sum(line["answer"] is not None for line in lines),
+             "graded": len(graded),
+             "accuracy": float(np.mean(graded)) if graded else None, "out": config.out}
+  logging.info("predict: %s", summary)
+  return summary
+
+
+def _answer(task: Task, record: dict, example: Example, members: list[dict],
+            texts: list[str], keep_completions: bool) -> dict:
+  """One output line: the voted answer, its counts and each member's answer."""
+  keys = [task.vote_key(text, example.gold) for text in texts]
+  winner = randopt.majority_vote(keys)
+  counts: dict[str, int] = {}
+  for key in keys:
+    if key is not None:
+      counts[key] = counts.get(key, 0) + 1
+  line = {"record": record, "answer": winner,
+          "completion": None if winner is None else texts[keys.index(winner)],
+          "votes": counts, "abstained": keys.count(None),
+          "members": [{"rank": rank, "seed": m["seed"], "sigma": m["sigma"], "answer": key,
+                       **({"completion": text} if keep_completions else {})}
+                      for rank, (m, key, text) in enumerate(zip(members, keys, texts), 1)]}
+  if example.gold is not None:  # judged as the search judges a vote (randopt.ensemble_accuracy)
+    line["correct"] = winner is not None and bool(task.correct(line["completion"], example.gold))
+  return line
+
+
+def _write_lines(path: str, lines: list[dict]) -> None:
+  with open(path, "w") as f:
+    f.writelines(json.dumps(line) + "\n" for line in lines)

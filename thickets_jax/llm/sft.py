@@ -1,0 +1,175 @@
+"""Supervised fine-tuning on (prompt, completion) token rows: full parameters or a LoRA adapter.
+
+The loss is the token mean of −log π(completion token) under teacher forcing
+(`grpo.token_logprobs`, the GRPO baseline's pass), over the completion tokens of a whole
+optimiser step; gradients are summed over micro-batches inside one jitted `lax.scan`, so the
+mean is exact whatever the micro-batch. The optimiser is optax AdamW with global-norm clipping.
+
+LoRA (Hu et al. 2021) is a reparametrisation, not a model change: every perturbable 2-D kernel
+W [.., in, out] of the layers gets A [.., in, r] (Gaussian, std 1/√in) and B [.., r, out]
+(zeros), and the forward runs on W + (α/r)·A B. Only A and B train; the merged weights are
+what a later round searches around and what `merge` returns.
+"""
+
+import dataclasses
+import re
+from typing import Any, Callable, Iterator, Optional
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from thickets_jax import checkpoint, tree
+from thickets_jax.baselines import grpo
+from thickets_jax.errors import InputError
+from thickets_jax.llm.config import ModelConfig
+
+PyTree = Any
+FINETUNES = ("full", "lora")
+LORA_LEAVES = r"^layers/.*/kernel$"  # the attention and MLP kernels of every layer
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTConfig:
+  """Attributes:
+    finetune: "full" or "lora". lora_rank, lora_alpha: r and α of the adapter.
+    learning_rate, weight_decay, max_grad_norm: AdamW and clipping.
+    epochs: passes over the targets. batch_size: sequences per optimiser step.
+    micro_batch: sequences per forward/backward (divides batch_size).
+  """
+  finetune: str = "full"
+  lora_rank: int = 8
+  lora_alpha: float = 16.0
+  learning_rate: float = 1e-5
+  weight_decay: float = 0.0
+  max_grad_norm: float = 1.0
+  epochs: int = 4
+  batch_size: int = 8
+  micro_batch: int = 8
+
+  def validate(self) -> None:
+    if self.finetune not in FINETUNES:
+      raise InputError(f"unknown --finetune {self.finetune!r}; known: {', '.join(FINETUNES)}.")
+    for name in ("lora_rank", "learning_rate", "epochs", "batch_size", "micro_batch"):
+      if getattr(self, name) <= 0:
+        raise InputError(f"--sft_{name} must be positive, got {getattr(self, name)}.")
+    if self.batch_size % self.micro_batch:
+      raise InputError(f"--sft_micro_batch {self.micro_batch} must divide --sft_batch_size "
+                       f"{self.batch_size}.")
+
+  def transform(self) -> optax.GradientTransformation:
+    return optax.chain(optax.clip_by_global_norm(self.max_grad_norm),
+                       optax.adamw(self.learning_rate, weight_decay=self.weight_decay))
+
+
+def lora_init(params: PyTree, rank: int, key: jax.Array) -> dict:
+  """{leaf path: {"a": [.., in, r], "b": [.., r, out]}} for the kernels `LORA_LEAVES` names."""
+  adapters = {}
+  for index, (path, leaf) in zip(tree.stable_leaf_indices(params),
+                                 jax.tree_util.tree_flatten_with_path(params)[0]):
+    name = tree.path_name(path)
+    if re.search(LORA_LEAVES, name) and leaf.ndim >= 2:
+      *lead, fan_in, fan_out = leaf.shape
+      a = jax.random.normal(jax.random.fold_in(key, index), (*lead, fan_in, rank), jnp.float32)
+      adapters[name] = {"a": a / np.sqrt(fan_in),
+                        "b": jnp.zeros((*lead, rank, fan_out), jnp.float32)}
+  return adapters
+
+
+def merge(params: PyTree, adapters: dict, scale: float) -> PyTree:
+  """W + scale·A B on every adapted kernel, in each leaf's dtype."""
+  def merged(path, leaf):
+    adapter = adapters.get(tree.path_name(path))
+    if adapter is None:
+      return leaf
+    delta = jnp.einsum("...ir,...ro->...io", adapter["a"], adapter["b"])
+    return (leaf.astype(jnp.float32) + scale * delta).astype(leaf.dtype)
+  return jax.tree_util.tree_map_with_path(merged, params)
+
+
+def make_update(model_config: ModelConfig, config: SFTConfig, prompt_len: int,
+                base: Optional[PyTree] = None) -> Callable:
+  """The jitted optimiser step: `(trainable, opt_state, batch) -> (trainable, opt_state, stats)`.
+
+  `trainable` is the params (full) or the adapters (LoRA, merged onto `base`). batch holds
+  [micro_batches, micro_batch, ...] arrays: tokens, mask [.., p + T]; completion [.., T] bool.
+  """
+  transform = config.transform()
+  scale = config.lora_alpha / config.lora_rank
+
+  def model_params(trainable):
+    return trainable if config.finetune == "full" else merge(base, trainable, scale)
+
+  def micro_loss(trainable, micro, total_tokens):
+    logp = grpo.token_logprobs(model_config, model_params(trainable), micro["tokens"],
+                               micro["mask"], prompt_len)
+    return -jnp.sum(jnp.where(micro["completion"], logp, 0.0)) / total_tokens
+
+  @jax.jit
+  def update(trainable, opt_state, batch):
+    total_tokens = jnp.maximum(batch["completion"].sum(), 1).astype(jnp.float32)
+
+    def accumulate(carry, micro):
+      grads, loss = carry
+      value, g = jax.value_and_grad(micro_loss)(trainable, micro, total_tokens)
+      return (jax.tree.map(jnp.add, grads, g), loss + value), None
+
+    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
+    (grads, loss), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0)), batch)
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+    updates, opt_state = transform.update(grads, opt_state, trainable)
+    return optax.apply_updates(trainable, updates), opt_state, {
+        "loss": loss, "grad_norm": optax.global_norm(grads)}
+
+  return update
+
+
+def batches(rows: dict, config: SFTConfig, seed: int) -> Iterator[dict]:
+  """Epochs of seeded shuffles of `rows` ([n, ...] arrays) in optimiser steps of
+  [batch_size // micro_batch, micro_batch, ...]; a short last step is padded with rows whose
+  completion mask is all False (they add nothing to the loss)."""
+  n = len(rows["tokens"])
+  for epoch in range(config.epochs):
+    order = np.random.default_rng([seed, epoch]).permutation(n)
+    for start in range(0, n, config.batch_size):
+      picks = order[start:start + config.batch_size]
+      pad = config.batch_size - len(picks)
+      step = {k: np.concatenate([v[picks], np.zeros((pad, *v.shape[1:]), v.dtype)])
+              for k, v in rows.items()}
+      yield {k: jnp.asarray(v.reshape(-1, config.micro_batch, *v.shape[1:]))
+             for k, v in step.items()}
+
+
+def steps(num_rows: int, config: SFTConfig) -> int:
+  return config.epochs * -(-num_rows // config.batch_size)
+
+
+def fine_tune(model_config: ModelConfig, params: PyTree, rows: dict, config: SFTConfig, *,
+              seed: int, checkpoints: Optional[checkpoint.TrainingCheckpoints] = None,
+              checkpoint_every: int = 10,
+              on_step: Optional[Callable[[int, dict], None]] = None) -> PyTree:
+  """Fine-tunes `params` on `rows` (tokens, mask [n, p + T], completion [n, T]); returns the
+  new model parameters (LoRA: merged). Resumes from `checkpoints`' latest step."""
+  config.validate()
+  prompt_len = rows["tokens"].shape[1] - rows["completion"].shape[1]
+  if config.finetune == "full":
+    trainable, base = params, None
+  else:
+    trainable, base = lora_init(params, config.lora_rank, jax.random.key(seed)), params
+  update = make_update(model_config, config, prompt_len, base)
+  state = {"trainable": trainable, "opt_state": config.transform().init(trainable),
+           "step": jnp.int32(0)}
+  state = checkpoint.resume(checkpoints, state)
+  total, done = steps(len(rows["tokens"]), config), int(state["step"])
+  for index, batch in enumerate(batches(rows, config, seed)):
+    if index < done:
+      continue
+    trainable, opt_state, stats = update(state["trainable"], state["opt_state"], batch)
+    state = {"trainable": trainable, "opt_state": opt_state, "step": jnp.int32(index + 1)}
+    checkpoint.save_when_due(checkpoints, index + 1, total, checkpoint_every, state)
+    if on_step is not None:
+      on_step(index + 1, jax.device_get(stats))
+  if config.finetune == "full":
+    return state["trainable"]
+  return merge(params, state["trainable"], config.lora_alpha / config.lora_rank)
