@@ -6,11 +6,13 @@ r"""Benchmarks of docs/benchmarks.md, each printing `<id>: <figure> (<comparison
   python -m experiments.benchmark --bench B4   # peak RSS of population scoring at two N
   python -m experiments.benchmark --bench B5   # GPU/TPU: qwen2.5-7b shapes vs the roofline
   python -m experiments.benchmark --bench ES   # peak RSS and time of one ES update at two N
+  python -m experiments.benchmark --bench B7   # successive halving vs full scoring, same run
 
 Figures are ratios measured in one process (B1, B3: against the machine's fp32 matmul peak,
 measured before and after the workload; B3 also against transformers `generate` on the same
 members and prompts; B5: against the accelerator's measured bf16 matmul rate and copy
-bandwidth) or against a recorded peer time (B2). B4 and ES run one child process per N.
+bandwidth) or against a recorded peer time (B2). B4 and ES run one child process per N. B7 runs
+full scoring and successive halving on the same members: 1D over seeds, and an offline LLM.
 """
 
 import dataclasses
@@ -27,15 +29,16 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import common
-from thickets_jax import bench, cli, population
+from thickets_jax import bench, cli, halving, population, workdir
 from thickets_jax.baselines import es
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, model as llm_model, registry
 from thickets_jax.perturb import PerturbSpec, perturb_member, rebuild_member
 from thickets_jax.signals import families, model as signal_model
+from thickets_jax.signals import runs as signal_runs
 from thickets_jax.tasks import countdown
 
-BENCHES = ("B1", "B2", "B3", "B4", "B5", "ES")
+BENCHES = ("B1", "B2", "B3", "B4", "B5", "ES", "B7")
 flags.DEFINE_string("bench", "B1", f"One of {', '.join(BENCHES)}.")
 flags.DEFINE_integer("N", 1000, "B1: population size.")
 flags.DEFINE_integer("chunk_size", 4, "B1: members per vmapped call.")
@@ -55,6 +58,11 @@ flags.DEFINE_enum("layer_loop", None, generate.LAYER_LOOPS,
                   "B3, B5: how the layers run (default: unrolled on GPUs, else scan).")
 flags.DEFINE_integer("b5_matmul_size", 8192, "B5: n of the n×n bf16 matmuls that measure the peak.")
 flags.DEFINE_float("b5_copy_gib", 4.0, "B5: GiB copied to measure device-memory bandwidth.")
+flags.DEFINE_float("b7_eta", 4.0, "B7: successive-halving eta.")
+flags.DEFINE_string("b7_seeds", "0-2", "B7: 1D seeds.")
+flags.DEFINE_string("b7_llm", "smollm2-135m-instruct", "B7: offline model of the LLM part ('' skips it).")
+flags.DEFINE_integer("b7_llm_N", 32, "B7: LLM members.")
+flags.DEFINE_string("b7_workdir", None, "B7: keep the runs here (default: a temporary directory).")
 FLAGS = flags.FLAGS
 
 # docs/benchmarks.md: the paper's PyTorch 1D approximation script, end to end, on this machine kind.
@@ -273,10 +281,70 @@ _POSITIVE = ("N", "chunk_size", "repeats", "members", "prompts", "new_tokens",
              "b5_matmul_size")
 
 
+def _b7_1d(root: str) -> list[str]:
+  """Full scoring vs halving on the 1D thicket (mixed -> sinusoid, 256 curves), per seed."""
+  spec = dict(pretrain="mixed", posttrain="sinusoid", test="sinusoid", n=1024, ks=(5,),
+              sigma=0.002, posttrain_size=256, test_size=256)
+  rows = {"full": [], "halving": []}
+  for seed in cli.int_ranges(FLAGS.b7_seeds, "b7_seeds"):
+    for name, extra in (("full", {}), ("halving", dict(halving_eta=FLAGS.b7_eta,
+                                                       halving_min_examples=16))):
+      rows[name].append(signal_runs.run(
+          signal_runs.RunSpec(**spec, seed=seed, **extra),
+          workdir.RunDir.prepare(os.path.join(root, f"1d_{name}_{seed}")),
+          os.path.join(root, "bases"), plot=False))
+  recall = [halving.recall([m["seed"] for m in h["top_members"]],
+                           [m["seed"] for m in f["top_members"]])
+            for f, h in zip(rows["full"], rows["halving"])]
+  lines = []
+  for name, results in rows.items():
+    mse = np.asarray([r["ensemble_test_mse"]["5"]["mean"] for r in results])
+    lines.append(f"  1D {name:<8} selection FLOPs {np.mean([r['selection']['flops'] for r in results]):.3g}"
+                 f"  top-5 ensemble test MSE per seed {np.round(mse, 4).tolist()}, "
+                 f"mean {mse.mean():.4f} ± {mse.std(ddof=1) / np.sqrt(len(mse)):.4f}")
+  ratio = np.mean([h["selection"]["flops"] / f["selection"]["flops"]
+                   for f, h in zip(rows["full"], rows["halving"])])
+  lines.append(f"  1D halving/full selection FLOPs {ratio:.3f}, top-5 recall per seed {recall}")
+  return lines
+
+
+def _b7_llm(root: str) -> list[str]:
+  """Full scoring vs halving on an offline model (arithmetic, where its base is between 0 and 1)."""
+  from thickets_jax.llm import runs  # pylint: disable=g-import-not-at-top
+  base = runs.RandOptConfig(model=FLAGS.b7_llm, task="arithmetic", N=FLAGS.b7_llm_N,
+                            sigmas=(5e-4, 1e-3), train_size=32, max_new_tokens=32, batch_size=32,
+                            ks=(1, 4), test_size=64)
+  results = {name: runs.run_randopt(config, os.path.join(root, f"llm_{name}"))
+             for name, config in (("full", base), ("halving", dataclasses.replace(
+                 base, halving_eta=FLAGS.b7_eta, halving_min_examples=2)))}
+  full_top = [m["seed"] for m in runs.load_topk(os.path.join(root, "llm_full"))["members"]]
+  halved_top = [m["seed"] for m in runs.load_topk(os.path.join(root, "llm_halving"))["members"]]
+  lines = []
+  for name, r in results.items():
+    acc = r["ensemble_accuracy"]["4"]
+    lines.append(f"  {FLAGS.b7_llm} {name:<8} selection FLOPs {r['selection']['forward_flops']:.3g}"
+                 f" ({r['selection']['example_evaluations']} example evaluations), top-4 vote "
+                 f"test {acc:.3f} ± {np.sqrt(acc * (1 - acc) / r['test_size']):.3f} (base "
+                 f"{results['full']['base']['test_accuracy']:.3f})")
+  ratio = results["halving"]["selection"]["forward_flops"] / results["full"]["selection"]["forward_flops"]
+  lines.append(f"  {FLAGS.b7_llm} halving/full selection FLOPs {ratio:.3f}, top-4 recall "
+               f"{halving.recall(halved_top, full_top):.2f}")
+  return lines
+
+
+def bench_b7() -> str:
+  with tempfile.TemporaryDirectory() as tmp:
+    root = FLAGS.b7_workdir or tmp
+    lines = _b7_1d(root) + (_b7_llm(root) if FLAGS.b7_llm else [])
+  for line in lines:
+    logging.info("%s", line)
+  return "B7: successive halving vs full scoring, same members\n" + "\n".join(lines)
+
+
 def main(argv):
   del argv
   benches = {"B1": bench_b1, "B2": bench_b2, "B3": bench_b3, "B4": bench_b4, "B5": bench_b5,
-             "ES": bench_es}
+             "ES": bench_es, "B7": bench_b7}
   if FLAGS.bench not in benches:
     raise InputError(f"unknown --bench {FLAGS.bench!r}; known: {', '.join(benches)}.")
   for name in _POSITIVE:  # before any measurement

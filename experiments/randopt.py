@@ -5,12 +5,16 @@ r"""RandOpt on a language model: N perturbations, top K by train score, majority
   python -m experiments.randopt --model qwen2.5-7b-instruct --task gsm8k --N 5000 --K 50 \
       --train_size 200 --test_size 0 --workdir /runs/ro7b      # test_size 0: the whole test split
   python -m experiments.randopt --resume_dir /tmp/ro --test_size 200 --seed 1 --workdir /tmp/ro_new
+  python -m experiments.randopt --N 256 --train_size 64 --halving_eta 4 --halving_min_examples 4 \
+      --workdir /tmp/ro_halving     # successive halving: the top K at a fraction of the FLOPs
 
 Writes `results.json` (base, top-1, ensemble per K and oracle pass@K accuracies, train
 scores), `topk.json` (the post-trained model: model identity, `PerturbSpec` and the top-K
 `(seed, sigma)`, a few hundred bytes), `candidates.jsonl` / `test_members.jsonl` (each scored
 member as it finishes; a rerun resumes), `log.txt`, `config.json`. `--resume_dir` re-evaluates
-a saved top-K on a new test set without scoring anything on train. The run itself is
+a saved top-K on a new test set without scoring anything on train. `--halving_eta` selects by
+successive halving (`thickets_jax.halving`; each rung's scores in `rung<i>.jsonl`); results then
+list the rungs and the selection's example evaluations and forward FLOPs. The run itself is
 `thickets_jax.llm.runs.run_randopt`.
 """
 
@@ -24,6 +28,9 @@ flags.DEFINE_string("model", None, "Registered model name (default smollm2-135m-
 flags.DEFINE_string("task", None, "Registered task name (default countdown).")
 flags.DEFINE_list("K", None, "Top-K sizes, e.g. 1,4,8 (default 1,4).")
 flags.DEFINE_integer("test_size", None, "Test examples (0: all the test split has; default 32).")
+flags.DEFINE_float("halving_eta", None, "Successive halving: keep 1/eta per rung (default off).")
+flags.DEFINE_integer("halving_min_examples", None, "Successive halving: train examples of the "
+                     "first rung (default 4).")
 flags.DEFINE_string("resume_dir", None, "A finished run whose top-K is re-evaluated on this test set.")
 FLAGS = flags.FLAGS
 
@@ -33,7 +40,8 @@ def main(argv):
   llm_common.setup_devices()
   config = llm_common.config(runs.RandOptConfig, model=FLAGS.model, task=FLAGS.task,
                              ks=cli.ints(FLAGS.K, "K") if FLAGS.K else None,
-                             test_size=FLAGS.test_size)
+                             test_size=FLAGS.test_size, halving_eta=FLAGS.halving_eta,
+                             halving_min_examples=FLAGS.halving_min_examples)
   if FLAGS.resume_dir:
     result = runs.reevaluate_randopt(config, FLAGS.resume_dir, FLAGS.workdir)
   else:
@@ -43,6 +51,9 @@ def main(argv):
 
 def _table(result, ks) -> str:
   lines = [f"base test accuracy      {result['base']['test_accuracy']:.3f}"] if "base" in result else []
+  if "selection" in result:
+    lines.append(f"selection               {result['selection']['example_evaluations']} example "
+                 f"evaluations, {result['selection']['forward_flops']:.3g} FLOPs")
   lines.append(f"top-1 test accuracy     {result['top1_accuracy']:.3f}")
   for k in ks:
     lines.append(f"K={k:<4d} ensemble {result['ensemble_accuracy'][str(k)]:.3f}   "

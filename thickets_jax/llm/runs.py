@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from scipy.cluster import vq
 
-from thickets_jax import metrics, plotting, population, randopt
+from thickets_jax import halving, metrics, plotting, population, randopt
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, registry, scoring, sharding, weights
 from thickets_jax.llm import model as llm_model
@@ -155,11 +155,14 @@ _TINY = dict(N=4, sigmas=(0.01, 0.05), train_size=2, max_new_tokens=8, batch_siz
 @dataclasses.dataclass(frozen=True)
 class RandOptConfig(ScoringConfig):
   """RandOpt: score N members on `train_size` examples, keep the top max(ks), vote on the test
-  split (`test_size` 0: the whole split)."""
+  split (`test_size` 0: the whole split). With `halving_eta` > 1 the selection is successive
+  halving (`thickets_jax.halving`) from `halving_min_examples` train examples."""
   model: str = "smollm2-135m-instruct"
   task: str = "countdown"
   ks: tuple[int, ...] = (1, 4)
   test_size: int = 32
+  halving_eta: float = 0.0
+  halving_min_examples: int = 4
 
   @classmethod
   def tiny(cls, weights: str, **overrides) -> "RandOptConfig":
@@ -170,6 +173,9 @@ class RandOptConfig(ScoringConfig):
     del args
     if self.test_size < 0:
       raise InputError(f"--test_size must be >= 0, got {self.test_size}.")
+    if self.halving_eta:
+      halving.validate(self.halving_eta, self.halving_min_examples, self.train_size,
+                       max(self.ks), self.N)
     super().validate([self.model], [self.task], self.ks)
 
 
@@ -286,12 +292,21 @@ def run_randopt(config: RandOptConfig, workdir: str) -> dict:
     task, train, test = train_set.task, train_set.examples, test_set.examples
     base_test = run_dir.cached_json("base_test", lambda: scoring.score_base(
         gen, [test_set], keep_completions=config.keep_completions))
-    base, seeds, sigmas, records = score_base_and_members(config, gen, [train_set], run_dir)
-    train_scores = np.asarray([r["reward"][0] for r in records])
-    order = randopt.top_k(train_scores, [max(config.ks)])[max(config.ks)]
-    members = [{"seed": int(seeds[i]), "sigma": float(sigmas[i]),
-                "train_score": float(train_scores[i]),
-                "train_accuracy": float(records[i]["accuracy"][0])} for i in order]
+    if config.halving_eta:
+      base, seeds, sigmas, members, selection = _halving(config, gen, train_set, run_dir)
+      distribution = None  # most members saw a first slice only
+    else:
+      base, seeds, sigmas, records = score_base_and_members(config, gen, [train_set], run_dir)
+      train_scores = np.asarray([r["reward"][0] for r in records])
+      order = randopt.top_k(train_scores, [max(config.ks)])[max(config.ks)]
+      members = [{"seed": int(seeds[i]), "sigma": float(sigmas[i]),
+                  "train_score": float(train_scores[i]),
+                  "train_accuracy": float(records[i]["accuracy"][0])} for i in order]
+      selection = {"forward_flops": float(sum(r["forward_flops"] for r in records)),
+                   "example_evaluations": config.N * len(train)}
+      distribution = {"mean": float(train_scores.mean()), "max": float(train_scores.max()),
+                      **metrics.versus_base(train_scores, base["reward"][0],
+                                            ceiling=task.max_reward)}
     run_dir.write("topk", {
         "model": config.model, "weights": config.weights,
         "weights_source": loaded.source.describe(), "dtype": config.dtype, "task": config.task,
@@ -301,13 +316,59 @@ def run_randopt(config: RandOptConfig, workdir: str) -> dict:
         "train_size": len(train), "test_size": len(test),
         "base": {"train_score": base["reward"][0], "train_accuracy": base["accuracy"][0],
                  "test_accuracy": base_test["accuracy"][0]},
-        "train_score_distribution": {
-            "mean": float(train_scores.mean()), "max": float(train_scores.max()),
-            **metrics.versus_base(train_scores, base["reward"][0], ceiling=task.max_reward)},
+        "train_score_distribution": distribution, "selection": selection,
         **_evaluate_top(config, gen, test_set, members, run_dir),
     }
     run_dir.write("results", result)
   return result
+
+
+def _halving(config: RandOptConfig, gen: generate.Generator, train_set: scoring.TaskSet,
+             run_dir: RunDir):
+  """The top max(ks) by successive halving over the train examples, each rung resumable.
+
+  Returns:
+    (base summary, seeds [N], sigmas [N], top members best first, the selection's record:
+     rungs, example evaluations and forward FLOPs).
+  """
+  base = run_dir.cached_json("base", lambda: scoring.score_base(
+      gen, [train_set], keep_completions=config.keep_completions))
+  seeds, sigmas = population.draw_candidates(config.seed, config.N, config.sigmas)
+  examples = train_set.examples
+  rungs = halving.schedule(config.N, len(examples), eta=config.halving_eta,
+                           min_examples=config.halving_min_examples, keep=max(config.ks))
+
+  def score_slice(rung):
+    part = scoring.TaskSet(train_set.task, examples[rung.start:rung.stop])
+    chunks = scoring.member_chunks(gen, [part], members_per_batch=config.members_per_batch,
+                                   mesh=config.mesh())
+
+    def score_chunk(chunk_seeds, chunk_sigmas):
+      for piece, out in chunks(chunk_seeds, chunk_sigmas):
+        size = len(part.examples)
+        yield piece, {"score_sum": [r[0] * size for r in out["reward"]],
+                      "correct_sum": [a[0] * size for a in out["accuracy"]],
+                      "weight": [size] * len(out["reward"]),
+                      "forward_flops": out["forward_flops"]}
+    return score_chunk
+  out = halving.search(score_slice, seeds, sigmas, rungs,
+                       [run_dir.store(f"rung{r.index}") for r in rungs])
+  correct = {}
+  for rung in out["rungs"]:
+    for record in rung["records"]:
+      key = randopt.member_key(record)
+      correct[key] = correct.get(key, 0.0) + record["correct_sum"]
+  members = [{"seed": int(seeds[i]), "sigma": float(sigmas[i]),
+              "train_score": float(out["scores"][i]),
+              "train_accuracy": correct[(int(seeds[i]), float(sigmas[i]))] / len(examples)}
+             for i in out["order"][:max(config.ks)]]
+  selection = {
+      "rungs": [{k: r[k] for k in ("index", "members", "examples")} for r in out["rungs"]],
+      "example_evaluations": sum(r["members"] * (r["examples"][1] - r["examples"][0])
+                                 for r in out["rungs"]),
+      "forward_flops": float(sum(rec["forward_flops"] for r in out["rungs"]
+                                 for rec in r["records"]))}
+  return base, seeds, sigmas, members, selection
 
 
 def load_topk(run_dir: str) -> dict:

@@ -16,7 +16,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from thickets_jax import checkpoint, metrics, plotting, population, randopt, rng, workdir
+from thickets_jax import (checkpoint, flops, halving, metrics, plotting, population, randopt,
+                          rng, workdir)
 from thickets_jax.errors import InputError
 from thickets_jax.registry import Registry
 from thickets_jax.signals import families, model as signal_model
@@ -45,6 +46,8 @@ class RunSpec:
   pretrain_steps: int = 1000
   posttrain_size: int = 1024
   test_size: int = 256
+  halving_eta: float = 0.0  # successive halving over the post-train samples (0: full scoring)
+  halving_min_examples: int = 0
 
   @property
   def untrained(self) -> bool:
@@ -77,6 +80,9 @@ class RunSpec:
     for name in ("pretrain_steps", "posttrain_size", "test_size"):
       if getattr(self, name) <= 0:
         raise InputError(f"{name} must be positive, got {getattr(self, name)}.")
+    if self.halving_eta:
+      halving.validate(self.halving_eta, self.halving_min_examples, self.posttrain_size,
+                       max(self.ks), self.n)
 
 
 REGIMES = Registry("regime")
@@ -169,15 +175,23 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
     return signal_model.rollout(model, p, test_ctx, spec.fut)  # [test, fut]
 
   seeds, sigmas = population.draw_candidates(spec.seed, spec.n, [spec.effective_sigma])
-  score_fn = population.population_fn(lambda p: {"mse": train_mse(p)})
-  records = randopt.score_candidates(
-      lambda s, g: population.iter_population(score_fn, params, s, g, chunk_size=chunk_size,
-                                              mesh=mesh),
-      seeds, sigmas, run_dir.store())
-  mse = np.asarray([r["mse"] for r in records])
-  base_train_mse = float(jax.jit(train_mse)(params))
-  best = randopt.top_k(-mse, spec.ks)
   k_max = max(spec.ks)
+  if spec.halving_eta:
+    mse, best, selection = _halving(spec, model, params, seeds, sigmas, (post_ctx, post_fut,
+                                                                        weights), run_dir,
+                                    chunk_size, mesh)
+  else:
+    score_fn = population.population_fn(lambda p: {"mse": train_mse(p)})
+    records = randopt.score_candidates(
+        lambda s, g: population.iter_population(score_fn, params, s, g, chunk_size=chunk_size,
+                                                mesh=mesh),
+        seeds, sigmas, run_dir.store())
+    mse = np.asarray([r["mse"] for r in records])
+    best = randopt.top_k(-mse, spec.ks)
+    selection = {"rows_scored": spec.n * len(weights)}
+  selection["flops"] = flops.mlp_flops(signal_model.count_params(params),
+                                       selection["rows_scored"] * spec.fut)
+  base_train_mse = float(jax.jit(train_mse)(params))
 
   test_fn = population.population_fn(test_rollouts)
   top_pred = population.evaluate_population(test_fn, params, seeds[best[k_max]],
@@ -192,11 +206,14 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
       "n_params": signal_model.count_params(params), "pretrain_final_loss": pretrain_loss,
       "distinct_posttrain_samples": int(len(weights)),
       "train_mse": {"base": base_train_mse, "top1": float(mse[best[k_max][0]]),
-                    "median_perturbation": float(np.median(mse))},
+                    "median_perturbation": None if spec.halving_eta else float(np.median(mse))},
       "test_mse": {"base": _mean_se(errors(base_pred)), "top1": _mean_se(errors(top_pred[0]))},
       "ensemble_test_mse": {str(k): _mean_se(errors(randopt.mean_ensemble(top_pred[:k])))
                             for k in spec.ks},
-      "density": metrics.solution_density(-mse, -base_train_mse, DENSITY_MARGINS, relative=True),
+      # Under halving most members are scored on a first slice only: no density.
+      "density": None if spec.halving_eta else metrics.solution_density(
+          -mse, -base_train_mse, DENSITY_MARGINS, relative=True),
+      "selection": selection,
       "top_members": [{"seed": int(seeds[i]), "sigma": float(sigmas[i]), "train_mse": float(mse[i])}
                       for i in best[k_max]],
   }
@@ -213,6 +230,38 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
   result["time_s"] = time.perf_counter() - start
   run_dir.write("result", result)
   return result
+
+
+def _halving(spec: RunSpec, model, params, seeds, sigmas, posttrain, run_dir: workdir.RunDir,
+             chunk_size: int, mesh: Optional[Mesh]):
+  """Successive halving over the distinct post-train rows (`halving`).
+
+  Returns:
+    (train MSE [N], NaN where a member was not scored on every row; {K: top-K indices};
+     the selection's record: rungs and rows scored).
+  """
+  context, future, weights = posttrain
+  rungs = halving.schedule(spec.n, len(weights), eta=spec.halving_eta,
+                           min_examples=min(spec.halving_min_examples, len(weights)),
+                           keep=max(spec.ks))
+
+  def score_slice(rung):
+    rows = slice(rung.start, rung.stop)
+    ctx, fut, w = context[rows], future[rows], weights[rows]
+    fn = population.population_fn(lambda p: {
+        "score_sum": -jnp.sum(w * jnp.mean((signal_model.rollout(model, p, ctx, spec.fut) - fut)
+                                           ** 2, axis=-1)),
+        "weight": jnp.sum(w)})
+    return lambda s, g: population.iter_population(fn, params, s, g, chunk_size=chunk_size,
+                                                   mesh=mesh)
+  out = halving.search(score_slice, seeds, sigmas, rungs,
+                       [run_dir.store(f"rung{r.index}") for r in rungs])
+  full = out["seen"] >= weights.sum() - 1e-6
+  mse = np.where(full, -out["scores"], np.nan)
+  rows = sum(r["members"] * (r["examples"][1] - r["examples"][0]) for r in out["rungs"])
+  return mse, {k: out["order"][:k] for k in spec.ks}, {
+      "rows_scored": rows, "rungs": [{k: r[k] for k in ("index", "members", "examples")}
+                                     for r in out["rungs"]]}
 
 
 def across_seeds(results: Sequence[dict]) -> dict:
@@ -235,7 +284,7 @@ def across_seeds(results: Sequence[dict]) -> dict:
     figures[f"test_mse/ensemble_K{k}"] = [r["ensemble_test_mse"][k]["mean"] for r in results]
     figures[f"ensemble_over_base/K{k}"] = [r["ensemble_test_mse"][k]["mean"] /
                                            r["test_mse"]["base"]["mean"] for r in results]
-  for i, row in enumerate(results[0]["density"]):
+  for i, row in enumerate(results[0]["density"] or ()):
     figures[f"density/m={row['margin']:g}"] = [r["density"][i]["density"] for r in results]
   return {name: spread(values) for name, values in figures.items()}
 

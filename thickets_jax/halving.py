@@ -1,0 +1,100 @@
+"""Successive halving: the selection of RandOpt's top K at a fraction of the scoring cost.
+
+Rung 0 scores all N members on the first `min_examples` train examples; each later rung keeps
+the best ⌈m/η⌉ of the m members the previous rung scored (never fewer than `keep`) and scores
+them on η times as many examples, until the last rung reaches the whole train set. A member's
+score at a rung is its mean over every example it has seen, so a rung only scores the examples
+its survivors have not seen yet ([start, stop)); the top K come from the members the last rung
+scored in full. Ranking ties go to the earlier-sampled member (`randopt.rank`), as in full
+scoring.
+
+Scoring is resumable per rung: each rung's partial scores go to their own `CandidateStore` as
+chunks finish, so a killed search re-scores nothing.
+"""
+
+import dataclasses
+import math
+from typing import Callable, Iterable, Sequence
+
+import numpy as np
+from absl import logging
+
+from thickets_jax import randopt
+from thickets_jax.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Rung:
+  """Rung `index` scores its `members` best survivors on train examples [start, stop)."""
+  index: int
+  members: int
+  start: int
+  stop: int
+
+
+def validate(eta: float, min_examples: int, num_examples: int, keep: int, n: int) -> None:
+  if eta <= 1:
+    raise InputError(f"--halving_eta must be greater than 1, got {eta}.")
+  if not 1 <= min_examples <= num_examples:
+    raise InputError(f"--halving_min_examples must be between 1 and the {num_examples} train "
+                     f"examples, got {min_examples}.")
+  randopt.validate_top_k([keep], n)
+
+
+def schedule(n: int, num_examples: int, *, eta: float, min_examples: int,
+             keep: int) -> list[Rung]:
+  """The rungs for N members over `num_examples` train examples (module docstring)."""
+  validate(eta, min_examples, num_examples, keep, n)
+  rungs, members, stop = [Rung(0, n, 0, min_examples)], n, min_examples
+  while stop < num_examples:
+    members = max(keep, math.ceil(members / eta))
+    start, stop = stop, min(num_examples, math.ceil(stop * eta))
+    rungs.append(Rung(len(rungs), members, start, stop))
+  return rungs
+
+
+def search(score_slice: Callable[[Rung], Callable], seeds: np.ndarray, sigmas: np.ndarray,
+           rungs: Sequence[Rung], stores: Sequence[randopt.CandidateStore]) -> dict:
+  """Runs (or resumes) the rungs.
+
+  Args:
+    score_slice: rung -> a `score_chunk` for `randopt.score_candidates` over that rung's
+      examples: (seeds [P], sigmas [P]) -> iterator of (slice, {"score_sum": [P'],
+      "weight": [P'], ...}): a member's summed score over the rung's examples and their total
+      weight (their count, or the multiplicity of repeated examples); other fields, e.g.
+      `forward_flops`, are kept in the store.
+    seeds, sigmas: [N] members in sampling order.
+    rungs: from `schedule`. stores: one per rung.
+
+  Returns:
+    {"order": [members of the last rung], best first, as indices into seeds;
+     "scores": [N] mean score over the examples each member saw (NaN: none);
+     "seen": [N] weight of the examples each member was scored on;
+     "rungs": per rung {index, members, examples: [start, stop), records (the store's)}}.
+  """
+  n = len(seeds)
+  totals, seen = np.zeros(n), np.zeros(n)
+  alive = np.arange(n)
+  summary = []
+  for rung, store in zip(rungs, stores):
+    if rung.index:
+      means = totals[alive] / seen[alive]
+      alive = alive[randopt.rank(means)[:rung.members]]
+      alive.sort()  # scoring order stays sampling order
+    logging.info("halving rung %d: %d members on examples [%d, %d)", rung.index, len(alive),
+                 rung.start, rung.stop)
+    records = randopt.score_candidates(score_slice(rung), seeds[alive], sigmas[alive], store)
+    totals[alive] += [r["score_sum"] for r in records]
+    seen[alive] += [r["weight"] for r in records]
+    summary.append({"index": rung.index, "members": len(alive),
+                    "examples": [rung.start, rung.stop], "records": records})
+  with np.errstate(invalid="ignore"):
+    scores = np.where(seen > 0, totals / np.maximum(seen, 1), np.nan)
+  order = alive[randopt.rank(scores[alive])]
+  return {"order": order, "scores": scores, "seen": seen, "rungs": summary}
+
+
+def recall(chosen: Iterable[int], reference: Iterable[int]) -> float:
+  """|chosen ∩ reference| / |reference|: how much of the full-scoring top-K halving kept."""
+  reference = set(reference)
+  return len(set(chosen) & reference) / len(reference)
