@@ -12,7 +12,7 @@ from experiments import common
 from thickets_jax import cli, population
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, runs
-from thickets_jax.perturb import MODES
+from thickets_jax.perturb import MODES, NOISE_FAMILIES
 
 _DEFAULT = " (default: the experiment's config)"
 flags.DEFINE_string("weights", None, "A Hugging Face checkpoint directory (else the HF cache / "
@@ -33,6 +33,9 @@ flags.DEFINE_enum("mode", None, MODES, "Noise: independent per leaf and layer, o
                   "reference's shared noise per shape" + _DEFAULT)
 flags.DEFINE_bool("relative", None, "Scale sigma by each leaf's std" + _DEFAULT)
 flags.DEFINE_string("include", None, "Regex of parameter paths to perturb (default: all).")
+flags.DEFINE_enum("noise", None, NOISE_FAMILIES, "Noise family: full-rank, or rank-r noise on "
+                  "every weight matrix (EGGROLL-style)" + _DEFAULT)
+flags.DEFINE_integer("rank", None, "Rank r of --noise lowrank" + _DEFAULT)
 flags.DEFINE_string("data", None, "JSONL/parquet file for dataset tasks (gsm8k, math500).")
 flags.DEFINE_integer("model_parallel", None, "Devices per member on a (population, model) mesh "
                      "(0: no mesh); needs --member_axis vmap" + _DEFAULT)

@@ -2,6 +2,7 @@ r"""The paper's 1D-signal experiments (Figure 5): RandOpt around untrained and p
 
   python -m experiments.signals1d --regime approximation --workdir /tmp/signals1d
   python -m experiments.signals1d --regime generalization --seeds 0-9 --workdir /tmp/signals1d_gen
+  python -m experiments.signals1d --noise lowrank --rank 4 --workdir /tmp/signals1d_rank4
   python -m experiments.signals1d --regime custom --pretrain mixed --posttrain sinusoid \
       --N 200 --K 5,10 --workdir /tmp/signals1d_custom
 
@@ -40,13 +41,17 @@ flags.DEFINE_string("seeds", "0-4", "Root seeds, e.g. 0-9 or 0,3,7: base init, d
 flags.DEFINE_integer("pretrain_steps", None, "Adam steps of pretraining.")
 flags.DEFINE_integer("posttrain_size", None, "Post-train samples.")
 flags.DEFINE_integer("test_size", None, "Test samples.")
+flags.DEFINE_enum("noise", None, ["full", "lowrank"], "Noise family: full rank (default) or "
+                  "rank-r noise on every weight matrix.")
+flags.DEFINE_integer("rank", None, "Rank r of --noise lowrank (default 4).")
 flags.DEFINE_integer("chunk_size", 4, "Members per vmapped call (rounded up to a multiple of the devices).")
 flags.DEFINE_string("workdir", None, "Where results, plots and logs go.")
 FLAGS = flags.FLAGS
 
 _OVERRIDES = {"N": "n", "sigma": "sigma", "width": "width", "depth": "depth", "ctx": "ctx",
               "fut": "fut", "pretrain_steps": "pretrain_steps",
-              "posttrain_size": "posttrain_size", "test_size": "test_size"}
+              "posttrain_size": "posttrain_size", "test_size": "test_size", "noise": "noise",
+              "rank": "rank"}
 
 
 def specs_from_flags() -> list[runs.RunSpec]:

@@ -1,5 +1,6 @@
 """Noise independence, upstream mode, relative sigma, include filter, bit-identical rebuilds."""
 
+import dataclasses
 import json
 
 import chex
@@ -136,3 +137,50 @@ def test_member_key_is_the_member_purpose_of_rng():
   np.testing.assert_array_equal(a["w"], b["w"])
   with pytest.raises(ValueError, match="unknown PRNG purpose"):
     rng.key(0, "dropout")
+
+
+def test_low_rank_noise_has_rank_r_unit_variance_and_its_own_draw_per_leaf_and_layer():
+  params = {"w": jnp.zeros((256, 192)), "layers": {"k": jnp.zeros((3, 64, 48))},
+            "bias": jnp.zeros(512)}
+  spec = P.PerturbSpec(noise="lowrank", rank=4, stacked="^layers/")
+  noise = P.perturb(params, rng.member_key(5), 0.5, spec)
+  assert np.linalg.matrix_rank(np.asarray(noise["w"])) == 4
+  assert [np.linalg.matrix_rank(np.asarray(layer)) for layer in noise["layers"]["k"]] == [4] * 3
+  assert np.var(np.asarray(noise["w"])) == pytest.approx(0.25, rel=0.15)  # σ² per entry
+  assert np.var(np.asarray(noise["bias"])) == pytest.approx(0.25, rel=0.2)  # vectors: full rank
+  layers = np.asarray(noise["layers"]["k"]).reshape(3, -1)
+  assert np.abs(np.corrcoef(layers)[np.triu_indices(3, 1)]).max() < 0.1  # layers independent
+  assert np.abs(np.corrcoef(np.asarray(noise["w"])[:64, :48].ravel(),
+                            layers[0])[0, 1]) < 0.1  # leaves independent
+  rebuilt = P.rebuild_member(params, 5, 0.5, spec)
+  for a, b in zip(jax.tree.leaves(noise), jax.tree.leaves(rebuilt)):
+    np.testing.assert_array_equal(a, b)
+  quiet = P.perturb(params, rng.member_key(5), 0.5, dataclasses.replace(spec, vector_noise=False))
+  assert not np.asarray(quiet["bias"]).any()
+  np.testing.assert_array_equal(quiet["w"], noise["w"])
+  full = P.perturb(params, rng.member_key(5), 0.5, P.PerturbSpec(stacked="^layers/"))
+  np.testing.assert_array_equal(full["bias"], noise["bias"])  # vectors draw as before
+
+
+def test_records_written_before_low_rank_noise_read_as_full_rank():
+  old = {k: v for k, v in P.PerturbSpec().to_json().items()
+         if k not in ("noise", "rank", "vector_noise")}
+  assert P.PerturbSpec.from_json(old) == P.PerturbSpec()
+  with pytest.raises(InputError, match="needs the independent mode"):
+    P.PerturbSpec(noise="lowrank", mode="upstream")
+
+
+def test_a_run_directory_written_before_the_later_settings_still_resumes(tmp_path):
+  from thickets_jax import workdir  # pylint: disable=g-import-not-at-top
+  spec = {"n": 8, "noise": "full", "rank": 4, "perturbation": P.PerturbSpec().to_json()}
+  older = {"n": 8, "perturbation": {k: v for k, v in P.PerturbSpec().to_json().items()
+                                    if k not in ("noise", "rank", "vector_noise")}}
+  run = workdir.RunDir.prepare(str(tmp_path))
+  run.write("spec", older)
+  run.claim(spec)  # the same run: older runs drew full-rank noise
+  assert run.read("spec") == spec
+  with pytest.raises(InputError, match=r"other settings \(noise\)"):
+    run.claim({**spec, "noise": "lowrank"})
+  run.write("spec", older)
+  with pytest.raises(InputError, match=r"other settings \(perturbation.rank\)"):
+    run.claim({**spec, "perturbation": {**spec["perturbation"], "rank": 8}})

@@ -12,6 +12,14 @@ Noise modes (docs/method.md):
   * "upstream": the reference code's behaviour, kept for comparison with published numbers:
     every leaf draws from the member key itself, so equal-shaped tensors (and all layers of a
     stacked leaf) receive identical noise.
+
+Noise families (`PerturbSpec.noise`):
+  * "full" (default): ε ~ N(0, I) on every entry.
+  * "lowrank" (EGGROLL-style): every 2-D weight [m, n] (per layer of a stacked leaf) gets
+    ε = A Bᵀ / √r with A [m, r] and B [n, r] standard normal, drawn from the leaf's (layer's)
+    key split in two; each entry then has variance 1, as under full-rank noise, so σ means the
+    same per entry. Leaves of other ranks (biases, norm scales) keep full-rank noise, or are
+    left alone with `vector_noise=False`.
 """
 
 import dataclasses
@@ -28,6 +36,9 @@ PyTree = Any
 
 MODES = ("independent", "upstream")
 NOISE_DTYPES = ("float32", "bfloat16")
+NOISE_FAMILIES = ("full", "lowrank")
+# Fields added after the first runs were written; a record without them is a full-rank run.
+_LATER_FIELDS = {"noise": "full", "rank": 4, "vector_noise": True}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,12 +54,17 @@ class PerturbSpec:
       each layer then gets its own noise. A model module exports its pattern
       (`llm.model.STACKED_LEAVES`).
     noise_dtype: dtype the standard normals are drawn in; they are added to θ in float32.
+    noise: "full" or "lowrank" (module docstring). rank: r of low-rank noise.
+    vector_noise: under low-rank noise, whether leaves that are not 2-D get full-rank noise.
   """
   mode: str = "independent"
   relative: bool = False
   include: Optional[str] = None
   stacked: Optional[str] = None
   noise_dtype: str = "float32"
+  noise: str = "full"
+  rank: int = 4
+  vector_noise: bool = True
 
   def __post_init__(self):
     if self.mode not in MODES:
@@ -56,6 +72,13 @@ class PerturbSpec:
     if self.noise_dtype not in NOISE_DTYPES:
       raise InputError(f"unknown noise dtype {self.noise_dtype!r}; known: "
                        f"{', '.join(NOISE_DTYPES)}.")
+    if self.noise not in NOISE_FAMILIES:
+      raise InputError(f"unknown --noise {self.noise!r}; known: {', '.join(NOISE_FAMILIES)}.")
+    if self.noise == "lowrank" and self.mode != "independent":
+      raise InputError("low-rank noise needs the independent mode (its factors are drawn from "
+                       "each leaf's own key).")
+    if self.rank <= 0:
+      raise InputError(f"--rank must be positive, got {self.rank}.")
     for pattern in (self.include, self.stacked):
       if pattern is not None:
         try:
@@ -68,8 +91,11 @@ class PerturbSpec:
 
   @classmethod
   def from_json(cls, record: dict) -> "PerturbSpec":
-    """The spec `to_json` wrote; unknown or missing fields are refused, never defaulted."""
+    """The spec `to_json` wrote; unknown or missing fields are refused, never defaulted, except
+    the fields added later (`_LATER_FIELDS`), which a record written before them lacks and whose
+    defaults are what that run used."""
     fields = {f.name for f in dataclasses.fields(cls)}
+    record = {**{k: v for k, v in _LATER_FIELDS.items() if k not in record}, **record}
     if set(record) != fields:
       raise InputError(f"a perturbation record needs exactly the fields {sorted(fields)}, "
                        f"got {sorted(record)}.")
@@ -83,11 +109,23 @@ def _leaf_noise(key, index: int, shape, spec: PerturbSpec, is_stacked: bool) -> 
     noise = jax.random.normal(key, shape[1:] if is_stacked else shape, dtype)
     return jnp.broadcast_to(noise, shape)
   leaf_key = jax.random.fold_in(key, index)
+  core = shape[1:] if is_stacked else shape
+  draw = lambda k: jax.random.normal(k, core, dtype)
+  if spec.noise == "lowrank" and len(core) == 2:
+    draw = lambda k: _low_rank_noise(k, core, spec.rank, dtype)
+  elif spec.noise == "lowrank" and not spec.vector_noise:
+    return jnp.zeros(shape, dtype)
   if not is_stacked:
-    return jax.random.normal(leaf_key, shape, dtype)
-  layer_noise = lambda layer: jax.random.normal(jax.random.fold_in(leaf_key, layer), shape[1:],
-                                                dtype)
-  return jax.vmap(layer_noise)(jnp.arange(shape[0]))
+    return draw(leaf_key)
+  return jax.vmap(lambda layer: draw(jax.random.fold_in(leaf_key, layer)))(jnp.arange(shape[0]))
+
+
+def _low_rank_noise(key, shape, rank: int, dtype) -> jax.Array:
+  """A Bᵀ / √r with A [m, r], B [n, r] standard normal: entries of variance 1. -> [m, n]"""
+  a_key, b_key = jax.random.split(key)
+  a = jax.random.normal(a_key, (shape[0], rank), dtype)
+  b = jax.random.normal(b_key, (shape[1], rank), dtype)
+  return (a.astype(jnp.float32) @ b.astype(jnp.float32).T / jnp.sqrt(rank)).astype(dtype)
 
 
 def _leaf_std(leaf: jax.Array, is_stacked: bool) -> jax.Array:

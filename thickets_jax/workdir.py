@@ -41,6 +41,26 @@ FILES = {
 }
 
 
+# Settings added after run directories were first written, with the value every older run used:
+# a held spec that lacks one of them holds the same run when the new spec has that value.
+LATER_SETTINGS = {"noise": "full", "rank": 4, "vector_noise": True, "halving_eta": 0.0,
+                  "halving_min_examples": 4}
+
+
+def _changed(held: dict, spec: dict) -> list[str]:
+  """Keys whose values differ (nested dicts compared key by key), `LATER_SETTINGS` aside."""
+  changed = []
+  for key in sorted(set(held) | set(spec)):
+    if key not in held and key in LATER_SETTINGS and spec.get(key) == LATER_SETTINGS[key]:
+      continue
+    mine, theirs = held.get(key), spec.get(key)
+    if isinstance(mine, dict) and isinstance(theirs, dict):
+      changed += [f"{key}.{k}" for k in _changed(mine, theirs)]
+    elif mine != theirs:
+      changed.append(key)
+  return changed
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
   """`write(tmp_path)` then rename onto `path`, so a kill never leaves half a file; only the
   writing process of a multi-host run writes."""
@@ -138,10 +158,12 @@ class RunDir:
     spec = json.loads(json.dumps(spec))  # as it reads back: tuples become lists
     if self.exists("spec"):
       held = self.read("spec")
-      if held != spec:
-        changed = sorted(k for k in set(held) | set(spec) if held.get(k) != spec.get(k))
+      changed = _changed(held, spec)
+      if changed:
         raise InputError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
                          "use a new --workdir or the original settings to resume.")
+      if held != spec:  # written before some of LATER_SETTINGS existed: the same run
+        self.write("spec", spec)
     else:
       self.write("spec", spec)  # process 0 of a multi-host run; the others only check
 

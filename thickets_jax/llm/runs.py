@@ -35,7 +35,8 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Settings that change how a run is computed, never its numbers: a run may resume with others.
 _EXECUTION_FIELDS = ("batch_size", "members_per_batch", "member_axis", "layer_loop",
                      "model_parallel", "keep_completions")
-_NOISE_FIELDS = ("mode", "relative", "include")  # the identity holds them as a PerturbSpec
+# The identity holds these as a PerturbSpec.
+_NOISE_FIELDS = ("mode", "relative", "include", "noise", "rank")
 TINY_MODEL = "tiny-random-llama"
 
 
@@ -52,7 +53,8 @@ class ScoringConfig:
     batch_size: prompts per generation batch. members_per_batch: members per compiled call.
     member_axis: "map" (one member's copy in memory at a time) or "vmap" (batched; shardable).
     layer_loop: "scan" or "unrolled" (None: unrolled on GPUs).
-    mode, relative, include: the noise (`PerturbSpec`; layers always get their own noise).
+    mode, relative, include, noise, rank: the noise (`PerturbSpec`; layers always get their
+      own noise; `noise` "lowrank" gives every weight matrix rank-`rank` noise).
     data: JSONL/parquet file for dataset tasks (gsm8k, math500).
     model_parallel: devices per member on a (population, model) mesh (0: no mesh).
     keep_completions: completions stored per task with each member's scores (0: none).
@@ -71,13 +73,15 @@ class ScoringConfig:
   mode: str = "independent"
   relative: bool = False
   include: Optional[str] = None
+  noise: str = "full"
+  rank: int = 4
   data: Optional[str] = None
   model_parallel: int = 0
   keep_completions: int = 2
 
   def perturb_spec(self) -> PerturbSpec:
     return PerturbSpec(mode=self.mode, relative=self.relative, include=self.include,
-                       stacked=llm_model.STACKED_LEAVES)
+                       stacked=llm_model.STACKED_LEAVES, noise=self.noise, rank=self.rank)
 
   def identity(self) -> dict:
     """What identifies the run's numbers (its workdir's spec.json, and the head of its
@@ -293,7 +297,8 @@ def run_randopt(config: RandOptConfig, workdir: str) -> dict:
     base_test = run_dir.cached_json("base_test", lambda: scoring.score_base(
         gen, [test_set], keep_completions=config.keep_completions))
     if config.halving_eta:
-      base, seeds, sigmas, members, selection = _halving(config, gen, train_set, run_dir)
+      base, seeds, sigmas, members, selection = _halving(config, loaded, gen, train_set,
+                                                         run_dir)
       distribution = None  # most members saw a first slice only
     else:
       base, seeds, sigmas, records = score_base_and_members(config, gen, [train_set], run_dir)
@@ -323,9 +328,11 @@ def run_randopt(config: RandOptConfig, workdir: str) -> dict:
   return result
 
 
-def _halving(config: RandOptConfig, gen: generate.Generator, train_set: scoring.TaskSet,
-             run_dir: RunDir):
-  """The top max(ks) by successive halving over the train examples, each rung resumable.
+def _halving(config: RandOptConfig, loaded: registry.LoadedModel, gen: generate.Generator,
+             train_set: scoring.TaskSet, run_dir: RunDir):
+  """The top max(ks) by successive halving over the train examples, each rung resumable. A
+  rung's generation batch is at most its number of examples (a padded batch would cost what
+  the whole train set costs).
 
   Returns:
     (base summary, seeds [N], sigmas [N], top members best first, the selection's record:
@@ -340,12 +347,14 @@ def _halving(config: RandOptConfig, gen: generate.Generator, train_set: scoring.
 
   def score_slice(rung):
     part = scoring.TaskSet(train_set.task, examples[rung.start:rung.stop])
-    chunks = scoring.member_chunks(gen, [part], members_per_batch=config.members_per_batch,
+    size = len(part.examples)
+    rung_gen = dataclasses.replace(config, batch_size=min(config.batch_size, size)).generator(
+        loaded)
+    chunks = scoring.member_chunks(rung_gen, [part], members_per_batch=config.members_per_batch,
                                    mesh=config.mesh())
 
     def score_chunk(chunk_seeds, chunk_sigmas):
       for piece, out in chunks(chunk_seeds, chunk_sigmas):
-        size = len(part.examples)
         yield piece, {"score_sum": [r[0] * size for r in out["reward"]],
                       "correct_sum": [a[0] * size for a in out["accuracy"]],
                       "weight": [size] * len(out["reward"]),
@@ -395,7 +404,8 @@ def saved_run(run_dir: str, **execution) -> tuple[dict, RandOptConfig]:
   settings = {k: tuple(v) if isinstance(v, list) else v for k, v in identity.items()
               if k not in ("perturbation", "experiment")}
   config = RandOptConfig(**{**settings, "mode": noise.mode, "relative": noise.relative,
-                            "include": noise.include, **execution})
+                            "include": noise.include, "noise": noise.noise, "rank": noise.rank,
+                            **execution})
   return saved, config
 
 
@@ -411,7 +421,9 @@ def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str) -> di
                                weights=saved["weights"], dtype=saved["dtype"],
                                mode=saved["perturbation"].mode,
                                relative=saved["perturbation"].relative,
-                               include=saved["perturbation"].include)
+                               include=saved["perturbation"].include,
+                               noise=saved["perturbation"].noise,
+                               rank=saved["perturbation"].rank)
   config.validate()
   _, test = config.splits(config.task, config.test_size)
   run_dir = RunDir.prepare(workdir)

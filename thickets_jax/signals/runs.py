@@ -19,6 +19,7 @@ from jax.sharding import Mesh
 from thickets_jax import (checkpoint, flops, halving, metrics, plotting, population, randopt,
                           rng, workdir)
 from thickets_jax.errors import InputError
+from thickets_jax.perturb import PerturbSpec
 from thickets_jax.registry import Registry
 from thickets_jax.signals import families, model as signal_model
 
@@ -47,7 +48,12 @@ class RunSpec:
   posttrain_size: int = 1024
   test_size: int = 256
   halving_eta: float = 0.0  # successive halving over the post-train samples (0: full scoring)
-  halving_min_examples: int = 0
+  halving_min_examples: int = 4
+  noise: str = "full"  # or "lowrank": rank-`rank` noise on every weight matrix (perturb.py)
+  rank: int = 4
+
+  def perturb_spec(self) -> PerturbSpec:
+    return PerturbSpec(noise=self.noise, rank=self.rank)
 
   @property
   def untrained(self) -> bool:
@@ -80,6 +86,7 @@ class RunSpec:
     for name in ("pretrain_steps", "posttrain_size", "test_size"):
       if getattr(self, name) <= 0:
         raise InputError(f"{name} must be positive, got {getattr(self, name)}.")
+    self.perturb_spec()
     if self.halving_eta:
       halving.validate(self.halving_eta, self.halving_min_examples, self.posttrain_size,
                        max(self.ks), self.n)
@@ -181,7 +188,8 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
                                                                         weights), run_dir,
                                     chunk_size, mesh)
   else:
-    score_fn = population.population_fn(lambda p: {"mse": train_mse(p)})
+    score_fn = population.population_fn(lambda p: {"mse": train_mse(p)},
+                                          spec=spec.perturb_spec())
     records = randopt.score_candidates(
         lambda s, g: population.iter_population(score_fn, params, s, g, chunk_size=chunk_size,
                                                 mesh=mesh),
@@ -193,7 +201,7 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
                                        selection["rows_scored"] * spec.fut)
   base_train_mse = float(jax.jit(train_mse)(params))
 
-  test_fn = population.population_fn(test_rollouts)
+  test_fn = population.population_fn(test_rollouts, spec=spec.perturb_spec())
   top_pred = population.evaluate_population(test_fn, params, seeds[best[k_max]],
                                             sigmas[best[k_max]], chunk_size=chunk_size, mesh=mesh)
   base_pred = np.asarray(jax.jit(test_rollouts)(params))
@@ -220,7 +228,8 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
   if plot:
     shown = min(N_RANDOM_PLOTTED, spec.n)
     random_pred = population.evaluate_population(
-        population.population_fn(lambda p: test_rollouts(p)[0]), params, seeds[:shown],
+        population.population_fn(lambda p: test_rollouts(p)[0], spec=spec.perturb_spec()),
+        params, seeds[:shown],
         sigmas[:shown], chunk_size=chunk_size, mesh=mesh)
     plotting.rollouts(
         run_dir.figure("rollouts"), np.asarray(families.grid(spec.ctx + spec.fut)),
@@ -251,7 +260,7 @@ def _halving(spec: RunSpec, model, params, seeds, sigmas, posttrain, run_dir: wo
     fn = population.population_fn(lambda p: {
         "score_sum": -jnp.sum(w * jnp.mean((signal_model.rollout(model, p, ctx, spec.fut) - fut)
                                            ** 2, axis=-1)),
-        "weight": jnp.sum(w)})
+        "weight": jnp.sum(w)}, spec=spec.perturb_spec())
     return lambda s, g: population.iter_population(fn, params, s, g, chunk_size=chunk_size,
                                                    mesh=mesh)
   out = halving.search(score_slice, seeds, sigmas, rungs,
