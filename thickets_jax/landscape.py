@@ -21,10 +21,22 @@ import jax.numpy as jnp
 import numpy as np
 
 from thickets_jax import perturb, randopt, rng
+from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec
 
 PyTree = Any
 DIRECTIONS = ("members", "random")
+
+
+def validate_grid(directions: str, points: int, extent: float) -> None:
+  """One sentence for a bad plane: unknown directions, an even or tiny grid, extent <= 0."""
+  if directions not in DIRECTIONS:
+    raise InputError(f"unknown --directions {directions!r}; known: {', '.join(DIRECTIONS)}.")
+  if points < 3 or points % 2 == 0:
+    raise InputError(f"--points must be odd and at least 3 (the base on the grid), got "
+                     f"{points}.")
+  if extent <= 0:
+    raise InputError(f"--extent must be positive, got {extent}.")
 
 
 def filter_normalized(direction: PyTree, params: PyTree, spec: PerturbSpec) -> PyTree:

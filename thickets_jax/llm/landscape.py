@@ -45,14 +45,7 @@ class LandscapeConfig:
         2.0 if self.directions == "members" else 0.05)
 
   def validate(self) -> None:
-    if self.directions not in landscape.DIRECTIONS:
-      raise InputError(f"unknown --directions {self.directions!r}; known: "
-                       f"{', '.join(landscape.DIRECTIONS)}.")
-    if self.points < 3 or self.points % 2 == 0:
-      raise InputError(f"--points must be odd and at least 3 (the base is the centre), got "
-                       f"{self.points}.")
-    if self.grid_extent <= 0:
-      raise InputError(f"--extent must be positive, got {self.grid_extent}.")
+    landscape.validate_grid(self.directions, self.points, self.grid_extent)
     if self.train_size is not None and self.train_size <= 0:
       raise InputError(f"--train_size must be positive, got {self.train_size}.")
 

@@ -53,14 +53,7 @@ class LandscapeSpec:
                         pretrain_steps=self.pretrain_steps)
 
   def validate(self) -> None:
-    if self.directions not in landscape.DIRECTIONS:
-      raise InputError(f"unknown --directions {self.directions!r}; known: "
-                       f"{', '.join(landscape.DIRECTIONS)}.")
-    if self.points < 3 or self.points % 2 == 0:
-      raise InputError(f"--points must be odd and at least 3 (the base on the grid), got "
-                       f"{self.points}.")
-    if self.grid_extent <= 0:
-      raise InputError(f"--extent must be positive, got {self.grid_extent}.")
+    landscape.validate_grid(self.directions, self.points, self.grid_extent)
     if self.directions == "members" and self.k < 2:
       raise InputError("--directions members needs K >= 2 (the plane of the top two).")
     for base in (self.pretrained, self.untrained):
