@@ -113,14 +113,18 @@ def test_teacher_keeps_the_voted_completion_when_it_is_correct():
   assert taught["forward_flops"] > 0
 
 
-if "any_answer" not in TASKS:  # right whenever the model writes anything: distillation has targets
-  _arithmetic = TASKS.get("arithmetic")
-  TASKS.register("any_answer")(Task(
-      "any_answer", splits=_arithmetic.splits, reward=lambda t, g: float(bool(t.strip())),
+@pytest.fixture(name="any_answer")
+def _any_answer(monkeypatch):
+  """A task that is right whenever the model writes anything, so distillation has targets;
+  registered for one test only."""
+  arithmetic = TASKS.get("arithmetic")
+  monkeypatch.setitem(TASKS._entries, "any_answer", Task(  # pylint: disable=protected-access
+      "any_answer", splits=arithmetic.splits, reward=lambda t, g: float(bool(t.strip())),
       correct=lambda t, g: bool(t.strip()), vote_key=lambda t, g: t.strip()[:1] or None))
 
 
-def test_rounds_distil_and_resume(tmp_path, tiny_weights):
+def test_rounds_distil_and_resume(tmp_path, tiny_weights, any_answer):
+  del any_answer
   workdir = str(tmp_path / "distill")
   config = distill.DistillConfig.tiny(tiny_weights, task="any_answer", finetune="lora",
                                       learning_rate=1e-2, sigmas=(0.05,))
