@@ -70,12 +70,14 @@ def search(score_slice: Callable[[Rung], Callable], seeds: np.ndarray, sigmas: n
     {"order": [members of the last rung], best first, as indices into seeds;
      "scores": [N] mean score over the examples each member saw (NaN: none);
      "seen": [N] weight of the examples each member was scored on;
-     "rungs": per rung {index, members, examples: [start, stop), records (the store's)}}.
+     "rungs": per rung {index, members, examples: [start, stop)};
+     "records": per rung, the store's records of the members it scored;
+     "evaluations": member × example evaluations over all rungs}.
   """
   n = len(seeds)
   totals, seen = np.zeros(n), np.zeros(n)
   alive = np.arange(n)
-  summary = []
+  summary, rung_records = [], []
   for rung, store in zip(rungs, stores):
     if rung.index:
       means = totals[alive] / seen[alive]
@@ -87,11 +89,15 @@ def search(score_slice: Callable[[Rung], Callable], seeds: np.ndarray, sigmas: n
     totals[alive] += [r["score_sum"] for r in records]
     seen[alive] += [r["weight"] for r in records]
     summary.append({"index": rung.index, "members": len(alive),
-                    "examples": [rung.start, rung.stop], "records": records})
+                    "examples": [rung.start, rung.stop]})
+    rung_records.append(records)
   with np.errstate(invalid="ignore"):
     scores = np.where(seen > 0, totals / np.maximum(seen, 1), np.nan)
   order = alive[randopt.rank(scores[alive])]
-  return {"order": order, "scores": scores, "seen": seen, "rungs": summary}
+  return {"order": order, "scores": scores, "seen": seen, "rungs": summary,
+          "records": rung_records,
+          "evaluations": sum(r["members"] * (r["examples"][1] - r["examples"][0])
+                             for r in summary)}
 
 
 def recall(chosen: Iterable[int], reference: Iterable[int]) -> float:

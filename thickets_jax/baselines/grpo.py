@@ -121,6 +121,23 @@ def k3_kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
   return jnp.exp(r) - r - 1
 
 
+def summed_gradients(micro_loss: Callable, params: PyTree, batch: dict,
+                     stats: dict) -> tuple[PyTree, jax.Array, dict]:
+  """Σ over the micro-batches of `batch` ([micro_batches, ...] arrays) of
+  `micro_loss(params, micro) -> (loss, stats)` and of its gradient, in one `lax.scan`
+  (float32 sums; gradients returned in the params' dtypes). `stats` gives the zeros of the
+  summed stats. -> (grads, loss, stats)"""
+  def accumulate(carry, micro):
+    grads, loss, totals = carry
+    (value, part), g = jax.value_and_grad(micro_loss, has_aux=True)(params, micro)
+    return (jax.tree.map(jnp.add, grads, g), loss + value,
+            jax.tree.map(jnp.add, totals, part)), None
+
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
+  (grads, loss, stats), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), stats), batch)
+  return jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params), loss, stats
+
+
 def make_update(model_config: ModelConfig, config: GRPOConfig, prompt_len: int) -> Callable:
   """The jitted optimiser step on one mini-batch.
 
@@ -150,18 +167,9 @@ def make_update(model_config: ModelConfig, config: GRPOConfig, prompt_len: int) 
   @jax.jit
   def update(params, opt_state, ref_params, batch):
     total_tokens = jnp.maximum(batch["completion"].sum(), 1).astype(jnp.float32)
-
-    def accumulate(carry, micro):
-      grads, loss, stats = carry
-      (value, part), g = jax.value_and_grad(micro_loss, has_aux=True)(params, ref_params, micro,
-                                                                      total_tokens)
-      grads = jax.tree.map(jnp.add, grads, g)
-      return (grads, loss + value, jax.tree.map(jnp.add, stats, part)), None
-
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
-    init = (zeros, jnp.float32(0), {"kl": jnp.float32(0), "clipped": jnp.int32(0)})
-    (grads, loss, stats), _ = jax.lax.scan(accumulate, init, batch)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params)
+    grads, loss, stats = summed_gradients(
+        lambda p, micro: micro_loss(p, ref_params, micro, total_tokens), params, batch,
+        {"kl": jnp.float32(0), "clipped": jnp.int32(0)})
     updates, opt_state = transform.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, {
         "loss": loss, "grad_norm": optax.global_norm(grads),

@@ -363,20 +363,17 @@ def _halving(config: RandOptConfig, loaded: registry.LoadedModel, gen: generate.
   out = halving.search(score_slice, seeds, sigmas, rungs,
                        [run_dir.store(f"rung{r.index}") for r in rungs])
   correct = {}
-  for rung in out["rungs"]:
-    for record in rung["records"]:
+  for records in out["records"]:
+    for record in records:
       key = randopt.member_key(record)
       correct[key] = correct.get(key, 0.0) + record["correct_sum"]
   members = [{"seed": int(seeds[i]), "sigma": float(sigmas[i]),
               "train_score": float(out["scores"][i]),
               "train_accuracy": correct[(int(seeds[i]), float(sigmas[i]))] / len(examples)}
              for i in out["order"][:max(config.ks)]]
-  selection = {
-      "rungs": [{k: r[k] for k in ("index", "members", "examples")} for r in out["rungs"]],
-      "example_evaluations": sum(r["members"] * (r["examples"][1] - r["examples"][0])
-                                 for r in out["rungs"]),
-      "forward_flops": float(sum(rec["forward_flops"] for r in out["rungs"]
-                                 for rec in r["records"]))}
+  selection = {"rungs": out["rungs"], "example_evaluations": out["evaluations"],
+               "forward_flops": float(sum(r["forward_flops"] for records in out["records"]
+                                          for r in records))}
   return base, seeds, sigmas, members, selection
 
 
@@ -389,23 +386,25 @@ def load_topk(run_dir: str) -> dict:
   return {**saved, "perturbation": PerturbSpec.from_json(saved["perturbation"])}
 
 
+def _noise_settings(spec: PerturbSpec) -> dict:
+  """The `_NOISE_FIELDS` of a config that rebuilds members drawn under `spec`."""
+  return {field: getattr(spec, field) for field in _NOISE_FIELDS}
+
+
 def saved_run(run_dir: str, **execution) -> tuple[dict, RandOptConfig]:
   """A finished RandOpt run's `load_topk` and the config that rebuilds its members and its
   splits (model, task, weights, dtype, noise, seed, sizes: its `spec.json`), with `execution`
   settings (batch sizes, member axis; also max_new_tokens) replaced."""
   saved = load_topk(run_dir)
-  spec_path = RunDir(run_dir).file("spec")
-  if not os.path.isfile(spec_path):
+  run = RunDir(run_dir)
+  if not run.exists("spec"):
     raise InputError(f"{run_dir} holds no spec.json; give the directory of a randopt run.")
-  identity = RunDir(run_dir).read("spec")
+  identity = run.read("spec")
   if identity.get("experiment") != RandOptConfig.__name__:
     raise InputError(f"{run_dir} is a {identity.get('experiment')} run, not a randopt run.")
-  noise = saved["perturbation"]
   settings = {k: tuple(v) if isinstance(v, list) else v for k, v in identity.items()
               if k not in ("perturbation", "experiment")}
-  config = RandOptConfig(**{**settings, "mode": noise.mode, "relative": noise.relative,
-                            "include": noise.include, "noise": noise.noise, "rank": noise.rank,
-                            **execution})
+  config = RandOptConfig(**{**settings, **_noise_settings(saved["perturbation"]), **execution})
   return saved, config
 
 
@@ -419,11 +418,7 @@ def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str) -> di
                      f"K={max(config.ks)}.")
   config = dataclasses.replace(config, model=saved["model"], task=saved["task"],
                                weights=saved["weights"], dtype=saved["dtype"],
-                               mode=saved["perturbation"].mode,
-                               relative=saved["perturbation"].relative,
-                               include=saved["perturbation"].include,
-                               noise=saved["perturbation"].noise,
-                               rank=saved["perturbation"].rank)
+                               **_noise_settings(saved["perturbation"]))
   config.validate()
   _, test = config.splits(config.task, config.test_size)
   run_dir = RunDir.prepare(workdir)

@@ -2,8 +2,8 @@
 
 The loss is the token mean of −log π(completion token) under teacher forcing
 (`grpo.token_logprobs`, the GRPO baseline's pass), over the completion tokens of a whole
-optimiser step; gradients are summed over micro-batches inside one jitted `lax.scan`, so the
-mean is exact whatever the micro-batch. The optimiser is optax AdamW with global-norm clipping.
+optimiser step; gradients are summed over micro-batches in one jitted `lax.scan`
+(`grpo.summed_gradients`, the GRPO update's), so the mean is exact whatever the micro-batch. The optimiser is optax AdamW with global-norm clipping.
 
 LoRA (Hu et al. 2021) is a reparametrisation, not a model change: every perturbable 2-D kernel
 W [.., in, out] of the layers gets A [.., in, r] (Gaussian, std 1/√in) and B [.., r, out]
@@ -104,20 +104,13 @@ def make_update(model_config: ModelConfig, config: SFTConfig, prompt_len: int,
   def micro_loss(trainable, micro, total_tokens):
     logp = grpo.token_logprobs(model_config, model_params(trainable), micro["tokens"],
                                micro["mask"], prompt_len)
-    return -jnp.sum(jnp.where(micro["completion"], logp, 0.0)) / total_tokens
+    return -jnp.sum(jnp.where(micro["completion"], logp, 0.0)) / total_tokens, {}
 
   @jax.jit
   def update(trainable, opt_state, batch):
     total_tokens = jnp.maximum(batch["completion"].sum(), 1).astype(jnp.float32)
-
-    def accumulate(carry, micro):
-      grads, loss = carry
-      value, g = jax.value_and_grad(micro_loss)(trainable, micro, total_tokens)
-      return (jax.tree.map(jnp.add, grads, g), loss + value), None
-
-    zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), trainable)
-    (grads, loss), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0)), batch)
-    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+    grads, loss, _ = grpo.summed_gradients(
+        lambda t, micro: micro_loss(t, micro, total_tokens), trainable, batch, {})
     updates, opt_state = transform.update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates), opt_state, {
         "loss": loss, "grad_norm": optax.global_norm(grads)}

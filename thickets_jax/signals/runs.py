@@ -182,14 +182,14 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
     return signal_model.rollout(model, p, test_ctx, spec.fut)  # [test, fut]
 
   seeds, sigmas = population.draw_candidates(spec.seed, spec.n, [spec.effective_sigma])
+  perturb_spec = spec.perturb_spec()
   k_max = max(spec.ks)
   if spec.halving_eta:
     mse, best, selection = _halving(spec, model, params, seeds, sigmas, (post_ctx, post_fut,
                                                                         weights), run_dir,
                                     chunk_size, mesh)
   else:
-    score_fn = population.population_fn(lambda p: {"mse": train_mse(p)},
-                                          spec=spec.perturb_spec())
+    score_fn = population.population_fn(lambda p: {"mse": train_mse(p)}, spec=perturb_spec)
     records = randopt.score_candidates(
         lambda s, g: population.iter_population(score_fn, params, s, g, chunk_size=chunk_size,
                                                 mesh=mesh),
@@ -201,7 +201,7 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
                                        selection["rows_scored"] * spec.fut)
   base_train_mse = float(jax.jit(train_mse)(params))
 
-  test_fn = population.population_fn(test_rollouts, spec=spec.perturb_spec())
+  test_fn = population.population_fn(test_rollouts, spec=perturb_spec)
   top_pred = population.evaluate_population(test_fn, params, seeds[best[k_max]],
                                             sigmas[best[k_max]], chunk_size=chunk_size, mesh=mesh)
   base_pred = np.asarray(jax.jit(test_rollouts)(params))
@@ -228,9 +228,8 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
   if plot:
     shown = min(N_RANDOM_PLOTTED, spec.n)
     random_pred = population.evaluate_population(
-        population.population_fn(lambda p: test_rollouts(p)[0], spec=spec.perturb_spec()),
-        params, seeds[:shown],
-        sigmas[:shown], chunk_size=chunk_size, mesh=mesh)
+        population.population_fn(lambda p: test_rollouts(p)[0], spec=perturb_spec), params,
+        seeds[:shown], sigmas[:shown], chunk_size=chunk_size, mesh=mesh)
     plotting.rollouts(
         run_dir.figure("rollouts"), np.asarray(families.grid(spec.ctx + spec.fut)),
         test_ctx[0], test_fut[0], base_pred[0], random_pred, top_pred[:, 0],
@@ -258,8 +257,8 @@ def _halving(spec: RunSpec, model, params, seeds, sigmas, posttrain, run_dir: wo
     rows = slice(rung.start, rung.stop)
     ctx, fut, w = context[rows], future[rows], weights[rows]
     fn = population.population_fn(lambda p: {
-        "score_sum": -jnp.sum(w * jnp.mean((signal_model.rollout(model, p, ctx, spec.fut) - fut)
-                                           ** 2, axis=-1)),
+        "score_sum": -signal_model.weighted_mse(signal_model.rollout(model, p, ctx, spec.fut),
+                                                fut, w) * jnp.sum(w),
         "weight": jnp.sum(w)}, spec=spec.perturb_spec())
     return lambda s, g: population.iter_population(fn, params, s, g, chunk_size=chunk_size,
                                                    mesh=mesh)
@@ -267,10 +266,8 @@ def _halving(spec: RunSpec, model, params, seeds, sigmas, posttrain, run_dir: wo
                        [run_dir.store(f"rung{r.index}") for r in rungs])
   full = out["seen"] >= weights.sum() - 1e-6
   mse = np.where(full, -out["scores"], np.nan)
-  rows = sum(r["members"] * (r["examples"][1] - r["examples"][0]) for r in out["rungs"])
-  return mse, {k: out["order"][:k] for k in spec.ks}, {
-      "rows_scored": rows, "rungs": [{k: r[k] for k in ("index", "members", "examples")}
-                                     for r in out["rungs"]]}
+  return mse, {k: out["order"][:k] for k in spec.ks}, {"rows_scored": out["evaluations"],
+                                                       "rungs": out["rungs"]}
 
 
 def across_seeds(results: Sequence[dict]) -> dict:
