@@ -6,13 +6,17 @@ r"""Benchmarks of docs/benchmarks.md, each printing `<id>: <figure> (<comparison
   python -m experiments.benchmark --bench B4   # peak RSS of population scoring at two N
   python -m experiments.benchmark --bench B5   # GPU/TPU: qwen2.5-7b shapes vs the roofline
   python -m experiments.benchmark --bench ES   # peak RSS and time of one ES update at two N
+  python -m experiments.benchmark --bench B6   # low-rank members factored vs full rank, SmolLM2
   python -m experiments.benchmark --bench B7   # successive halving vs full scoring, same run
+  python -m experiments.benchmark --bench B8   # shared-prefix prefill vs prefix in every prompt
 
 Figures are ratios measured in one process (B1, B3: against the machine's fp32 matmul peak,
 measured before and after the workload; B3 also against transformers `generate` on the same
 members and prompts; B5: against the accelerator's measured bf16 matmul rate and copy
-bandwidth) or against a recorded peer time (B2). B4 and ES run one child process per N. B7 runs
-full scoring and successive halving on the same members: 1D over seeds, and an offline LLM.
+bandwidth) or against a recorded peer time (B2). B4 and ES run one child process per N. B6 runs
+low-rank members factored against full-rank members materialised, B8 the prefill with and
+without the shared prefix, each in one process. B7 runs full scoring and successive halving on
+the same members: 1D over seeds, and an offline LLM.
 """
 
 import dataclasses
@@ -38,7 +42,7 @@ from thickets_jax.signals import families, model as signal_model
 from thickets_jax.signals import runs as signal_runs
 from thickets_jax.tasks import countdown
 
-BENCHES = ("B1", "B2", "B3", "B4", "B5", "ES", "B7")
+BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "ES", "B7", "B8")
 flags.DEFINE_string("bench", "B1", f"One of {', '.join(BENCHES)}.")
 flags.DEFINE_integer("N", 1000, "B1: population size.")
 flags.DEFINE_integer("chunk_size", 4, "B1: members per vmapped call.")
@@ -58,6 +62,11 @@ flags.DEFINE_enum("layer_loop", None, generate.LAYER_LOOPS,
                   "B3, B5: how the layers run (default: unrolled on GPUs, else scan).")
 flags.DEFINE_integer("b5_matmul_size", 8192, "B5: n of the n×n bf16 matmuls that measure the peak.")
 flags.DEFINE_float("b5_copy_gib", 4.0, "B5: GiB copied to measure device-memory bandwidth.")
+flags.DEFINE_integer("b6_members", 64, "B6: members of each noise family.")
+flags.DEFINE_list("b6_ranks", ["1", "4", "16"], "B6: ranks of the low-rank members.")
+flags.DEFINE_integer("b6_chunk", 16, "B6: low-rank members per factored call (rows = chunk x prompts).")
+flags.DEFINE_integer("b6_check", 2, "B6: low-rank members also materialised, to compare tokens.")
+flags.DEFINE_integer("b8_shots", 8, "B8: solved examples in the few-shot prompts.")
 flags.DEFINE_float("b7_eta", 4.0, "B7: successive-halving eta.")
 flags.DEFINE_string("b7_seeds", "0-2", "B7: 1D seeds.")
 flags.DEFINE_string("b7_llm", "smollm2-135m-instruct", "B7: offline model of the LLM part ('' skips it).")
@@ -278,7 +287,108 @@ def bench_b5() -> str:
 
 _POSITIVE = ("N", "chunk_size", "repeats", "members", "prompts", "new_tokens",
              "members_per_batch", "b5_members", "b5_prompts", "b5_prompt_len", "b5_new_tokens",
-             "b5_matmul_size")
+             "b5_matmul_size", "b6_members", "b6_chunk", "b6_check", "b8_shots")
+
+
+def _chunk_times(gen: generate.Generator, seeds, sigmas, texts,
+                 chunk: int) -> tuple[np.ndarray, list[float]]:
+  """([members, prompts, new] token ids of every member, seconds of each chunk of members)."""
+  ids, seconds = [], []
+  for _ in range(0, len(seeds), chunk):
+    start = time.perf_counter()
+    part = slice(len(ids) * chunk, (len(ids) + 1) * chunk)
+    ids.append(next(gen.population_token_ids(seeds[part], sigmas[part], texts,
+                                             members_per_batch=chunk))[1])
+    seconds.append(time.perf_counter() - start)
+  return np.concatenate(ids), seconds
+
+
+def _rate(gen: generate.Generator, seeds, sigmas, texts, chunk: int) -> tuple[float, np.ndarray]:
+  """(members per second over every chunk but the first, which includes compilation; token ids)."""
+  if len(seeds) < 2 * chunk:
+    raise InputError(f"B6 needs at least two chunks of {chunk} members, got {len(seeds)} members.")
+  ids, seconds = _chunk_times(gen, seeds, sigmas, texts, chunk)
+  return (len(seeds) - chunk) / sum(seconds[1:]), ids
+
+
+def bench_b6() -> str:
+  """Low-rank members run factored (base matmuls shared by a chunk's members) vs full-rank
+  members materialised one at a time; same prompts, same process."""
+  loaded = registry.load(SMOLLM2)
+  texts = [countdown.prompt(p) for p in countdown.generate(0, FLAGS.prompts)]
+  sampling = generate.Sampling(max_new_tokens=FLAGS.new_tokens, ignore_eos=True)
+  make = lambda spec, **kwargs: generate.Generator(
+      loaded.config, loaded.params, loaded.tokenizer, sampling, batch_size=FLAGS.prompts,
+      chat=True, perturb=spec, layer_loop=FLAGS.layer_loop, **kwargs)
+  seeds, sigmas = population.draw_candidates(0, FLAGS.b6_members, [1e-3])
+  full = PerturbSpec(stacked=llm_model.STACKED_LEAVES)
+  full_rate, _ = _rate(make(full, member_axis=FLAGS.member_axis), seeds, sigmas, texts,
+                       FLAGS.members_per_batch)
+  logging.info("B6 full rank, materialised (%s, %d per call): %.3f members/s", FLAGS.member_axis,
+               FLAGS.members_per_batch, full_rate)
+  figures = []
+  for rank in cli.ints(FLAGS.b6_ranks, "b6_ranks"):
+    spec = dataclasses.replace(full, noise="lowrank", rank=rank)
+    rate, ids = _rate(make(spec), seeds, sigmas, texts, FLAGS.b6_chunk)
+    check = FLAGS.b6_check
+    materialised, _ = _chunk_times(make(spec, factored=False, member_axis=FLAGS.member_axis),
+                                   seeds[:check], sigmas[:check], texts, 1)
+    same = int(np.sum(np.all(materialised == ids[:check], axis=-1)))
+    logging.info("B6 rank %d, factored (%d members x %d prompts per call): %.3f members/s = %.2fx "
+                 "full rank; %d/%d rows token-identical to the materialised members", rank,
+                 FLAGS.b6_chunk, FLAGS.prompts, rate, rate / full_rate, same, check * FLAGS.prompts)
+    figures.append(f"r={rank} {rate / full_rate:.2f}x ({rate:.3f} members/s, {same}/"
+                   f"{check * FLAGS.prompts} rows identical to materialised)")
+  return (f"B6: low-rank factored vs full-rank members, {FLAGS.b6_members} members x "
+          f"{FLAGS.prompts} Countdown prompts x {FLAGS.new_tokens} new tokens: "
+          + "; ".join(figures) + f"; full rank {full_rate:.3f} members/s")
+
+
+def _few_shot_prompts(n: int, shots: int, seed: int = 0) -> list[str]:
+  """GSM8K-style prompts: one instruction and `shots` solved word problems all share, then a
+  question of their own."""
+  rng = np.random.default_rng(seed)
+  names, items = ("Ada", "Ben", "Cleo", "Dev", "Ema", "Finn"), ("apples", "books", "marbles", "stamps")
+
+  def problem():
+    name, item = rng.choice(names), rng.choice(items)
+    a, b, c = (int(x) for x in rng.integers(5, 60, 3))
+    question = (f"{name} has {a} {item}. {name} buys {b} more {item} and then gives {c} of them "
+                f"to a friend. How many {item} does {name} have now?")
+    return question, f"{name} has {a} + {b} - {c} = {a + b - c} {item}. #### {a + b - c}"
+
+  solved = "\n\n".join("Question: {}\nAnswer: {}".format(*problem()) for _ in range(shots))
+  header = ("Solve each grade-school math problem step by step and end with '#### ' and the "
+            f"number.\n\n{solved}\n\n")
+  return [f"{header}Question: {problem()[0]}\nAnswer:" for _ in range(n)]
+
+
+def bench_b8() -> str:
+  """Prefill time with the shared prefix computed once vs inside every prompt, on B3's Countdown
+  prompts and on few-shot GSM8K-style prompts (one model, `max_new_tokens=1`)."""
+  loaded = registry.load(SMOLLM2)
+  workloads = {"countdown": [countdown.prompt(p) for p in countdown.generate(0, FLAGS.prompts)],
+               f"{FLAGS.b8_shots}-shot": _few_shot_prompts(FLAGS.prompts, FLAGS.b8_shots)}
+  sampling = generate.Sampling(max_new_tokens=1, ignore_eos=True)
+  figures = []
+  for name, texts in workloads.items():
+    seconds, ids = {}, {}
+    for shared in (False, True):
+      gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
+                               batch_size=FLAGS.prompts, chat=True, layer_loop=FLAGS.layer_loop,
+                               shared_prefix=shared)
+      seconds[shared] = bench.median_seconds(gen.base_token_ids, texts, repeats=FLAGS.repeats)
+      ids[shared] = gen.base_token_ids(texts)
+    prefix, _, _ = gen.codec.encode_shared_prefix(texts)
+    _, plain_mask = gen.codec.encode(texts)
+    logging.info("B8 %s: %d prompts, %d real tokens (bucket %d), shared prefix %d tokens; prefill "
+                 "%.2f s in every prompt, %.2f s shared; first tokens identical: %s", name,
+                 len(texts), int(plain_mask.sum()), plain_mask.shape[-1], len(prefix),
+                 seconds[False], seconds[True], bool(np.array_equal(ids[False], ids[True])))
+    figures.append(f"{name} {seconds[True]:.2f} s vs {seconds[False]:.2f} s "
+                   f"({100 * (1 - seconds[True] / seconds[False]):.0f}% saved, prefix "
+                   f"{len(prefix)} tokens)")
+  return "B8: shared-prefix prefill, " + "; ".join(figures)
 
 
 def _b7_1d(root: str) -> list[str]:
@@ -344,7 +454,7 @@ def bench_b7() -> str:
 def main(argv):
   del argv
   benches = {"B1": bench_b1, "B2": bench_b2, "B3": bench_b3, "B4": bench_b4, "B5": bench_b5,
-             "ES": bench_es, "B7": bench_b7}
+             "B6": bench_b6, "ES": bench_es, "B7": bench_b7, "B8": bench_b8}
   if FLAGS.bench not in benches:
     raise InputError(f"unknown --bench {FLAGS.bench!r}; known: {', '.join(benches)}.")
   for name in _POSITIVE:  # before any measurement

@@ -1,5 +1,6 @@
 """The Flax transformer on tiny random checkpoints: HF parity, shapes, KV-cache generation."""
 
+import dataclasses
 import json
 import os
 
@@ -9,9 +10,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from thickets_jax import rng
 from thickets_jax.errors import InputError
 from thickets_jax.llm import assets, generate, model as M, registry, weights
-from thickets_jax.perturb import PerturbSpec, rebuild_member
+from thickets_jax.perturb import PerturbSpec, member_factors, rebuild_member
 
 import toys
 
@@ -119,7 +121,7 @@ def test_generation_compiles_once_per_bucket(tmp_path):
       gen.config, params, prompts, masks, keys, sampling=gen.sampling,
       stop_ids=gen.codec.stop_ids, pad_id=gen.codec.pad_id))
   keys = generate.batch_keys(gen.sampling, None, 1)
-  for prompts in (["abc"], ["a longer one", "b"], ["x" * 40, "y", "z", "w"]):  # one 64-token bucket
+  for prompts in (["abc"], ["a longer one", "b"], ["x" * 16, "y", "z", "w"]):  # one 16-token bucket
     tokens, mask = gen.codec.encode(prompts)
     run(gen.params, tokens, mask, keys)
 
@@ -140,6 +142,70 @@ def test_perturbed_member_generation_equals_explicitly_perturbed_params(tmp_path
     for m in range(2):
       np.testing.assert_array_equal(ids[m], explicit[m])
   assert not np.array_equal(explicit[1], gen.base_token_ids(prompts))  # sigma 0.2 changes it
+
+
+LOW_RANK = PerturbSpec(stacked=M.STACKED_LEAVES, noise="lowrank", rank=3)
+
+
+@pytest.mark.parametrize("kind, tied, spec", [
+    ("qwen2", False, LOW_RANK),
+    ("llama", True, dataclasses.replace(LOW_RANK, relative=True, rank=1)),
+    ("qwen2", True, dataclasses.replace(LOW_RANK, vector_noise=False, include="attn|embed"))])
+def test_factored_members_give_the_logits_of_the_materialised_members(tmp_path, kind, tied, spec):
+  _, directory = _checkpoint(tmp_path, kind, tied)
+  config = weights.hf_config(directory, jnp.float32)
+  params = weights.load_safetensors(directory, config)
+  seeds, sigmas = [3, 11], [0.05, 0.2]
+  factors = jax.vmap(lambda seed, sigma: member_factors(params, rng.member_key(seed), sigma, spec))(
+      jnp.asarray(seeds), jnp.asarray(sigmas))
+  tokens = jnp.asarray(np.random.default_rng(0).integers(2, TINY["vocab_size"], size=(3, 9)))
+  mask = jnp.arange(9)[None, :] >= jnp.asarray([[0], [2], [5]])  # left padding
+  logits = M.forward(config, params, tokens, mask, members=M.members_collection(factors))
+  for m, (seed, sigma) in enumerate(zip(seeds, sigmas)):
+    member = rebuild_member(params, seed, sigma, spec)
+    expected = M.forward(config, member, tokens, mask)
+    np.testing.assert_allclose(logits[m][mask], expected[mask], atol=2e-5, rtol=1e-4)
+  assert float(jnp.abs(logits[0] - logits[1])[mask].max()) > 1e-2  # members differ
+
+
+def _shared_prefix_prompts():
+  return ["Answer in one word, please: " + q for q in ("abc", "a longer question", "xy")]
+
+
+@pytest.mark.parametrize("layer_loop", generate.LAYER_LOOPS)
+def test_factored_generation_equals_the_materialised_members(tmp_path, layer_loop):
+  sampling = generate.Sampling(max_new_tokens=10, ignore_eos=True)
+  factored = _generator(tmp_path, sampling, perturb=LOW_RANK, layer_loop=layer_loop)
+  assert factored.factored
+  materialised = generate.Generator(factored.config, factored.params, factored.codec.tokenizer,
+                                    sampling, batch_size=2, chat=False, perturb=LOW_RANK,
+                                    factored=False, shared_prefix=False)
+  prompts = _shared_prefix_prompts()
+  seeds, sigmas = np.array([5, 9, 4]), np.array([0.05, 0.2, 0.1])
+  ours = np.concatenate([ids for _, ids in factored.population_token_ids(
+      seeds, sigmas, prompts, members_per_batch=2)])  # a padded last chunk
+  theirs = np.concatenate([ids for _, ids in materialised.population_token_ids(
+      seeds, sigmas, prompts, members_per_batch=1)])
+  np.testing.assert_array_equal(ours, theirs)
+  assert not np.array_equal(ours[1], factored.base_token_ids(prompts))  # sigma 0.2 changes it
+
+
+def test_shared_prefix_prefill_gives_the_same_tokens(tmp_path):
+  sampling = generate.Sampling(max_new_tokens=10, ignore_eos=True)
+  shared = _generator(tmp_path, sampling)
+  plain = _generator(tmp_path, sampling, shared_prefix=False)
+  prompts = _shared_prefix_prompts()
+  prefix, tokens, mask = shared.codec.encode_shared_prefix(prompts)
+  assert len(prefix) == 24  # 28 shared characters, cut to a multiple of 8
+  assert shared.codec.tokenizer(prompts[2])["input_ids"] == prefix.tolist() + tokens[0, 2][mask[0, 2]].tolist()
+  np.testing.assert_array_equal(shared.base_token_ids(prompts), plain.base_token_ids(prompts))
+  for row, text in zip(shared.base_token_ids(prompts), prompts):
+    expected = _greedy_reference(shared.config, shared.params, shared.codec.tokenizer(text)["input_ids"], 10)
+    assert row.tolist() == expected
+  seeds, sigmas = np.array([5, 9]), np.array([0.05, 0.2])
+  members = lambda gen: next(gen.population_token_ids(seeds, sigmas, prompts, members_per_batch=2))[1]
+  np.testing.assert_array_equal(members(shared), members(plain))
+  assert len(shared.codec.encode_shared_prefix(["same", "same"])[0]) == 0  # < 8 shared tokens
 
 
 def test_sampling_is_keyed_and_tiny_top_p_is_greedy(tmp_path):

@@ -162,6 +162,27 @@ def test_low_rank_noise_has_rank_r_unit_variance_and_its_own_draw_per_leaf_and_l
   np.testing.assert_array_equal(full["bias"], noise["bias"])  # vectors draw as before
 
 
+@pytest.mark.parametrize("relative", [False, True])
+def test_member_factors_are_the_low_rank_displacement_unmaterialised(relative):
+  params = {"w": jax.random.normal(jax.random.key(0), (24, 16)),
+            "layers": {"k": jax.random.normal(jax.random.key(1), (3, 16, 8)),
+                       "scale": jnp.ones((3, 16))}, "skip": jnp.ones((4, 4))}
+  spec = P.PerturbSpec(noise="lowrank", rank=2, stacked="^layers/", include="^(w|layers)",
+                       relative=relative)
+  factors = P.member_factors(params, rng.member_key(7), 0.3, spec)
+  displaced = jax.tree.map(lambda p, b: p - b, P.rebuild_member(params, 7, 0.3, spec), params)
+  assert set(factors) == {"w", "layers"}  # unperturbed leaves absent
+  w = factors["w"]
+  assert w["a"].shape == (24, 2) and w["b"].shape == (16, 2)
+  np.testing.assert_allclose(w["a"] @ w["b"].T, displaced["w"], atol=1e-5)
+  k = factors["layers"]["k"]
+  np.testing.assert_allclose(np.einsum("lmr,lnr->lmn", k["a"], k["b"]), displaced["layers"]["k"],
+                             atol=1e-5)
+  np.testing.assert_allclose(factors["layers"]["scale"], displaced["layers"]["scale"], atol=1e-6)
+  with pytest.raises(ValueError, match="needs low-rank noise"):
+    P.member_factors(params, rng.member_key(7), 0.3, P.PerturbSpec())
+
+
 def test_records_written_before_low_rank_noise_read_as_full_rank():
   old = {k: v for k, v in P.PerturbSpec().to_json().items()
          if k not in ("noise", "rank", "vector_noise")}

@@ -120,11 +120,16 @@ def _leaf_noise(key, index: int, shape, spec: PerturbSpec, is_stacked: bool) -> 
   return jax.vmap(lambda layer: draw(jax.random.fold_in(leaf_key, layer)))(jnp.arange(shape[0]))
 
 
-def _low_rank_noise(key, shape, rank: int, dtype) -> jax.Array:
-  """A Bᵀ / √r with A [m, r], B [n, r] standard normal: entries of variance 1. -> [m, n]"""
+def _low_rank_factors(key, shape, rank: int, dtype) -> tuple[jax.Array, jax.Array]:
+  """A [m, r] and B [n, r], standard normal, of a low-rank draw for a [m, n] core."""
   a_key, b_key = jax.random.split(key)
-  a = jax.random.normal(a_key, (shape[0], rank), dtype)
-  b = jax.random.normal(b_key, (shape[1], rank), dtype)
+  return (jax.random.normal(a_key, (shape[0], rank), dtype),
+          jax.random.normal(b_key, (shape[1], rank), dtype))
+
+
+def _low_rank_noise(key, shape, rank: int, dtype) -> jax.Array:
+  """A Bᵀ / √r (`_low_rank_factors`): entries of variance 1. -> [m, n]"""
+  a, b = _low_rank_factors(key, shape, rank, dtype)
   return (a.astype(jnp.float32) @ b.astype(jnp.float32).T / jnp.sqrt(rank)).astype(dtype)
 
 
@@ -185,6 +190,51 @@ def direction(params: PyTree, key: jax.Array, spec: PerturbSpec = PerturbSpec())
     noise = _leaf_noise(key, index, leaf.shape, spec, is_stacked).astype(jnp.float32)
     out.append(_leaf_std(leaf, is_stacked) * noise if spec.relative else noise)
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def member_factors(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec) -> dict:
+  """The member's displacement σ·ε without materialising low-rank leaves, for a factored forward
+  (`x (W + σε) = x W + (x a) bᵀ` with the base matmul shared by all members).
+
+  Args: as `perturb`; `spec.noise` must be "lowrank" and `spec.mode` "independent".
+
+  Returns:
+    A nested dict over the perturbed leaves' path names (unperturbed leaves absent): a 2-D core
+    [m, n] becomes {"a": σ·s·A/√r [m, r], "b": B [n, r]} (s the leaf std when `spec.relative`,
+    else 1), any other leaf its dense σ·s·ε; float32; stacked leaves keep their leading
+    `[layers]` axis. `a bᵀ` equals the ε of `perturb` up to rounding.
+  """
+  if spec.noise != "lowrank":
+    raise ValueError("member_factors needs low-rank noise; full-rank members are materialised.")
+  flat, _ = jax.tree_util.tree_flatten_with_path(params)
+  _, leaves = _perturbed_leaves(params, spec)
+  dtype = jnp.dtype(spec.noise_dtype)
+  out = {}
+  for (path, _), (leaf, index, is_stacked) in zip(flat, leaves):
+    if is_stacked is None:
+      continue
+    scale = sigma * _leaf_std(leaf, is_stacked) if spec.relative else sigma
+    core = leaf.shape[1:] if is_stacked else leaf.shape
+    if len(core) != 2:
+      value = scale * _leaf_noise(key, index, leaf.shape, spec, is_stacked).astype(jnp.float32)
+    else:
+      def draw(k, scale):
+        a, b = _low_rank_factors(k, core, spec.rank, dtype)
+        return {"a": scale * a.astype(jnp.float32) / jnp.sqrt(spec.rank),
+                "b": b.astype(jnp.float32)}
+      leaf_key = jax.random.fold_in(key, index)
+      if is_stacked:
+        scales = jnp.broadcast_to(scale, (leaf.shape[0], 1, 1))
+        value = jax.vmap(lambda l, s: draw(jax.random.fold_in(leaf_key, l), s))(
+            jnp.arange(leaf.shape[0]), scales)
+      else:
+        value = draw(leaf_key, scale)
+    node = out
+    keys = tree.path_name(path).split("/")
+    for k in keys[:-1]:
+      node = node.setdefault(k, {})
+    node[keys[-1]] = value
+  return out
 
 
 def perturb_member(params: PyTree, seed, sigma, spec: PerturbSpec) -> PyTree:

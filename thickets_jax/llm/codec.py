@@ -7,15 +7,17 @@ import numpy as np
 
 from thickets_jax.errors import InputError
 
-PROMPT_BUCKETS = (64, 128, 256, 512, 1024, 2048, 4096)
+BUCKET_STEP, LONGEST_PROMPT = 16, 4096  # prompts are padded to a multiple of 16 tokens
+PREFIX_MULTIPLE = 8  # shared prefixes are cut to a multiple of this many tokens
 _END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
 
 
 class PromptCodec:
   """Encodes prompts into `[batches, batch_size, bucket]` arrays and decodes continuations.
 
-  All prompts of one `encode` call are left-padded to one length bucket and split into batches
-  of `batch_size` rows (the last padded with empty rows), so a run compiles once per bucket.
+  All prompts of one `encode` call are left-padded to one length bucket (the next multiple of
+  `BUCKET_STEP` tokens) and split into batches of `batch_size` rows (the last padded with empty
+  rows), so a run compiles once per bucket.
   """
 
   def __init__(self, tokenizer, *, batch_size: int, chat: bool, stop_strings: Sequence[str] = ()):
@@ -44,12 +46,34 @@ class PromptCodec:
     """Left-padded ids [batches, batch_size, bucket] int32 and mask (True on real tokens)."""
     if not texts:
       raise InputError("there are no prompts to generate for.")
+    return self._pack(self.token_ids(texts))
+
+  def encode_shared_prefix(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The longest token prefix all prompts share, and the rest of each as `encode`.
+
+    The prefix is rounded down to a multiple of `PREFIX_MULTIPLE` tokens (fewer compiled
+    shapes) and leaves every prompt at least one token of its own.
+
+    Returns:
+      prefix [P] int32 (P may be 0), ids [batches, batch_size, bucket] int32, mask.
+    """
+    if not texts:
+      raise InputError("there are no prompts to generate for.")
     ids = self.token_ids(texts)
+    shortest = min(len(x) for x in ids)
+    shared = 0
+    while shared < shortest - 1 and all(x[shared] == ids[0][shared] for x in ids):
+      shared += 1
+    shared -= shared % PREFIX_MULTIPLE
+    tokens, mask = self._pack([x[shared:] for x in ids])
+    return np.asarray(ids[0][:shared], np.int32), tokens, mask
+
+  def _pack(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
     longest = max(len(x) for x in ids)
-    bucket = next((b for b in PROMPT_BUCKETS if b >= longest), None)
-    if bucket is None:
-      raise InputError(f"a prompt of {longest} tokens exceeds the largest bucket "
-                       f"{PROMPT_BUCKETS[-1]}.")
+    if longest > LONGEST_PROMPT:
+      raise InputError(f"a prompt of {longest} tokens exceeds the longest supported prompt "
+                       f"({LONGEST_PROMPT} tokens).")
+    bucket = -(-longest // BUCKET_STEP) * BUCKET_STEP
     batches = -(-len(ids) // self.batch_size)
     tokens = np.full((batches * self.batch_size, bucket), self.pad_id, np.int32)
     mask = np.zeros((batches * self.batch_size, bucket), bool)

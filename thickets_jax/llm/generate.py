@@ -1,10 +1,12 @@
 """Batched generation with a KV cache, for one model or a population of perturbed members.
 
-The core is pure: `token_generator(...)` returns `(params, prompts, masks, keys) -> token ids`.
+The core is pure: `token_generator(...)` returns `(params, prompts, masks, keys, prefix) -> ids`.
 Prompts are left-padded to a length bucket (`codec.PromptCodec`), so all rows write the same
-cache slot each step and one compiled program serves every batch of a bucket. Prefill runs the
-whole prompt once (projecting only the last position to the vocabulary); decode is a
-`lax.while_loop` that ends when every row has stopped or `max_new_tokens` is reached.
+cache slot each step and one compiled program serves every batch of a bucket. The token prefix
+all prompts share (chat template, instruction, few-shot examples) is prefilled once and its
+keys and values copied to every row; each prompt's own tokens are then prefilled together
+(projecting only the last position to the vocabulary); decode is a `lax.while_loop` that ends
+when every row has stopped or `max_new_tokens` is reached.
 
 `Generator` wraps the pure function with tokenisation. For a population, the member is built
 inside the jitted call: member parameters exist only for the members of the chunk being
@@ -19,12 +21,12 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from thickets_jax import distributed, population
+from thickets_jax import distributed, population, rng
 from thickets_jax.errors import InputError
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.codec import PromptCodec
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.perturb import PerturbSpec
+from thickets_jax.perturb import PerturbSpec, member_factors
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,10 +78,43 @@ def _check_layer_loop(layer_loop: str) -> None:
     raise InputError(f"unknown layer loop {layer_loop!r}; known: {', '.join(LAYER_LOOPS)}.")
 
 
+def _runner(config: ModelConfig, params, members: Optional[dict], layer_loop: str) -> Callable:
+  """`Transformer.apply` over `params` (and `members`) with the layer loop's layers bound."""
+  _check_layer_loop(layer_loop)
+  layers = llm_model.layer_list(params) if layer_loop == "unrolled" else None
+  variables = {"params": params}
+  if members is not None:
+    variables[llm_model.MEMBERS] = members
+  model = llm_model.Transformer(config)
+  return lambda *args, **kwargs: model.apply(variables, *args, layers=layers, **kwargs)
+
+
+def _cache(config: ModelConfig, rows: int, slots: int, layer_loop: str):
+  cache = llm_model.init_cache(config, rows, slots)
+  return llm_model.cache_list(cache) if layer_loop == "unrolled" else cache
+
+
+def prefill_prefix(config: ModelConfig, params, prefix: jax.Array, *,
+                   members: Optional[dict] = None, layer_loop: str = "scan"):
+  """Keys and values of a prefix [P] every prompt shares, under each of M members (M = 1
+  without): the cache `generate_tokens` takes as `prefix_kv`, rows [M], P slots (stacked, or
+  per layer when unrolled)."""
+  count = 1 if members is None else llm_model.member_count(members)
+  shared = prefix.shape[0]
+  run = _runner(config, params, members, layer_loop)
+  _, cache = run(jnp.broadcast_to(prefix, (count, shared)),
+                 jnp.broadcast_to(jnp.arange(shared), (count, shared)),
+                 _cache(config, count, shared, layer_loop), 0, None,
+                 jnp.ones((count, shared), bool), last_only=True)
+  return cache
+
+
 def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask: jax.Array,
                     key: jax.Array, *, sampling: Sampling, stop_ids: Sequence[int],
-                    pad_id: int, layer_loop: str = "scan") -> jax.Array:
-  """Continuations of left-padded prompts.
+                    pad_id: int, layer_loop: str = "scan", prefix_kv=None,
+                    members: Optional[dict] = None) -> jax.Array:
+  """Continuations of left-padded prompts, optionally after a shared prefix, optionally under
+  M factored members.
 
   Args:
     prompt: [b, p] int32, left-padded. prompt_mask: [b, p] bool, True on real tokens.
@@ -90,24 +125,38 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
     layer_loop: "scan" runs the stacked layers in a scan; "unrolled" slices them once, before
       the decode loop, and runs them unrolled (`model.Transformer`). Same tokens, different
       speed and compile time.
+    prefix_kv: `prefill_prefix` of P tokens every prompt starts with, left out of `prompt`:
+      each member's keys and values are copied to its rows at slots [0, P), the prompts follow
+      at [P, P + p). The same tokens as with the prefix inside the prompts (RoPE positions
+      count real tokens), for P rows of prefill instead of b × P.
+    members: `model.members_collection` of M low-rank members: every prompt row runs under
+      each member (rows [M * b], member-major), the base matmuls shared by all of them.
 
   Returns:
-    [b, max_new_tokens] int32; every position after a stop token holds `pad_id`
-    (`completion_mask` marks the generated tokens).
+    [M * b, max_new_tokens] int32 (M = 1 without members); every position after a stop token
+    holds `pad_id` (`completion_mask` marks the generated tokens).
   """
-  _check_layer_loop(layer_loop)
   b, p = prompt.shape
+  count = 1 if members is None else llm_model.member_count(members)
+  rows = count * b
+  shared = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-2]
   n = sampling.max_new_tokens
-  cache = llm_model.init_cache(config, b, p + n)
-  layers = None
-  if layer_loop == "unrolled":
-    layers, cache = llm_model.layer_list(params), llm_model.cache_list(cache)
-  model = llm_model.Transformer(config)
-  run = lambda *args, **kwargs: model.apply({"params": params}, *args, layers=layers, **kwargs)
-  positions = jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [b, p]
-  prompt_len = prompt_mask.sum(axis=1)  # [b]
-  cache_valid = jnp.concatenate([prompt_mask, jnp.zeros((b, n), bool)], axis=1)  # [b, p + n]
-  logits, cache = run(prompt, positions, cache, 0, None, prompt_mask, last_only=True)
+  run = _runner(config, params, members, layer_loop)
+  prompt, prompt_mask = jnp.tile(prompt, (count, 1)), jnp.tile(prompt_mask, (count, 1))
+  cache = _cache(config, rows, shared + p + n, layer_loop)
+  positions = shared + jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [rows, p]
+  prompt_len = shared + prompt_mask.sum(axis=1)  # [rows]
+  if shared:
+    rows_of = lambda kv: jnp.repeat(kv, b, axis=kv.ndim - 4)  # each member's prefix to its b rows
+    cache = jax.tree.map(lambda c, kv: llm_model.write_slots(c, rows_of(kv), 0), cache, prefix_kv)
+    prefix_valid = jnp.concatenate([jnp.ones((rows, shared), bool),
+                                    jnp.zeros((rows, p + n), bool)], axis=1)
+    logits, cache = run(prompt, positions, cache, shared, prefix_valid, prompt_mask,
+                        last_only=True)
+  else:
+    logits, cache = run(prompt, positions, cache, 0, None, prompt_mask, last_only=True)
+  cache_valid = jnp.concatenate([jnp.ones((rows, shared), bool), prompt_mask,
+                                 jnp.zeros((rows, n), bool)], axis=1)  # [rows, P + p + n]
   stop = jnp.asarray(stop_ids, jnp.int32)
 
   def next_token(logits, step):
@@ -118,7 +167,7 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   def emit(out, done, step, token):
     return out.at[:, step].set(jnp.where(done, pad_id, token)), done | jnp.isin(token, stop)
 
-  out, done = emit(jnp.full((b, n), pad_id, jnp.int32), jnp.zeros((b,), bool), 0,
+  out, done = emit(jnp.full((rows, n), pad_id, jnp.int32), jnp.zeros((rows,), bool), 0,
                    next_token(logits[:, -1], 0))
 
   def cond(state):
@@ -127,9 +176,9 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
 
   def body(state):
     step, cache, cache_valid, out, done = state
-    slot = p + step - 1  # where the previous token goes
+    slot = shared + p + step - 1  # where the previous token goes
     logits, cache = run(out[:, step - 1, None], (prompt_len + step - 1)[:, None], cache, slot,
-                        cache_valid, jnp.ones((b, 1), bool))
+                        cache_valid, jnp.ones((rows, 1), bool))
     cache_valid = cache_valid.at[:, slot].set(True)
     out, done = emit(out, done, step, next_token(logits[:, 0], step))
     return step + 1, cache, cache_valid, out, done
@@ -167,28 +216,51 @@ def training_rows(codec, texts: Sequence[str], ids: np.ndarray) -> dict:
 
 
 def generate_batches(config: ModelConfig, params, prompts: jax.Array, masks: jax.Array,
-                     keys: jax.Array, **kwargs) -> jax.Array:
-  """`generate_tokens` over prompt batches one after another (bounded KV-cache memory).
+                     keys: jax.Array, prefix: Optional[jax.Array] = None,
+                     members: Optional[dict] = None, **kwargs) -> jax.Array:
+  """`generate_tokens` over prompt batches one after another (bounded KV-cache memory), the
+  shared prefix prefilled once for all of them.
 
-  prompts, masks: [batches, b, p]; keys: [batches] -> [batches, b, max_new_tokens].
+  prompts, masks: [batches, b, p]; keys: [batches]; prefix: [P] int32 tokens all prompts start
+  with (`prefill_prefix`), or None; members: as `generate_tokens`
+  -> [batches, M * b, max_new_tokens].
   """
-  return jax.lax.map(lambda xs: generate_tokens(config, params, *xs, **kwargs),
+  prefix_kv = None
+  if prefix is not None:
+    prefix_kv = prefill_prefix(config, params, prefix, members=members,
+                               layer_loop=kwargs.get("layer_loop", "scan"))
+  return jax.lax.map(lambda xs: generate_tokens(config, params, *xs, prefix_kv=prefix_kv,
+                                                members=members, **kwargs),
                      (prompts, masks, keys))
 
 
 def token_generator(config: ModelConfig, sampling: Sampling, *, stop_ids: Sequence[int],
                     pad_id: int, layer_loop: Optional[str] = None) -> Callable:
-  """The pure generation function `(params, prompts, masks, keys) -> ids` (not yet jitted).
+  """The pure generation function `(params, prompts, masks, keys, prefix, members=None) -> ids`
+  (not yet jitted).
 
-  prompts, masks: [batches, b, p] (`PromptCodec.encode`); keys: [batches] (`batch_keys`);
-  ids: [batches, b, max_new_tokens] int32.
+  prompts, masks: [batches, b, p] and prefix [P] (`PromptCodec.encode_shared_prefix`, P may be
+  0); keys: [batches] (`batch_keys`); members: as `generate_tokens`; ids: [batches, M * b,
+  max_new_tokens] int32.
   """
   sampling.validate()
   layer_loop = default_layer_loop() if layer_loop is None else layer_loop
   _check_layer_loop(layer_loop)
-  return lambda params, prompts, masks, keys: generate_batches(
-      config, params, prompts, masks, keys, sampling=sampling, stop_ids=stop_ids, pad_id=pad_id,
-      layer_loop=layer_loop)
+  return lambda params, prompts, masks, keys, prefix, members=None: generate_batches(
+      config, params, prompts, masks, keys, prefix if prefix.shape[0] else None, members,
+      sampling=sampling, stop_ids=stop_ids, pad_id=pad_id, layer_loop=layer_loop)
+
+
+def factored_population_fn(run: Callable, spec: PerturbSpec) -> Callable:
+  """`jit` of a `token_generator` function over a chunk of low-rank members run factored
+  (`model.members_collection`): the same signature and outputs as `population.population_fn`,
+  f(params, seeds [M], sigmas [M], prompts, masks, keys, prefix) -> [M, batches, b, new]."""
+  def chunk(params, seeds, sigmas, prompts, masks, keys, prefix):
+    factors = jax.vmap(lambda seed, sigma: member_factors(params, rng.member_key(seed), sigma,
+                                                          spec))(seeds, sigmas)
+    out = run(params, prompts, masks, keys, prefix, members=llm_model.members_collection(factors))
+    return out.reshape(out.shape[0], len(seeds), -1, out.shape[-1]).swapaxes(0, 1)
+  return jax.jit(chunk)
 
 
 def batch_keys(sampling: Sampling, key: Optional[jax.Array], batches: int) -> jax.Array:
@@ -205,13 +277,19 @@ class Generator:
   """Tokenise -> `token_generator` -> detokenise, for one loaded model, its base or members.
 
   One call per chunk of members covers every prompt batch, so each member is perturbed once.
+  Low-rank members run factored (`factored_population_fn`: the chunk's members share every
+  base matmul); full-rank members are materialised one per member (`population_fn`). The
+  longest token prefix all prompts of a call share is prefilled once per member
+  (`shared_prefix`).
   """
 
   def __init__(self, config: ModelConfig, params, tokenizer, sampling: Sampling, *,
                batch_size: int, chat: bool, stop_strings: Sequence[str] = (),
                member_axis: str = "map", perturb: Optional[PerturbSpec] = None,
-               layer_loop: Optional[str] = None):
-    """`perturb` defaults to independent noise over every leaf and layer of the model."""
+               layer_loop: Optional[str] = None, shared_prefix: bool = True,
+               factored: bool = True):
+    """`perturb` defaults to independent noise over every leaf and layer of the model;
+    `factored=False` materialises low-rank members too (tests, benchmarks)."""
     self.codec = PromptCodec(tokenizer, batch_size=batch_size, chat=chat,
                              stop_strings=stop_strings)
     self.perturb = PerturbSpec(stacked=llm_model.STACKED_LEAVES) if perturb is None else perturb
@@ -220,19 +298,31 @@ class Generator:
                        f"{llm_model.STACKED_LEAVES!r} (one noise draw per layer), got "
                        f"{self.perturb.stacked!r}")
     self.config, self.params, self.sampling = config, params, sampling
+    self.shared_prefix = shared_prefix
     run = token_generator(config, sampling, stop_ids=self.codec.stop_ids,
                           pad_id=self.codec.pad_id, layer_loop=layer_loop)
     self._base = jax.jit(run)
-    self._population = population.population_fn(run, member_axis=member_axis, spec=self.perturb)
+    self.factored = factored and self.perturb.noise == "lowrank"
+    if self.factored:
+      self._population = factored_population_fn(run, self.perturb)
+    else:
+      self._population = population.population_fn(run, member_axis=member_axis,
+                                                   spec=self.perturb)
+
+  def _encode(self, texts: Sequence[str], key: Optional[jax.Array]) -> tuple:
+    """(prompts, masks, keys, prefix): the generation arguments of `texts`."""
+    if self.shared_prefix:
+      prefix, tokens, mask = self.codec.encode_shared_prefix(texts)
+    else:
+      (tokens, mask), prefix = self.codec.encode(texts), np.zeros((0,), np.int32)
+    return tokens, mask, batch_keys(self.sampling, key, len(tokens)), prefix
 
   def base_token_ids(self, texts: Sequence[str], key: Optional[jax.Array] = None,
                      params=None) -> np.ndarray:
     """Continuations, [prompts, max_new_tokens] token ids, of the base model or of `params`
     (e.g. a member rebuilt with `rebuild_member`), through the same compiled program."""
-    tokens, mask = self.codec.encode(texts)
     params = self.params if params is None else params
-    keys = batch_keys(self.sampling, key, len(tokens))
-    out = distributed.to_host(self._base(params, tokens, mask, keys))
+    out = distributed.to_host(self._base(params, *self._encode(texts, key)))
     return out.reshape(-1, out.shape[-1])[:len(texts)]
 
   def generate(self, texts: Sequence[str], key: Optional[jax.Array] = None,
@@ -248,12 +338,10 @@ class Generator:
     Members perturb `params` (default: the base, e.g. an ES iterate) and share the sampling
     key (irrelevant when greedy, the RandOpt protocol).
     """
-    tokens, mask = self.codec.encode(texts)
-    keys = batch_keys(self.sampling, key, len(tokens))
     params = self.params if params is None else params
     for part, out in population.iter_population(self._population, params, seeds, sigmas,
                                                 chunk_size=members_per_batch, mesh=mesh,
-                                                args=(tokens, mask, keys)):
+                                                args=self._encode(texts, key)):
       yield part, out.reshape(out.shape[0], -1, out.shape[-1])[:, :len(texts)]
 
   def generate_population(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str],

@@ -12,6 +12,12 @@ new tokens attend to the valid cached slots (`cache_mask`) and causally to each 
 returns only their keys/values, and one update writes them at slot `write_index` afterwards.
 (Carrying or re-emitting the whole cache through the scan makes XLA rewrite all of it for
 every layer of every decode step.)
+
+Factored members: applied with a `members` variable collection (`MEMBERS`, from
+`perturb.member_factors` of M low-rank members), the rows are M member-major groups
+`[M * b, ...]` and every weight acts as W + σε of its row's member without being materialised:
+`x W` is one matmul shared by all M × b rows, plus each member's rank-r term `(x a) bᵀ`; vector
+leaves (norm scales, biases) add their member's dense displacement.
 """
 
 from typing import Optional
@@ -24,6 +30,7 @@ from thickets_jax.llm.config import ModelConfig
 
 KVCache = tuple[jax.Array, jax.Array]
 STACKED_LEAVES = r"^layers/"  # leaves whose leading axis stacks the layers
+MEMBERS = "members"  # variable collection of factored member displacements
 _MASKED = -1e30
 
 
@@ -32,6 +39,62 @@ def matmul_precision(config: ModelConfig) -> Optional[jax.lax.Precision]:
   to bfloat16 passes, which breaks parity with the reference); others use the backend's
   native precision."""
   return jax.lax.Precision.HIGHEST if config.dtype == jnp.float32 else None
+
+
+def _by_member(x: jax.Array, members: int) -> jax.Array:
+  """Member-major rows [M * b, ..., d] -> [M, b * ..., d]."""
+  return x.reshape(members, -1, x.shape[-1])
+
+
+def _low_rank_term(x: jax.Array, factors: dict) -> jax.Array:
+  """Each row's member term (x a_m) b_mᵀ. x [M * b, ..., m], factors {"a": [M, m, r],
+  "b": [M, n, r]} -> [M * b, ..., n] float32."""
+  a, b = factors["a"], factors["b"]
+  xa = jnp.einsum("gtm,gmr->gtr", _by_member(x, a.shape[0]).astype(jnp.float32), a,
+                  precision=jax.lax.Precision.HIGHEST)
+  out = jnp.einsum("gtr,gnr->gtn", xa, b, precision=jax.lax.Precision.HIGHEST)
+  return out.reshape(*x.shape[:-1], b.shape[1])
+
+
+def _plus_member_vector(y: jax.Array, delta: jax.Array) -> jax.Array:
+  """y [M * b, ..., n] plus each row's member vector delta [M, n]."""
+  return (_by_member(y, delta.shape[0]) + delta[:, None, :].astype(y.dtype)).reshape(y.shape)
+
+
+class Dense(nn.Dense):
+  """`nn.Dense`, plus each row's member term under the `members` collection."""
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    y = super().__call__(x)
+    if self.has_variable(MEMBERS, "kernel"):
+      term = _low_rank_term(x, self.get_variable(MEMBERS, "kernel"))
+      y = (y.astype(jnp.float32) + term).astype(y.dtype)
+    if self.has_variable(MEMBERS, "bias"):
+      y = _plus_member_vector(y, self.get_variable(MEMBERS, "bias"))
+    return y
+
+
+class Embed(nn.Embed):
+  """`nn.Embed` (lookup, and the tied head through `logits`), plus each row's member term."""
+
+  def __call__(self, tokens: jax.Array) -> jax.Array:  # [M * b, t] -> [M * b, t, d]
+    x = super().__call__(tokens)
+    if not self.has_variable(MEMBERS, "embedding"):
+      return x
+    factors = self.get_variable(MEMBERS, "embedding")  # a [M, vocab, r], b [M, d, r]
+    rows = jax.vmap(lambda a, t: a[t])(factors["a"], tokens.reshape(factors["a"].shape[0], -1))
+    term = jnp.einsum("gtr,gdr->gtd", rows, factors["b"], precision=jax.lax.Precision.HIGHEST)
+    return (x.astype(jnp.float32) + term.reshape(x.shape)).astype(x.dtype)
+
+  def logits(self, x: jax.Array, precision) -> jax.Array:
+    """Tied head: x [M * b, t, d] -> [M * b, t, vocab] (`nn.Embed.attend` takes no precision)."""
+    out = jnp.dot(x, self.embedding.T.astype(x.dtype), precision=precision)
+    if not self.has_variable(MEMBERS, "embedding"):
+      return out
+    factors = self.get_variable(MEMBERS, "embedding")
+    swapped = {"a": factors["b"], "b": factors["a"]}  # (E + a bᵀ)ᵀ = Eᵀ + b aᵀ
+    return (out.astype(jnp.float32) + _low_rank_term(x, swapped)).astype(out.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -43,7 +106,12 @@ class RMSNorm(nn.Module):
     scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    return scale * normed.astype(self.dtype)
+    normed = normed.astype(self.dtype)
+    if not self.has_variable(MEMBERS, "scale"):
+      return scale * normed
+    delta = self.get_variable(MEMBERS, "scale")  # [M, d]
+    return (_by_member(normed, delta.shape[0]) * (scale + delta.astype(self.dtype))[:, None, :]
+            ).reshape(normed.shape)
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -77,8 +145,8 @@ class Attention(nn.Module):
     b, t, _ = x.shape
     group = c.num_heads // c.num_kv_heads
     precision = matmul_precision(c)
-    dense = lambda n, bias, name: nn.Dense(n, use_bias=bias, dtype=c.dtype, param_dtype=c.dtype,
-                                           precision=precision, name=name)
+    dense = lambda n, bias, name: Dense(n, use_bias=bias, dtype=c.dtype, param_dtype=c.dtype,
+                                        precision=precision, name=name)
     heads_major = lambda a: a.transpose(0, 2, 1, 3)  # [b, t, h, hd] -> [b, h, t, hd]
     q = dense(c.num_heads * c.head_dim, c.qkv_bias, "q")(x).reshape(b, t, c.num_heads, c.head_dim)
     k = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, "k")(x).reshape(b, t, c.num_kv_heads, c.head_dim)
@@ -89,22 +157,26 @@ class Attention(nn.Module):
     q = q.reshape(b, t, c.num_kv_heads, group, c.head_dim).transpose(0, 2, 3, 1, 4)
     q = q.reshape(b, c.num_kv_heads, group * t, c.head_dim) / jnp.sqrt(c.head_dim).astype(c.dtype)
     # Scores against the cached and the new keys separately: concatenating the keys would copy
-    # the whole layer cache every call; concatenating the scores copies only [group * t, s + t].
-    score = lambda keys: jnp.einsum("bkqd,bksd->bkqs", q, keys, precision=precision,
+    # the whole layer cache every call; concatenating the scores copies only [s + t, group * t].
+    # Scores are keys-major, [b, kv, keys, group * t]: XLA's CPU backend ran the queries-major
+    # product 6x slower on wide decode batches (256 rows, factored members).
+    score = lambda keys: jnp.einsum("bksd,bkqd->bksq", keys, q, precision=precision,
                                     preferred_element_type=jnp.float32)
-    mix = lambda p, values: jnp.einsum("bkqs,bksd->bkqd", p.astype(c.dtype), values,
+    mix = lambda p, values: jnp.einsum("bksq,bksd->bkqd", p.astype(c.dtype), values,
                                        precision=precision, preferred_element_type=jnp.float32)
-    mask = jnp.tril(jnp.ones((t, t), bool))[None] & token_mask[:, None, :]  # [b, t, t]
+    mask = jnp.tril(jnp.ones((t, t), bool)).T[None] & token_mask[:, :, None]  # [b, keys t, t]
     scores = score(k)
     if cache_mask is not None:
-      mask = jnp.concatenate([jnp.broadcast_to(cache_mask[:, None, :], (b, t, cache_mask.shape[1])),
-                              mask], axis=2)  # [b, t, s + t]
-      scores = jnp.concatenate([score(layer_k), scores], axis=3)
-    mask = jnp.tile(mask, (1, group, 1))[:, None]  # [b, 1, group * t, (s +) t]
-    probs = jax.nn.softmax(jnp.where(mask, scores, _MASKED), axis=-1)
-    out = mix(probs[..., -t:], v)  # [b, kv, group * t, hd]
+      mask = jnp.concatenate([jnp.broadcast_to(cache_mask[:, :, None], (b, cache_mask.shape[1], t)),
+                              mask], axis=1)  # [b, s + t, t]
+      scores = jnp.concatenate([score(layer_k), scores], axis=2)
+    bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)[:, None, :, None]  # over kv, group
+    keys = scores.shape[2]
+    scores = (scores.reshape(b, c.num_kv_heads, keys, group, t) + bias).reshape(scores.shape)
+    probs = jax.nn.softmax(scores, axis=2)
+    out = mix(probs[:, :, -t:], v)  # [b, kv, group * t, hd]
     if cache_mask is not None:
-      out = out + mix(probs[..., :-t], layer_v)
+      out = out + mix(probs[:, :, :-t], layer_v)
     out = out.astype(c.dtype).reshape(b, c.num_kv_heads, group, t, c.head_dim).transpose(0, 3, 1, 2, 4)
     out = dense(c.hidden_size, False, "o")(out.reshape(b, t, c.num_heads * c.head_dim))
     return out, k, v
@@ -116,8 +188,8 @@ class MLP(nn.Module):
   @nn.compact
   def __call__(self, x):  # [b, t, d] -> [b, t, d]
     c = self.config
-    dense = lambda n, name: nn.Dense(n, use_bias=False, dtype=c.dtype, param_dtype=c.dtype,
-                                     precision=matmul_precision(c), name=name)
+    dense = lambda n, name: Dense(n, use_bias=False, dtype=c.dtype, param_dtype=c.dtype,
+                                  precision=matmul_precision(c), name=name)
     hidden = nn.silu(dense(c.intermediate_size, "gate")(x)) * dense(c.intermediate_size, "up")(x)
     return dense(c.hidden_size, "down")(hidden)
 
@@ -162,12 +234,12 @@ class Transformer(nn.Module):
 
   def setup(self):
     c = self.config
-    self.embed = nn.Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype)
+    self.embed = Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype)
     self.layers = self.param("layers", _stacked_block_init(c))
     self.final_norm = RMSNorm(c.rms_norm_eps, c.dtype)
     if not c.tie_embeddings:
-      self.lm_head = nn.Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.dtype,
-                              precision=matmul_precision(c))
+      self.lm_head = Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.dtype,
+                           precision=matmul_precision(c))
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, cache,
                write_index: jax.Array, cache_mask: Optional[jax.Array], token_mask: jax.Array,
@@ -185,45 +257,54 @@ class Transformer(nn.Module):
       layers: None scans the stacked layer parameters; `layer_list(params)` (or a member's)
         runs them unrolled.
 
+    Under a `members` collection of M members (module docstring), b = M × rows per member,
+    member-major.
+
     Returns:
       logits [b, t or 1, vocab] float32, the new cache (stacked or listed, as given).
     """
     step = lambda x, layer: self._layer_step(x, layer, positions, cache_mask, token_mask)
     x = self.embed(tokens)
+    members = (self.get_variable(MEMBERS, "layers") if self.has_variable(MEMBERS, "layers")
+               else None)  # leaves [layers, M, ...]
     if layers is None:
-      x, new_kv = jax.lax.scan(step, x, (self.layers, cache))
+      x, new_kv = jax.lax.scan(step, x, (self.layers, members, cache))
     else:
       new_kv = []
-      for layer in zip(layers, cache):
-        x, kv = step(x, layer)
+      for l, (layer, layer_cache) in enumerate(zip(layers, cache)):
+        layer_members = None if members is None else jax.tree.map(lambda a: a[l], members)
+        x, kv = step(x, (layer, layer_members, layer_cache))
         new_kv.append(kv)
-    # The slot axis is the second to last of stacked and per-layer caches alike.
-    cache = jax.tree.map(lambda c, new: _write(c, new, write_index, c.ndim - 2), cache, new_kv)
+    cache = jax.tree.map(lambda c, new: write_slots(c, new, write_index), cache, new_kv)
     return self.logits(x, last_only), cache
 
   def _layer_step(self, x, layer, positions, cache_mask, token_mask):
-    """One layer: (x [b, t, d], (its parameters, its (k, v) cache)) -> (x, new (k, v))."""
-    layer_params, layer_cache = layer
-    block = Block(self.config, parent=None)
-    return block.apply({"params": layer_params}, x, layer_cache, positions, cache_mask,
-                       token_mask)
+    """One layer: (x [b, t, d], (its parameters, its members or None, its (k, v) cache)) ->
+    (x, new (k, v))."""
+    layer_params, layer_members, layer_cache = layer
+    variables = {"params": layer_params}
+    if layer_members is not None:
+      variables[MEMBERS] = layer_members
+    return Block(self.config, parent=None).apply(variables, x, layer_cache, positions, cache_mask,
+                                                 token_mask)
 
   def logits(self, x: jax.Array, last_only: bool = False) -> jax.Array:
     """[b, t, d] last hidden states -> [b, t or 1, vocab] float32."""
     x = self.final_norm(x)
     if last_only:
       x = x[:, -1:]
-    if self.config.tie_embeddings:  # `nn.Embed.attend` takes no precision
-      logits = jnp.dot(x, self.embed.embedding.T.astype(x.dtype),
-                       precision=matmul_precision(self.config))
+    if self.config.tie_embeddings:
+      logits = self.embed.logits(x, matmul_precision(self.config))
     else:
       logits = self.lm_head(x)
     return logits.astype(jnp.float32)
 
 
-def _write(cache: jax.Array, new: jax.Array, index, axis: int) -> jax.Array:
-  """Writes new keys/values [..., t, hd] into `cache` at slot `index` of `axis`."""
-  return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), index, axis)
+def write_slots(cache: jax.Array, new: jax.Array, index) -> jax.Array:
+  """Writes new keys/values [..., t, hd] into `cache` [..., s, hd] from slot `index` (the slot
+  axis is the second to last of stacked and per-layer caches alike)."""
+  return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), index,
+                                             cache.ndim - 2)
 
 
 def layer_list(params) -> list:
@@ -231,6 +312,19 @@ def layer_list(params) -> list:
   stacked = params["layers"]
   depth = jax.tree.leaves(stacked)[0].shape[0]
   return [jax.tree.map(lambda a, l=l: a[l], stacked) for l in range(depth)]
+
+
+def members_collection(factors: dict) -> dict:
+  """`perturb.member_factors` vmapped over M members (leaves [M, ...]) -> the `members`
+  collection, whose stacked layer leaves are [layers, M, ...] (sliced by the layer loop)."""
+  return {name: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), sub) if name == "layers" else sub
+          for name, sub in factors.items()}
+
+
+def member_count(members: dict) -> int:
+  """M of a `members` collection (stacked layer leaves [layers, M, ...], others [M, ...])."""
+  name, subtree = next(iter(members.items()))
+  return jax.tree.leaves(subtree)[0].shape[1 if name == "layers" else 0]
 
 
 def cache_list(cache: KVCache) -> list[KVCache]:
@@ -252,14 +346,19 @@ def abstract_params(config: ModelConfig):
                                            jnp.zeros((1, 1), bool), jnp.ones((1, 1), bool))["params"])
 
 
-def forward(config: ModelConfig, params, tokens: jax.Array, mask: Optional[jax.Array] = None) -> jax.Array:
-  """Full-sequence logits without a persistent cache (tests, scoring). tokens [b, t] -> [b, t, vocab].
+def forward(config: ModelConfig, params, tokens: jax.Array, mask: Optional[jax.Array] = None,
+            members: Optional[dict] = None) -> jax.Array:
+  """Full-sequence logits without a persistent cache (tests, scoring). tokens [b, t] ->
+  [b, t, vocab], or [M, b, t, vocab] under a `members` collection of M factored members.
 
   `mask` [b, t] marks real tokens (left padding allowed); RoPE positions count real tokens only.
   """
   b, t = tokens.shape
   mask = jnp.ones((b, t), bool) if mask is None else mask
+  count = 1 if members is None else member_count(members)
+  tokens, mask = jnp.tile(tokens, (count, 1)), jnp.tile(mask, (count, 1))
   positions = jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-  logits, _ = Transformer(config).apply({"params": params}, tokens, positions,
-                                        init_cache(config, b, t), 0, None, mask)
-  return logits
+  variables = {"params": params} if members is None else {"params": params, MEMBERS: members}
+  logits, _ = Transformer(config).apply(variables, tokens, positions,
+                                        init_cache(config, count * b, t), 0, None, mask)
+  return logits if members is None else logits.reshape(count, b, t, -1)
