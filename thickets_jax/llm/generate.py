@@ -149,10 +149,8 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   if shared:
     rows_of = lambda kv: jnp.repeat(kv, b, axis=kv.ndim - 4)  # each member's prefix to its b rows
     cache = jax.tree.map(lambda c, kv: llm_model.write_slots(c, rows_of(kv), 0), cache, prefix_kv)
-    prefix_valid = jnp.concatenate([jnp.ones((rows, shared), bool),
-                                    jnp.zeros((rows, p + n), bool)], axis=1)
-    logits, cache = run(prompt, positions, cache, shared, prefix_valid, prompt_mask,
-                        last_only=True)
+    logits, cache = run(prompt, positions, cache, shared, jnp.ones((rows, shared), bool),
+                        prompt_mask, last_only=True)
   else:
     logits, cache = run(prompt, positions, cache, 0, None, prompt_mask, last_only=True)
   cache_valid = jnp.concatenate([jnp.ones((rows, shared), bool), prompt_mask,

@@ -134,9 +134,11 @@ class Attention(nn.Module):
 
     Args:
       x: [b, t, d] new tokens. positions: [b, t].
-      layer_k, layer_v: [b, kv, s, hd] this layer's cache (read only).
-      cache_mask: [b, s] valid cached slots, or None when the cache holds nothing yet (prefill:
-        the cached slots are skipped, not masked). token_mask: [b, t] real new tokens.
+      layer_k, layer_v: [b, kv, S, hd] this layer's cache (read only).
+      cache_mask: [b, s] valid slots among the first s ≤ S of the cache (the later ones are
+        not read: a prefill after a shared prefix reads only the prefix), or None when the
+        cache holds nothing yet (prefill: the cached slots are skipped, not masked).
+      token_mask: [b, t] real new tokens.
 
     Returns:
       out [b, t, d], and the new keys and values, each [b, kv, t, hd].
@@ -167,7 +169,9 @@ class Attention(nn.Module):
     mask = jnp.tril(jnp.ones((t, t), bool)).T[None] & token_mask[:, :, None]  # [b, keys t, t]
     scores = score(k)
     if cache_mask is not None:
-      mask = jnp.concatenate([jnp.broadcast_to(cache_mask[:, :, None], (b, cache_mask.shape[1], t)),
+      slots = cache_mask.shape[1]
+      layer_k, layer_v = layer_k[:, :, :slots], layer_v[:, :, :slots]
+      mask = jnp.concatenate([jnp.broadcast_to(cache_mask[:, :, None], (b, slots, t)),
                               mask], axis=1)  # [b, s + t, t]
       scores = jnp.concatenate([score(layer_k), scores], axis=2)
     bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)[:, None, :, None]  # over kv, group
@@ -250,8 +254,9 @@ class Transformer(nn.Module):
       tokens, positions: [b, t] int32 (RoPE positions, padding excluded from the count).
       cache: (k, v), each [layers, b, kv, s, hd]; with `layers`, `cache_list` of it.
       write_index: slot of this call's first token.
-      cache_mask: [b, s] cached slots the new tokens may attend to (all earlier than them), or
-        None when the cache is still empty (prefill).
+      cache_mask: [b, s] which of the first s cached slots the new tokens may attend to (all
+        earlier than them; later slots are not read), or None when the cache is still empty
+        (prefill).
       token_mask: [b, t] real tokens among the new ones (left padding is False).
       last_only: project only the last position to the vocabulary (prefill).
       layers: None scans the stacked layer parameters; `layer_list(params)` (or a member's)
