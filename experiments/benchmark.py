@@ -462,9 +462,10 @@ def main(argv):
       raise InputError(f"--{name} must be positive, got {FLAGS[name].value}.")
   if FLAGS.b5_copy_gib <= 0:
     raise InputError(f"--b5_copy_gib must be positive, got {FLAGS.b5_copy_gib}.")
-  for n in cli.ints(FLAGS.b4_sizes, "b4_sizes"):
-    if n <= 0:
-      raise InputError(f"--b4_sizes must be positive, got {n}.")
+  for name in ("b4_sizes", "b6_ranks"):
+    for n in cli.ints(FLAGS[name].value, name):
+      if n <= 0:
+        raise InputError(f"--{name} must be positive, got {n}.")
   common.setup_devices()
   print(benches[FLAGS.bench](), flush=True)
 

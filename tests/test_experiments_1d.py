@@ -134,8 +134,9 @@ def test_unwritable_workdir_is_one_sentence(tmp_path):
 
 @pytest.mark.parametrize("args, sentence", [
     (["--bench", "B1", "--chunk_size", "0"], "--chunk_size must be positive, got 0"),
-    (["--bench", "B9"], "unknown --bench 'B9'; known: B1, B2, B3, B4, B5, ES, B7"),
+    (["--bench", "B9"], "unknown --bench 'B9'; known: B1, B2, B3, B4, B5, B6, ES, B7, B8"),
     (["--bench", "B4", "--b4_sizes", "4,-1"], "--b4_sizes must be positive, got -1"),
+    (["--bench", "B6", "--b6_ranks", "4,0"], "--b6_ranks must be positive, got 0"),
 ])
 def test_benchmark_bad_flags_are_refused_before_any_measurement(args, sentence):
   out = _run("benchmark", *args)
