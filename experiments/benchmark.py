@@ -293,13 +293,11 @@ _POSITIVE = ("N", "chunk_size", "repeats", "members", "prompts", "new_tokens",
 def _chunk_times(gen: generate.Generator, seeds, sigmas, texts,
                  chunk: int) -> tuple[np.ndarray, list[float]]:
   """([members, prompts, new] token ids of every member, seconds of each chunk of members)."""
-  ids, seconds = [], []
-  for _ in range(0, len(seeds), chunk):
-    start = time.perf_counter()
-    part = slice(len(ids) * chunk, (len(ids) + 1) * chunk)
-    ids.append(next(gen.population_token_ids(seeds[part], sigmas[part], texts,
-                                             members_per_batch=chunk))[1])
+  ids, seconds, start = [], [], time.perf_counter()
+  for _, out in gen.population_token_ids(seeds, sigmas, texts, members_per_batch=chunk):
+    ids.append(out)
     seconds.append(time.perf_counter() - start)
+    start = time.perf_counter()
   return np.concatenate(ids), seconds
 
 

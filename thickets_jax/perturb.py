@@ -115,6 +115,11 @@ def _leaf_noise(key, index: int, shape, spec: PerturbSpec, is_stacked: bool) -> 
     draw = lambda k: _low_rank_noise(k, core, spec.rank, dtype)
   elif spec.noise == "lowrank" and not spec.vector_noise:
     return jnp.zeros(shape, dtype)
+  return _per_layer(draw, leaf_key, shape, is_stacked)
+
+
+def _per_layer(draw, leaf_key, shape, is_stacked: bool):
+  """`draw(leaf_key)`, or for a stacked leaf layer l's `draw(fold_in(leaf_key, l))`, stacked."""
   if not is_stacked:
     return draw(leaf_key)
   return jax.vmap(lambda layer: draw(jax.random.fold_in(leaf_key, layer)))(jnp.arange(shape[0]))
@@ -218,17 +223,10 @@ def member_factors(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec) -> 
     if len(core) != 2:
       value = scale * _leaf_noise(key, index, leaf.shape, spec, is_stacked).astype(jnp.float32)
     else:
-      def draw(k, scale):
-        a, b = _low_rank_factors(k, core, spec.rank, dtype)
-        return {"a": scale * a.astype(jnp.float32) / jnp.sqrt(spec.rank),
-                "b": b.astype(jnp.float32)}
-      leaf_key = jax.random.fold_in(key, index)
-      if is_stacked:
-        scales = jnp.broadcast_to(scale, (leaf.shape[0], 1, 1))
-        value = jax.vmap(lambda l, s: draw(jax.random.fold_in(leaf_key, l), s))(
-            jnp.arange(leaf.shape[0]), scales)
-      else:
-        value = draw(leaf_key, scale)
+      draw = lambda k: _low_rank_factors(k, core, spec.rank, dtype)
+      a, b = _per_layer(draw, jax.random.fold_in(key, index), leaf.shape, is_stacked)
+      value = {"a": scale * a.astype(jnp.float32) / jnp.sqrt(spec.rank),
+               "b": b.astype(jnp.float32)}  # scale [layers, 1, 1] or [1, 1] / scalar
     node = out
     keys = tree.path_name(path).split("/")
     for k in keys[:-1]:

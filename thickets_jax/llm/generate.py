@@ -215,7 +215,8 @@ def training_rows(codec, texts: Sequence[str], ids: np.ndarray) -> dict:
 
 def generate_batches(config: ModelConfig, params, prompts: jax.Array, masks: jax.Array,
                      keys: jax.Array, prefix: Optional[jax.Array] = None,
-                     members: Optional[dict] = None, **kwargs) -> jax.Array:
+                     members: Optional[dict] = None, layer_loop: str = "scan",
+                     **kwargs) -> jax.Array:
   """`generate_tokens` over prompt batches one after another (bounded KV-cache memory), the
   shared prefix prefilled once for all of them.
 
@@ -225,10 +226,10 @@ def generate_batches(config: ModelConfig, params, prompts: jax.Array, masks: jax
   """
   prefix_kv = None
   if prefix is not None:
-    prefix_kv = prefill_prefix(config, params, prefix, members=members,
-                               layer_loop=kwargs.get("layer_loop", "scan"))
+    prefix_kv = prefill_prefix(config, params, prefix, members=members, layer_loop=layer_loop)
   return jax.lax.map(lambda xs: generate_tokens(config, params, *xs, prefix_kv=prefix_kv,
-                                                members=members, **kwargs),
+                                                members=members, layer_loop=layer_loop,
+                                                **kwargs),
                      (prompts, masks, keys))
 
 
