@@ -76,7 +76,9 @@ def main(argv):
   config = llm_common.config(compare.CompareConfig,
                              methods=tuple(FLAGS.methods) if FLAGS.methods else None,
                              **{name: FLAGS[name].value for name in _OWN})
-  print(table(compare.run_compare(config, FLAGS.workdir)))
+  result = llm_common.run_or_plan(compare.run_compare, config, FLAGS.workdir)
+  if result is not None:
+    print(table(result))
 
 
 def table(result: dict) -> str:

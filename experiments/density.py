@@ -31,7 +31,9 @@ def main(argv):
   config = llm_common.config(
       runs.DensityConfig, models=tuple(FLAGS.model) if FLAGS.model else None, task=FLAGS.task,
       margins=cli.floats(FLAGS.margins, "margins") if FLAGS.margins else None)
-  print(_table(runs.run_density(config, FLAGS.workdir)))
+  result = llm_common.run_or_plan(runs.run_density, config, FLAGS.workdir)
+  if result is not None:
+    print(_table(result))
 
 
 def _table(result) -> str:

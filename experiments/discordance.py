@@ -32,8 +32,8 @@ def main(argv):
       runs.DiscordanceConfig, models=tuple(FLAGS.model) if FLAGS.model else None,
       tasks=tuple(FLAGS.tasks) if FLAGS.tasks else None, clusters=FLAGS.clusters,
       spectra_shown=FLAGS.spectra_shown)
-  result = runs.run_discordance(config, FLAGS.workdir)
-  for p in result["points"]:
+  result = llm_common.run_or_plan(runs.run_discordance, config, FLAGS.workdir)
+  for p in result["points"] if result is not None else ():
     d = p["discordance_reward"]
     value = "undefined (a task's scores are constant)" if d["discordance"] is None else (
         f"{d['discordance']:.3f}")

@@ -41,7 +41,9 @@ def main(argv):
   del argv
   llm_common.setup_devices()
   config = llm_common.config(distill.DistillConfig, **{name: FLAGS[name].value for name in _OWN})
-  print(table(distill.run_distill(config, FLAGS.workdir)))
+  result = llm_common.run_or_plan(distill.run_distill, config, FLAGS.workdir)
+  if result is not None:
+    print(table(result))
 
 
 def table(result: dict) -> str:

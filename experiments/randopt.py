@@ -43,10 +43,12 @@ def main(argv):
                              test_size=FLAGS.test_size, halving_eta=FLAGS.halving_eta,
                              halving_min_examples=FLAGS.halving_min_examples)
   if FLAGS.resume_dir:
-    result = runs.reevaluate_randopt(config, FLAGS.resume_dir, FLAGS.workdir)
+    run = lambda c, workdir: runs.reevaluate_randopt(c, FLAGS.resume_dir, workdir)
   else:
-    result = runs.run_randopt(config, FLAGS.workdir)
-  print(_table(result, config.ks))
+    run = runs.run_randopt
+  result = llm_common.run_or_plan(run, config, FLAGS.workdir)
+  if result is not None:
+    print(_table(result, config.ks))
 
 
 def _table(result, ks) -> str:

@@ -115,8 +115,12 @@ def test_randopt_on_two_processes_equals_one_process(tmp_path, tiny_weights):
   for process in (single, *hosts):
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
+  plans = [_read(os.path.join(d, "results.json")).pop("execution_plan") for d in (one, two)]
+  assert [p["machine"]["processes"] for p in plans] == [1, 2]
+  assert all(p["machine"]["devices"] == 2 and p["model_parallel"] == 1 for p in plans)
   for name in ("results.json", "topk.json", "base.json", "base_test.json"):
-    assert _read(os.path.join(two, name)) == _read(os.path.join(one, name)), name
+    strip = lambda record: {k: v for k, v in record.items() if k != "execution_plan"}
+    assert strip(_read(os.path.join(two, name))) == strip(_read(os.path.join(one, name))), name
   for name in ("candidates.jsonl", "test_members.jsonl"):
     with open(os.path.join(one, name)) as a, open(os.path.join(two, name)) as b:
       assert a.read() == b.read(), name  # written once, by process 0
@@ -154,7 +158,9 @@ def test_density_command_line_prints_the_table(tmp_path, tiny_weights):
     (dict(sigmas=(0.0,)), "sigma must be a positive finite number, got 0.0"),
     (dict(weights=None), "tiny-random-llama has no published weights; pass --weights DIR"),
     (dict(task="gsm8k", data="/nonexistent.jsonl"), "--data /nonexistent.jsonl is not a file"),
-    (dict(model_parallel=2), "--model_parallel needs --member_axis vmap"),
+    (dict(model_parallel=2, member_axis="map"), "--model_parallel needs --member_axis vmap"),
+    (dict(model_parallel=3), "--model_parallel 3 must divide the 2 devices"),
+    (dict(max_new_tokens=0), "--max_new_tokens must be positive, got 0"),
     (dict(keep_completions=-1), "--keep_completions must be >= 0, got -1"),
     (dict(mode="shared"), "unknown perturbation mode 'shared'"),
     (dict(test_size=-1), "--test_size must be >= 0, got -1"),
@@ -169,8 +175,14 @@ def test_bad_settings_are_one_sentence_before_loading(tmp_path, tiny_weights, ov
 @pytest.mark.parametrize("args, sentence", [
     (["--model", "gpt-9"], "unknown model 'gpt-9'"),
     (["--K", "2,x"], "--K takes integers"),
-    (["--distributed", "--num_processes", "1", "--process_id", "0", "--coordinator",
-      "localhost:0"], "--distributed needs --model_parallel M"),
+    (["--plan_devices", "8"], "--plan_devices and --plan_device_memory go together"),
+    (["--plan_devices", "8", "--plan_device_memory", "80GB"], "it needs --dry_run"),
+    (["--dry_run", "--plan_devices", "8", "--plan_device_memory", "lots"],
+     "--plan_device_memory takes a size like 80GB"),
+    (["--dry_run", "--plan_devices", "0", "--plan_device_memory", "80GB"],
+     "--plan_devices must be positive"),
+    (["--model", "qwen2.5-32b-instruct", "--dry_run", "--plan_devices", "1",
+      "--plan_device_memory", "80GB"], "no plan fits: qwen2.5-32b-instruct in bfloat16 needs"),
 ])
 def test_command_line_bad_input_is_one_sentence(tmp_path, args, sentence):
   workdir = str(tmp_path / "never")

@@ -68,9 +68,31 @@ def test_bfloat16_parameters_load_and_run(tmp_path):
   _, directory = _checkpoint(tmp_path, "qwen2", True)
   config = weights.hf_config(directory, jnp.bfloat16)
   params = weights.load_safetensors(directory, config)
-  assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(params))
+  dtypes = {weights.path_name(p): x.dtype for p, x in jax.tree_util.tree_flatten_with_path(params)[0]}
+  assert dtypes["layers/attn/q/kernel"] == dtypes["embed/embedding"] == jnp.bfloat16
+  assert dtypes["layers/attn/q/bias"] == dtypes["layers/mlp_norm/scale"] == jnp.float32
+  assert jax.tree.map(lambda x: x.dtype, params) == jax.tree.map(lambda x: x.dtype,
+                                                                 M.abstract_params(config))
   logits = M.forward(config, params, jnp.ones((1, 5), jnp.int32))
   assert logits.dtype == jnp.float32 and bool(jnp.all(jnp.isfinite(logits)))
+
+
+def test_bfloat16_models_keep_the_noise_of_norms_and_biases(tmp_path):
+  """In bf16 storage σ = 5e-4 on a scale near 1 rounds back to the base in every entry; stored
+  and applied in float32, every entry moves and the logits move with it."""
+  _, directory = _checkpoint(tmp_path, "qwen2", True)
+  config = weights.hf_config(directory, jnp.bfloat16)
+  params = weights.load_safetensors(directory, config)
+  spec = PerturbSpec(stacked=M.STACKED_LEAVES, include=r"norm|bias")
+  member = rebuild_member(params, 5, 5e-4, spec)
+  for name in ("mlp_norm", "attn_norm"):
+    moved = np.asarray(member["layers"][name]["scale"] != params["layers"][name]["scale"])
+    assert moved.mean() > 0.99
+  lost = np.asarray(params["layers"]["mlp_norm"]["scale"]).astype(jnp.bfloat16)
+  assert np.mean(np.asarray(rebuild_member({"s": jnp.asarray(lost)}, 5, 5e-4, PerturbSpec())["s"]
+                            == lost)) > 0.9  # what bf16 storage would have kept
+  tokens = jnp.asarray(np.random.default_rng(2).integers(0, TINY["vocab_size"], size=(2, 9)))
+  assert not np.array_equal(M.forward(config, member, tokens), M.forward(config, params, tokens))
 
 
 def test_left_padding_does_not_change_logits(tmp_path):
@@ -339,3 +361,23 @@ def test_population_generation_on_a_model_parallel_mesh_equals_one_device(tmp_pa
   (_, expected), = gen.population_token_ids(seeds, sigmas, prompts, members_per_batch=2)
   (_, got), = on_mesh.population_token_ids(seeds, sigmas, prompts, members_per_batch=2, mesh=mesh)
   np.testing.assert_array_equal(got, expected)
+
+
+@pytest.mark.parametrize("kind, rope", [
+    ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
+    ("qwen2", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+    ("llama", {"rope_type": "linear", "factor": 2.0})])
+def test_rope_scaling_we_do_not_implement_is_refused(tmp_path, kind, rope):
+  cls = transformers.LlamaConfig if kind == "llama" else transformers.Qwen2Config
+  model_cls = transformers.LlamaForCausalLM if kind == "llama" else transformers.Qwen2ForCausalLM
+  directory = str(tmp_path / kind)
+  model_cls(cls(**TINY, rope_scaling=rope)).save_pretrained(directory)  # transformers' own file
+  with pytest.raises(InputError, match=f"rope_type '{rope['rope_type']}' .* not implemented"):
+    weights.hf_config(directory, jnp.float32)
+  with open(os.path.join(directory, "config.json")) as f:  # the pre-v5 spelling
+    hf = {**json.load(f), "rope_scaling": {"type": rope["rope_type"]}}
+  hf.pop("rope_parameters", None)
+  with pytest.raises(InputError, match="not implemented"):
+    from thickets_jax.llm.config import from_hf_config  # pylint: disable=g-import-not-at-top
+    from_hf_config(hf)

@@ -1,5 +1,6 @@
 """Entry-point plumbing shared by `experiments/*`: bad input exits with one sentence."""
 
+import logging as std_logging
 import sys
 from typing import Callable, Sequence
 
@@ -9,7 +10,10 @@ from thickets_jax.errors import InputError
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`app.run(main)`, turning an `InputError` into `error: <sentence>` and exit status 2."""
+  """`app.run(main)`, turning an `InputError` into `error: <sentence>` and exit status 2. JAX's
+  note that it found no TPU runtime (INFO, on every GPU and CPU machine) is kept off stderr."""
+  std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
+
   def checked(argv):
     if len(argv) > 1:
       _fail(f"unexpected arguments {' '.join(argv[1:])!r}; every option is a --flag.")

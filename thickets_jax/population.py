@@ -71,8 +71,9 @@ def population_fn(score_fn: Callable[..., PyTree], *, member_axis: str = "vmap",
       perturbed copy whatever the chunk, and each matmul stays a plain 2-D one.
 
   Returns:
-    f(params, seeds [C] int32, sigmas [C] float32, *args) -> pytree of [C, ...] outputs; `args`
-    (e.g. a prompt batch) are shared by all members and are traced, not baked into the program.
+    jitted f(params, seeds [C] int32, sigmas [C] float32, *args) -> pytree of [C, ...] outputs;
+    `args` (e.g. a prompt batch) are shared by all members and are traced, not baked into the
+    program (`f.lower` compiles it ahead of time on abstract inputs: dry runs).
   """
   if member_axis not in MEMBER_AXES:
     raise InputError(f"unknown member axis {member_axis!r}; known: {', '.join(MEMBER_AXES)}.")
@@ -80,12 +81,11 @@ def population_fn(score_fn: Callable[..., PyTree], *, member_axis: str = "vmap",
   def member(params, seed, sigma, args):
     return score_fn(perturb_member(params, seed, sigma, spec), *args)
 
-  if member_axis == "vmap":
-    batched = jax.jit(jax.vmap(member, in_axes=(None, 0, 0, None)))
-  else:
-    batched = jax.jit(lambda params, seeds, sigmas, args: jax.lax.map(
-        lambda one: member(params, *one, args), (seeds, sigmas)))
-  return lambda params, seeds, sigmas, *args: batched(params, seeds, sigmas, args)
+  def chunk(params, seeds, sigmas, *args):
+    if member_axis == "vmap":
+      return jax.vmap(member, in_axes=(None, 0, 0, None))(params, seeds, sigmas, args)
+    return jax.lax.map(lambda one: member(params, *one, args), (seeds, sigmas))
+  return jax.jit(chunk)
 
 
 def population_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:

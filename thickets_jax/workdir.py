@@ -15,6 +15,8 @@ A run directory holds:
   *.png              figures (`figure`)
   runs/<name>/       nested runs (`child`), each a RunDir of its own
   bases/             checkpoints of pretrained bases (orbax)
+  .lock              held (flock) by the job writing here while its session lasts: a second
+                     job on the same directory is refused; a killed job's lock dies with it
 
 Resuming is the same everywhere: claim the spec, then every part is either read back
 (JSON, checkpoints, stored members) or computed and persisted as soon as it exists.
@@ -22,6 +24,7 @@ Only the writing process of a multi-host run writes (`distributed.is_writer`).
 """
 
 import contextlib
+import fcntl
 import json
 import logging as std_logging
 import os
@@ -169,8 +172,14 @@ class RunDir:
 
   @contextlib.contextmanager
   def session(self, experiment: str, settings: dict) -> Iterator[None]:
-    """Appends this invocation's settings to config.json and mirrors the log into log.txt
-    (stderr keeps its copy) while the run lasts."""
+    """Locks the directory for this job, appends this invocation's settings to config.json and
+    mirrors the log into log.txt (stderr keeps its copy) while the run lasts."""
+    with _locked(self.path):
+      with self._logged(experiment, settings):
+        yield
+
+  @contextlib.contextmanager
+  def _logged(self, experiment: str, settings: dict) -> Iterator[None]:
     history = self.read("config") if self.exists("config") else []
     history.append({"experiment": experiment, "started": time.strftime("%Y-%m-%dT%H:%M:%S"),
                     "settings": json.loads(json.dumps(settings, default=str))})
@@ -190,6 +199,43 @@ class RunDir:
       if handler is not None:
         logging.get_absl_logger().removeHandler(handler)
         handler.close()
+
+
+_HELD: dict[str, list] = {}  # path -> [open lock file, depth]: this process's locks
+
+
+@contextlib.contextmanager
+def _locked(path: str) -> Iterator[None]:
+  """An exclusive `flock` on `path/.lock` for as long as the block runs (re-entrant within one
+  process); only the writing process of a multi-host run takes it. The kernel drops the lock
+  when its holder dies, so a killed job never leaves a stale one."""
+  if not distributed.is_writer():
+    yield
+    return
+  if path in _HELD:
+    _HELD[path][1] += 1
+  else:
+    handle = open(os.path.join(path, ".lock"), "a+")
+    try:
+      fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+      handle.seek(0)
+      holder = handle.read().strip() or "another process"
+      handle.close()
+      raise InputError(f"{path} is in use by another running job ({holder}); wait for it to end "
+                       "or use another --workdir.") from None
+    handle.truncate(0)
+    handle.write(f"pid {os.getpid()} on {os.uname().nodename}")
+    handle.flush()
+    _HELD[path] = [handle, 1]
+  try:
+    yield
+  finally:
+    _HELD[path][1] -= 1
+    if not _HELD[path][1]:
+      handle = _HELD.pop(path)[0]
+      fcntl.flock(handle, fcntl.LOCK_UN)
+      handle.close()
 
 
 def _not_orbax_chatter(record: std_logging.LogRecord) -> bool:

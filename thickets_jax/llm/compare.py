@@ -18,7 +18,7 @@ they finish, ES and GRPO state is checkpointed with orbax, test evaluations are 
 
 import dataclasses
 import time
-from typing import Callable
+from typing import Callable, ClassVar
 
 import numpy as np
 from absl import logging
@@ -51,9 +51,8 @@ class CompareConfig(ScoringConfig):
   vote_temperature: float = 0.7
   N: int = 32
   sigmas: tuple[float, ...] = (5e-4, 1e-3)
-  train_size: int = 32
-  max_new_tokens: int = 32
   batch_size: int = 32
+  OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (32, 32)  # (train_size, max_new_tokens)
   es_population: int = 8
   es_iterations: int = 4
   es_sigma: float = 1e-3
@@ -227,6 +226,7 @@ def run_compare(config: CompareConfig, workdir: str) -> dict:
   """Runs (or resumes) every method of `config.methods`; writes results.json and
   accuracy_vs_flops.png. Returns the results: per method its points (training FLOPs, test
   accuracy single and voted with SEs, test FLOPs) and wall time."""
+  config = config.planned()
   with model_task_run(config, workdir, "compare") as (run_dir, loaded, train_set, test_set, gen):
     sampler = config.generator(loaded, temperature=config.vote_temperature)
     evaluate = _Evaluator(config, gen, sampler, test_set, run_dir)

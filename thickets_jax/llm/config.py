@@ -54,11 +54,32 @@ class ModelConfig:
     return 2 * self.num_params
 
 
+# RoPE variants the model implements: plain rotary frequencies (`rope_type` "default").
+ROPE_TYPES = ("default",)
+
+
+def rope_type(hf: Mapping[str, Any]) -> str:
+  """The RoPE variant a Hugging Face config asks for: `rope_parameters` (transformers ≥ 5) or
+  the older `rope_scaling`, whose key is `rope_type` (or `type` in early Llama-2 files)."""
+  for field in ("rope_parameters", "rope_scaling"):
+    settings = hf.get(field)
+    if isinstance(settings, Mapping):
+      kind = settings.get("rope_type", settings.get("type"))
+      if kind is not None:
+        return str(kind)
+  return "default"
+
+
 def from_hf_config(hf: Mapping[str, Any], dtype=jnp.float32) -> ModelConfig:
-  """From a Hugging Face `config.json` of a Qwen2 or Llama model."""
+  """From a Hugging Face `config.json` of a Qwen2 or Llama model; a RoPE scaling we do not
+  implement (llama3, yarn, linear, dynamic, ...) is refused, never ignored."""
   model_type = hf.get("model_type")
   if model_type not in ("qwen2", "llama"):
     raise InputError(f"unsupported model_type {model_type!r} in config.json; supported: qwen2, llama.")
+  kind = rope_type(hf)
+  if kind not in ROPE_TYPES:
+    raise InputError(f"rope_type {kind!r} (RoPE scaling) is not implemented; supported: "
+                     f"{', '.join(ROPE_TYPES)}, so this checkpoint would load with wrong positions.")
   heads = hf["num_attention_heads"]
   return ModelConfig(
       vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],

@@ -16,6 +16,7 @@ killed run resumes there.
 """
 
 import dataclasses
+from typing import ClassVar
 
 import numpy as np
 from absl import logging
@@ -37,9 +38,8 @@ class DistillConfig(runs.ScoringConfig):
   rounds: int = 2
   N: int = 16
   sigmas: tuple[float, ...] = (5e-4, 1e-3)
-  train_size: int = 32
-  max_new_tokens: int = 32
   batch_size: int = 32
+  OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (32, 32)  # (train_size, max_new_tokens)
   finetune: str = "full"
   lora_rank: int = 8
   learning_rate: float = 1e-5
@@ -102,6 +102,7 @@ def teach(gen: generate.Generator, train_set: scoring.TaskSet, members: list[dic
 def run_distill(config: DistillConfig, workdir: str) -> dict:
   """R rounds of search → teach → fine-tune → evaluate; returns (and writes) results.json
   and `accuracy_by_round.png`."""
+  config = config.planned()
   with runs.model_task_run(config, workdir, "distill") as (run_dir, loaded, train_set, test_set,
                                                           gen):
     params = loaded.params

@@ -262,6 +262,15 @@ def factored_population_fn(run: Callable, spec: PerturbSpec) -> Callable:
   return jax.jit(chunk)
 
 
+def population_program(run: Callable, spec: PerturbSpec, *, member_axis: str,
+                       factored: bool) -> Callable:
+  """The jitted call that generates a chunk of members: factored (`factored_population_fn`,
+  low-rank members only) or materialised (`population.population_fn`)."""
+  if factored:
+    return factored_population_fn(run, spec)
+  return population.population_fn(run, member_axis=member_axis, spec=spec)
+
+
 def batch_keys(sampling: Sampling, key: Optional[jax.Array], batches: int) -> jax.Array:
   """One sampling key per prompt batch, `fold_in(key, batch)`. Greedy decoding draws nothing,
   so it needs no key; sampling with temperature > 0 requires one (`rng.key(seed, "sampling")`)."""
@@ -302,11 +311,8 @@ class Generator:
                           pad_id=self.codec.pad_id, layer_loop=layer_loop)
     self._base = jax.jit(run)
     self.factored = factored and self.perturb.noise == "lowrank"
-    if self.factored:
-      self._population = factored_population_fn(run, self.perturb)
-    else:
-      self._population = population.population_fn(run, member_axis=member_axis,
-                                                   spec=self.perturb)
+    self._population = population_program(run, self.perturb, member_axis=member_axis,
+                                          factored=self.factored)
 
   def _encode(self, texts: Sequence[str], key: Optional[jax.Array]) -> tuple:
     """(prompts, masks, keys, prefix): the generation arguments of `texts`."""

@@ -18,15 +18,21 @@ Factored members: applied with a `members` variable collection (`MEMBERS`, from
 `[M * b, ...]` and every weight acts as W + σε of its row's member without being materialised:
 `x W` is one matmul shared by all M × b rows, plus each member's rank-r term `(x a) bᵀ`; vector
 leaves (norm scales, biases) add their member's dense displacement.
+
+Vector leaves (norm scales, biases: one value per feature) are float32 whatever the model's
+dtype (`param_dtype`), and they act in float32 before the activation is rounded to the model's
+dtype: in bfloat16, σε on a scale near 1 rounds back to the base value for every σ below
+2^-9 ≈ 2e-3, so bf16-stored norms would silently keep no noise.
 """
 
-from typing import Optional
+from typing import Any, Optional
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from thickets_jax.llm.config import ModelConfig
+from thickets_jax.tree import path_name
 
 KVCache = tuple[jax.Array, jax.Array]
 STACKED_LEAVES = r"^layers/"  # leaves whose leading axis stacks the layers
@@ -39,6 +45,19 @@ def matmul_precision(config: ModelConfig) -> Optional[jax.lax.Precision]:
   to bfloat16 passes, which breaks parity with the reference); others use the backend's
   native precision."""
   return jax.lax.Precision.HIGHEST if config.dtype == jnp.float32 else None
+
+
+def param_dtype(shape: tuple[int, ...], stacked: bool, dtype) -> jnp.dtype:
+  """The stored dtype of a parameter leaf: float32 for vectors (norm scales, biases; one value
+  per feature, per layer when `stacked`), else the model's `dtype`."""
+  return jnp.dtype(jnp.float32) if len(shape) - stacked == 1 else jnp.dtype(dtype)
+
+
+def _promote_keeping_bias(inputs, kernel, bias, *, dtype):
+  """`nn.Dense`'s `promote_dtype`: inputs and kernel in the compute dtype, the bias in float32,
+  so its noise survives a bfloat16 model (the output is rounded once, after the bias)."""
+  return (jnp.asarray(inputs, dtype), jnp.asarray(kernel, dtype),
+          None if bias is None else jnp.asarray(bias, jnp.float32))
 
 
 def _by_member(x: jax.Array, members: int) -> jax.Array:
@@ -62,17 +81,19 @@ def _plus_member_vector(y: jax.Array, delta: jax.Array) -> jax.Array:
 
 
 class Dense(nn.Dense):
-  """`nn.Dense`, plus each row's member term under the `members` collection."""
+  """`nn.Dense` with a float32 bias (`_promote_keeping_bias`), plus each row's member term under
+  the `members` collection; the output is in `dtype`."""
+  promote_dtype: Any = _promote_keeping_bias
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    y = super().__call__(x)
+    y = super().__call__(x)  # float32 when a bias was added, else `dtype`
     if self.has_variable(MEMBERS, "kernel"):
       term = _low_rank_term(x, self.get_variable(MEMBERS, "kernel"))
-      y = (y.astype(jnp.float32) + term).astype(y.dtype)
+      y = y.astype(jnp.float32) + term
     if self.has_variable(MEMBERS, "bias"):
       y = _plus_member_vector(y, self.get_variable(MEMBERS, "bias"))
-    return y
+    return y.astype(self.dtype)
 
 
 class Embed(nn.Embed):
@@ -103,15 +124,17 @@ class RMSNorm(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., d]
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), self.dtype)
+    """The norm in float32 times the float32 scale (the member's, under `members`), rounded to
+    `dtype` once, at the end."""
+    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    normed = normed.astype(self.dtype)
+    scale = jnp.asarray(scale, jnp.float32)
     if not self.has_variable(MEMBERS, "scale"):
-      return scale * normed
+      return (scale * normed).astype(self.dtype)
     delta = self.get_variable(MEMBERS, "scale")  # [M, d]
-    return (_by_member(normed, delta.shape[0]) * (scale + delta.astype(self.dtype))[:, None, :]
-            ).reshape(normed.shape)
+    return (_by_member(normed, delta.shape[0]) * (scale + delta.astype(jnp.float32))[:, None, :]
+            ).reshape(normed.shape).astype(self.dtype)
 
 
 def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
@@ -347,8 +370,11 @@ def abstract_params(config: ModelConfig):
   model = Transformer(config)
   tokens = jnp.zeros((1, 1), jnp.int32)
   cache = jax.eval_shape(lambda: init_cache(config, 1, 1))
-  return jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens, cache, 0,
-                                           jnp.zeros((1, 1), bool), jnp.ones((1, 1), bool))["params"])
+  abstract = jax.eval_shape(lambda: model.init(jax.random.key(0), tokens, tokens, cache, 0,
+                                               jnp.zeros((1, 1), bool), jnp.ones((1, 1), bool))["params"])
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: jax.ShapeDtypeStruct(leaf.shape, param_dtype(
+          leaf.shape, path_name(path).startswith("layers/"), config.dtype)), abstract)
 
 
 def forward(config: ModelConfig, params, tokens: jax.Array, mask: Optional[jax.Array] = None,

@@ -16,7 +16,7 @@ to `candidates.jsonl` as they finish and never re-scored.
 import contextlib
 import dataclasses
 import os
-from typing import Iterator, Optional, Sequence
+from typing import ClassVar, Iterator, Optional, Sequence
 
 import jax.numpy as jnp
 import numpy as np
@@ -26,6 +26,7 @@ from scipy.cluster import vq
 from thickets_jax import halving, metrics, plotting, population, randopt
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, registry, scoring, sharding, weights
+from thickets_jax.llm import plan as llm_plan
 from thickets_jax.llm import model as llm_model
 from thickets_jax.perturb import PerturbSpec
 from thickets_jax.tasks import TASKS
@@ -34,7 +35,7 @@ from thickets_jax.workdir import RunDir
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Settings that change how a run is computed, never its numbers: a run may resume with others.
 _EXECUTION_FIELDS = ("batch_size", "members_per_batch", "member_axis", "layer_loop",
-                     "model_parallel", "keep_completions")
+                     "model_parallel", "keep_completions", "plan", "dry_run")
 # The identity holds these as a PerturbSpec.
 _NOISE_FIELDS = ("mode", "relative", "include", "noise", "rank")
 TINY_MODEL = "tiny-random-llama"
@@ -46,29 +47,35 @@ class ScoringConfig:
 
   Attributes:
     weights: a Hugging Face checkpoint directory (else the HF cache / offline packages).
-    dtype: "float32" or "bfloat16", parameters and activations.
+    dtype: "float32" or "bfloat16", matrices and activations (vectors stay float32).
     N: perturbed members. sigmas: noise scales, each member draws one. seed: the root seed
       (member seeds and sigmas, procedural data).
-    train_size: examples each member is scored on. max_new_tokens: generation limit.
+    train_size: examples each member is scored on. max_new_tokens: generation limit. None (the
+      default): the reference protocol of the run's tasks where they have one (200 examples,
+      1024 tokens: countdown, gsm8k, math500), else the experiment's `OFFLINE_PROTOCOL`.
     batch_size: prompts per generation batch. members_per_batch: members per compiled call.
     member_axis: "map" (one member's copy in memory at a time) or "vmap" (batched; shardable).
+    dtype, members_per_batch, member_axis, model_parallel: None (the default) lets the
+      execution plan choose from the machine (`planned`, `thickets_jax.llm.plan`).
     layer_loop: "scan" or "unrolled" (None: unrolled on GPUs).
     mode, relative, include, noise, rank: the noise (`PerturbSpec`; layers always get their
       own noise; `noise` "lowrank" gives every weight matrix rank-`rank` noise).
     data: JSONL/parquet file for dataset tasks (gsm8k, math500).
     model_parallel: devices per member on a (population, model) mesh (0: no mesh).
     keep_completions: completions stored per task with each member's scores (0: none).
+    plan: the execution plan `planned` chose (`ExecutionPlan.to_json`), None before.
+    dry_run: the run is only planned and compiled (`llm.dryrun`): no weights are looked for.
   """
   weights: Optional[str] = None
-  dtype: str = "float32"
+  dtype: Optional[str] = None
   N: int = 16
   sigmas: tuple[float, ...] = (1e-3,)
   seed: int = 0
-  train_size: int = 16
-  max_new_tokens: int = 128
+  train_size: Optional[int] = None
+  max_new_tokens: Optional[int] = None
   batch_size: int = 16
-  members_per_batch: int = 2
-  member_axis: str = "map"
+  members_per_batch: Optional[int] = None
+  member_axis: Optional[str] = None
   layer_loop: Optional[str] = None
   mode: str = "independent"
   relative: bool = False
@@ -76,8 +83,50 @@ class ScoringConfig:
   noise: str = "full"
   rank: int = 4
   data: Optional[str] = None
-  model_parallel: int = 0
+  model_parallel: Optional[int] = None
   keep_completions: int = 2
+  plan: Optional[dict] = None
+  dry_run: bool = False
+  # (train_size, max_new_tokens) on tasks without a reference protocol (procedural, offline).
+  OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (16, 128)
+
+  def model_names(self) -> tuple[str, ...]:
+    """The models the run loads (`models`, else `model`, of the experiment's config)."""
+    return tuple(getattr(self, "models", ())) or (getattr(self, "model"),)
+
+  def task_names(self) -> tuple[str, ...]:
+    """The tasks the run scores (`tasks`, else `task`, of the experiment's config)."""
+    return tuple(getattr(self, "tasks", ())) or (getattr(self, "task"),)
+
+  def with_protocol(self) -> "ScoringConfig":
+    """`train_size` and `max_new_tokens` left None taken from the tasks' reference protocol
+    (the largest among the run's tasks), else from `OFFLINE_PROTOCOL`."""
+    protocols = [TASKS.get(name).protocol for name in self.task_names()]
+    protocols = [p for p in protocols if p is not None]
+    train, new = ((max(p.train_size for p in protocols), max(p.max_new_tokens for p in protocols))
+                  if protocols else self.OFFLINE_PROTOCOL)
+    return dataclasses.replace(
+        self, train_size=train if self.train_size is None else self.train_size,
+        max_new_tokens=new if self.max_new_tokens is None else self.max_new_tokens)
+
+  def planned(self, machine: Optional[llm_plan.Machine] = None) -> "ScoringConfig":
+    """This config with its protocol (`with_protocol`) and its execution settings left None
+    chosen for `machine` (default: the devices JAX sees), the plan recorded in `plan`; one
+    sentence if no plan fits. Settings given are kept; a planned config is returned as it is."""
+    if self.plan is not None and machine is None:
+      return self
+    config = self.with_protocol()
+    config.validate()  # bad input gets its sentence before any device is touched
+    chosen = llm_plan.choose(
+        {name: registry.MODELS.get(name).config for name in config.model_names()},
+        machine or llm_plan.Machine.detect(), dtype=config.dtype,
+        model_parallel=config.model_parallel, member_axis=config.member_axis,
+        members_per_batch=config.members_per_batch, rows=config.batch_size,
+        slots=llm_plan.PROMPT_TOKENS + config.max_new_tokens, dtypes=DTYPES)
+    return dataclasses.replace(
+        config, dtype=chosen.dtype, model_parallel=chosen.model_parallel,
+        member_axis=chosen.member_axis, members_per_batch=chosen.members_per_batch,
+        plan={**chosen.to_json(), "summary": chosen.describe()})
 
   def perturb_spec(self) -> PerturbSpec:
     return PerturbSpec(mode=self.mode, relative=self.relative, include=self.include,
@@ -93,9 +142,9 @@ class ScoringConfig:
 
   def validate(self, models: Sequence[str], tasks: Sequence[str], ks: Sequence[int] = ()) -> None:
     """One sentence for the first bad setting, before any weights are read."""
-    if self.dtype not in DTYPES:
+    if self.dtype is not None and self.dtype not in DTYPES:
       raise InputError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}.")
-    if self.member_axis not in population.MEMBER_AXES:
+    if self.member_axis is not None and self.member_axis not in population.MEMBER_AXES:
       raise InputError(f"unknown member axis {self.member_axis!r}; known: "
                        f"{', '.join(population.MEMBER_AXES)}.")
     if self.layer_loop is not None and self.layer_loop not in generate.LAYER_LOOPS:
@@ -104,24 +153,28 @@ class ScoringConfig:
     if not models:
       raise InputError("give at least one model.")
     for name in models:
-      registry.find_weights(registry.MODELS.get(name), self.weights)
+      entry = registry.MODELS.get(name)
+      if not self.dry_run:  # a dry run reads no weights
+        registry.find_weights(entry, self.weights)
     dataset_tasks = [name for name in tasks if TASKS.get(name).needs_data]
     if self.data and len(dataset_tasks) > 1:
       raise InputError(f"one --data file cannot serve {' and '.join(dataset_tasks)}; score them "
                        "in separate runs.")
     for field in ("N", "train_size", "max_new_tokens", "batch_size", "members_per_batch"):
-      if getattr(self, field) <= 0:
+      if getattr(self, field) is not None and getattr(self, field) <= 0:
         raise InputError(f"--{field} must be positive, got {getattr(self, field)}.")
+    if self.model_parallel is not None and self.model_parallel < 0:
+      raise InputError(f"--model_parallel must be >= 0, got {self.model_parallel}.")
     if self.keep_completions < 0:
       raise InputError(f"--keep_completions must be >= 0, got {self.keep_completions}.")
     population.validate_sigmas(self.sigmas)
     self.perturb_spec()
     randopt.validate_top_k(ks, self.N)
-    if self.model_parallel:
-      if self.member_axis != "vmap":
-        raise InputError("--model_parallel needs --member_axis vmap (members spread over the "
-                         "mesh).")
-      slots = self.mesh().shape[population.POPULATION_AXIS]
+    if self.model_parallel and self.member_axis is not None and self.member_axis != "vmap":
+      raise InputError("--model_parallel needs --member_axis vmap (members spread over the "
+                       "mesh).")
+    if self.model_parallel and self.plan is not None:
+      slots = self.plan["machine"]["devices"] // self.model_parallel
       if self.members_per_batch % slots:
         raise InputError(f"--members_per_batch {self.members_per_batch} must be a multiple of "
                          f"the {slots} member slots of the mesh.")
@@ -195,9 +248,8 @@ class DensityConfig(ScoringConfig):
   margins: tuple[float, ...] = (0.0, 0.05, 0.1)
   N: int = 32
   sigmas: tuple[float, ...] = (5e-4, 1e-3)
-  train_size: int = 32
-  max_new_tokens: int = 32
   batch_size: int = 32
+  OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (32, 32)
 
   @classmethod
   def tiny(cls, weights: str, **overrides) -> "DensityConfig":
@@ -224,9 +276,8 @@ class DiscordanceConfig(ScoringConfig):
   spectra_shown: int = 100
   N: int = 16
   sigmas: tuple[float, ...] = (1e-3,)
-  train_size: int = 16
-  max_new_tokens: int = 32
   batch_size: int = 32
+  OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (16, 32)
 
   @classmethod
   def tiny(cls, weights: str, **overrides) -> "DiscordanceConfig":
@@ -273,11 +324,14 @@ def model_task_run(config, workdir: str, experiment: str) -> Iterator[tuple]:
   Yields:
     (run_dir, loaded model, train TaskSet, test TaskSet, the config's greedy generator).
   """
+  if config.plan is None:
+    raise ValueError("model_task_run takes a planned config (`config.planned()`).")
   config.validate()
   train, test = config.splits(config.task, config.test_size)
   run_dir = RunDir.prepare(workdir)
   run_dir.claim(config.identity())
   with run_dir.session(experiment, dataclasses.asdict(config)):
+    logging.info("%s", config.plan["summary"])
     loaded = config.load(config.model)
     task = TASKS.get(config.task)
     logging.info("%s on %s: %d train, %d test examples; weights %s", config.model, config.task,
@@ -290,8 +344,10 @@ def run_randopt(config: RandOptConfig, workdir: str) -> dict:
   """Scores N members, keeps the top K, writes `topk.json` and test accuracies per K.
 
   Returns (and writes to results.json): base, top-1, majority-vote ensemble per K and oracle
-  pass@K test accuracies, the train-score distribution and the run's identity.
+  pass@K test accuracies, the train-score distribution, the run's identity and its execution
+  plan.
   """
+  config = config.planned()
   with model_task_run(config, workdir, "randopt") as (run_dir, loaded, train_set, test_set, gen):
     task, train, test = train_set.task, train_set.examples, test_set.examples
     base_test = run_dir.cached_json("base_test", lambda: scoring.score_base(
@@ -318,7 +374,7 @@ def run_randopt(config: RandOptConfig, workdir: str) -> dict:
         "perturbation": gen.perturb.to_json(), "members": members})
     result = {
         **config.identity(), "weights_source": loaded.source.describe(),
-        "train_size": len(train), "test_size": len(test),
+        "execution_plan": config.plan, "train_size": len(train), "test_size": len(test),
         "base": {"train_score": base["reward"][0], "train_accuracy": base["accuracy"][0],
                  "test_accuracy": base_test["accuracy"][0]},
         "train_score_distribution": distribution, "selection": selection,
@@ -405,7 +461,7 @@ def saved_run(run_dir: str, **execution) -> tuple[dict, RandOptConfig]:
   settings = {k: tuple(v) if isinstance(v, list) else v for k, v in identity.items()
               if k not in ("perturbation", "experiment")}
   config = RandOptConfig(**{**settings, **_noise_settings(saved["perturbation"]), **execution})
-  return saved, config
+  return saved, config.planned()
 
 
 def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str) -> dict:
@@ -418,16 +474,18 @@ def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str) -> di
                      f"K={max(config.ks)}.")
   config = dataclasses.replace(config, model=saved["model"], task=saved["task"],
                                weights=saved["weights"], dtype=saved["dtype"],
-                               **_noise_settings(saved["perturbation"]))
+                               **_noise_settings(saved["perturbation"]), plan=None).planned()
   config.validate()
   _, test = config.splits(config.task, config.test_size)
   run_dir = RunDir.prepare(workdir)
   run_dir.claim({**config.identity(), "reevaluated": topk_dir})
   with run_dir.session("randopt", {**dataclasses.asdict(config), "reevaluated": topk_dir}):
+    logging.info("%s", config.plan["summary"])
     loaded = config.load(config.model)
     gen = config.generator(loaded, saved["perturbation"])
     test_set = scoring.TaskSet(TASKS.get(config.task), test)
     result = {"reevaluated": topk_dir, "members": saved["members"], "test_size": len(test),
+              "execution_plan": config.plan,
               **_evaluate_top(config, gen, test_set, saved["members"], run_dir)}
     run_dir.write("results", result)
   return result
@@ -465,11 +523,13 @@ def run_density(config: DensityConfig, workdir: str) -> dict:
   members strictly above / tied with / below the base, and whether the base is at the floor or
   ceiling (where δ(0) says nothing). Writes `scores_<model>.png` and `density_vs_size.png`.
   """
+  config = config.planned()
   config.validate()
   train, _ = config.splits(config.task, 1)  # density scores the train examples only
   run_dir = RunDir.prepare(workdir)
   run_dir.claim(config.identity())
   with run_dir.session("density", dataclasses.asdict(config)):
+    logging.info("%s", config.plan["summary"])
     task = TASKS.get(config.task)
     task_set = scoring.TaskSet(task, train)
     points = []
@@ -484,7 +544,7 @@ def run_density(config: DensityConfig, workdir: str) -> dict:
                                    task.max_reward))
       _plot_scores(run_dir, config, points[-1], sigmas, rewards)
       del loaded
-    result = {**config.identity(), "points": points}
+    result = {**config.identity(), "execution_plan": config.plan, "points": points}
     run_dir.write("results", result)
     _plot_density(run_dir, config, points)
   return result
@@ -558,12 +618,14 @@ def run_discordance(config: DiscordanceConfig, workdir: str) -> dict:
   `correlation_<model>.png`, `spectra_<model>.png`, `pca_<model>.png`, and
   `discordance_vs_size.png`.
   """
+  config = config.planned()
   config.validate()
   task_sets = [scoring.TaskSet(TASKS.get(name), config.splits(name, 1)[0])
                for name in config.tasks]
   run_dir = RunDir.prepare(workdir)
   run_dir.claim(config.identity())
   with run_dir.session("discordance", dataclasses.asdict(config)):
+    logging.info("%s", config.plan["summary"])
     points = []
     for name in config.models:
       loaded = config.load(name)
@@ -571,7 +633,7 @@ def run_discordance(config: DiscordanceConfig, workdir: str) -> dict:
                                                    run_dir.child(name))
       points.append(_discordance_point(run_dir, config, name, loaded, base, records))
       del loaded
-    result = {**config.identity(), "points": points}
+    result = {**config.identity(), "execution_plan": config.plan, "points": points}
     run_dir.write("results", result)
     _plot_discordance(run_dir, config, points)
   return result

@@ -68,6 +68,11 @@ def forward_flops(generator: Generator, prompt_lengths: np.ndarray, ids: np.ndar
   return flops.sequence_flops(generator.config, prompt_lengths + generated)
 
 
+def truncated(generator: Generator, ids: np.ndarray) -> float:
+  """The fraction of rows of `ids` [prompts, new] cut at `max_new_tokens` (no stop token)."""
+  return float(np.mean(~np.any(np.isin(ids, generator.codec.stop_ids), axis=-1)))
+
+
 def _prompt_lengths(generator: Generator, prompts: Sequence[str]) -> np.ndarray:
   return np.asarray([len(x) for x in generator.codec.token_ids(prompts)])
 
@@ -75,18 +80,21 @@ def _prompt_lengths(generator: Generator, prompts: Sequence[str]) -> np.ndarray:
 def score_base(generator: Generator, task_sets: Sequence[TaskSet], params=None,
                **summary_kwargs) -> dict:
   """`summarize` of the base model's (or `params`') greedy completions, with their
-  `forward_flops`; keyword arguments as `summarize`."""
+  `forward_flops` and the fraction `truncated` at max_new_tokens; keyword arguments as
+  `summarize`."""
   prompts = _prompts(task_sets)
   ids = generator.base_token_ids(prompts, params=params)
   completions = [generator.codec.decode(row) for row in ids]
   return {**summarize(_split(completions, task_sets), task_sets, **summary_kwargs),
-          "forward_flops": forward_flops(generator, _prompt_lengths(generator, prompts), ids)}
+          "forward_flops": forward_flops(generator, _prompt_lengths(generator, prompts), ids),
+          "truncated": truncated(generator, ids)}
 
 
 def member_chunks(generator: Generator, task_sets: Sequence[TaskSet], *, members_per_batch: int,
                   mesh: Optional[Mesh] = None, params=None, **summary_kwargs):
-  """A `score_chunk` for `randopt.score_candidates`: members -> per-task scores and the
-  member's `forward_flops`, chunk by chunk. Members perturb `params` (default: the generator's).
+  """A `score_chunk` for `randopt.score_candidates`: members -> per-task scores, the member's
+  `forward_flops` and its fraction of completions `truncated` at max_new_tokens, chunk by
+  chunk. Members perturb `params` (default: the generator's).
 
   `summary_kwargs` go to `summarize`.
   """
@@ -101,7 +109,8 @@ def member_chunks(generator: Generator, task_sets: Sequence[TaskSet], *, members
       for member in ids:
         texts = [generator.codec.decode(row) for row in member]
         summaries.append({**summarize(_split(texts, task_sets), task_sets, **summary_kwargs),
-                          "forward_flops": forward_flops(generator, prompt_lengths, member)})
+                          "forward_flops": forward_flops(generator, prompt_lengths, member),
+                          "truncated": truncated(generator, member)})
       yield part, {key: [s[key] for s in summaries] for key in summaries[0]}
   return score_chunk
 

@@ -8,7 +8,7 @@ noise and gives the same bits as on one device.
 """
 
 import re
-from typing import Optional, Sequence
+from typing import Mapping, Optional, Sequence
 
 import jax
 import numpy as np
@@ -42,11 +42,12 @@ def make_mesh(model_parallel: int, devices: Optional[Sequence[jax.Device]] = Non
   return Mesh(grid, (POPULATION_AXIS, MODEL_AXIS))
 
 
-def spec_for(name: str, shape: tuple[int, ...], mesh: Mesh) -> P:
-  """The first matching rule's spec, dropped to replication where the axis does not divide."""
+def spec_for(name: str, shape: tuple[int, ...], axes: Mapping[str, int]) -> P:
+  """The first matching rule's spec for a leaf on a mesh of these axis sizes (`mesh.shape`),
+  dropped to replication where the axis does not divide the leaf."""
   spec = next(spec for pattern, spec in PARTITION_RULES if re.search(pattern, name))
   for axis, size in zip(spec, shape):
-    if axis is not None and size % mesh.shape[axis]:
+    if axis is not None and size % axes[axis]:
       return P()
   return spec
 
@@ -55,11 +56,11 @@ def param_shardings(config: ModelConfig, mesh: Mesh):
   """A tree of `NamedSharding`s matching the model's parameters."""
   abstract = llm_model.abstract_params(config)
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: NamedSharding(mesh, spec_for(path_name(path), leaf.shape, mesh)), abstract)
+      lambda path, leaf: NamedSharding(mesh, spec_for(path_name(path), leaf.shape, mesh.shape)), abstract)
 
 
 def placer(mesh: Mesh):
   """A loader `place` hook: each finished host leaf goes straight to its shards."""
   def place(name: str, leaf: np.ndarray) -> jax.Array:
-    return jax.device_put(leaf, NamedSharding(mesh, spec_for(name, leaf.shape, mesh)))
+    return jax.device_put(leaf, NamedSharding(mesh, spec_for(name, leaf.shape, mesh.shape)))
   return place

@@ -86,12 +86,12 @@ def build_params(config: ModelConfig, read: Callable[[str], np.ndarray],
     place: puts a finished host leaf on device(s), e.g. with a sharding; the host copy is then
       dropped before the next leaf is built.
   """
-  abstract = llm_model.abstract_params(config)
-  dtype = np.dtype(config.dtype)  # jnp.bfloat16 is ml_dtypes' numpy bfloat16
+  abstract = llm_model.abstract_params(config)  # vectors float32 (`model.param_dtype`)
 
   def fill(path, spec):
     name = path_name(path)
     hf_name, transposed = _HF_NAMES[name]
+    dtype = np.dtype(spec.dtype)  # jnp.bfloat16 is ml_dtypes' numpy bfloat16
     leaf = np.empty(spec.shape, dtype)
     layers = range(config.num_layers) if name.startswith("layers/") else [None]
     for i in layers:

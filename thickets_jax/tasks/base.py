@@ -15,6 +15,17 @@ class Example:
 
 
 @dataclasses.dataclass(frozen=True)
+class Protocol:
+  """The reference code's scoring protocol for a task: examples each member is scored on and
+  the generation limit (its reasoning completions run to hundreds of tokens)."""
+  train_size: int
+  max_new_tokens: int
+
+
+REFERENCE_PROTOCOL = Protocol(train_size=200, max_new_tokens=1024)
+
+
+@dataclasses.dataclass(frozen=True)
 class Task:
   """A task: `splits(train_size, test_size, seed, data)` -> (train, test) examples."""
   name: str
@@ -24,6 +35,7 @@ class Task:
   vote_key: Callable[[str, Any], Optional[str]]
   max_reward: float = 1.0
   needs_data: bool = False  # a dataset: --data PATH or the `datasets` hub cache
+  protocol: Optional[Protocol] = None  # the reference's, for the paper's tasks
   # A prompts file's JSON record <-> Example, for answering new prompts (experiments.predict).
   # `from_record` gives gold None when the record carries no answer and the vote key needs none.
   to_record: Callable[[Example], dict] = lambda example: {"prompt": example.prompt}

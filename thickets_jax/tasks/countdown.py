@@ -13,8 +13,8 @@ import re
 from typing import Optional
 
 from thickets_jax.errors import InputError
-from thickets_jax.tasks.base import (TASKS, Example, Task, field, integers, last_block,
-                                     procedural_splits)
+from thickets_jax.tasks.base import (REFERENCE_PROTOCOL, TASKS, Example, Task, field, integers,
+                                     last_block, procedural_splits)
 
 MAX_ANSWER_CHARS = 200
 MAX_LITERAL = 10**6
@@ -179,10 +179,11 @@ _CODEC = dict(to_record=to_record, from_record=from_record)
 
 TASKS.register("countdown")(Task(
     name="countdown", splits=procedural_splits(_examples),
-    reward=reward, correct=correct, vote_key=vote_key, max_reward=1.1, **_CODEC))
+    reward=reward, correct=correct, vote_key=vote_key, max_reward=1.1,
+    protocol=REFERENCE_PROTOCOL, **_CODEC))
 # The same task with the format scored on the completion alone (this project's earlier shaping;
 # it gives `</think>\n<answer>…` 0.05 where the reference gives 0.1).
 TASKS.register("countdown_completion_format")(Task(
     name="countdown_completion_format", splits=procedural_splits(_examples),
     reward=lambda c, p: reward(c, p, inside_think=False), correct=correct, vote_key=vote_key,
-    max_reward=1.1, **_CODEC))
+    max_reward=1.1, protocol=REFERENCE_PROTOCOL, **_CODEC))

@@ -13,7 +13,7 @@ import re
 from typing import Optional
 
 from thickets_jax.errors import InputError
-from thickets_jax.tasks.base import TASKS, Example, Task, field
+from thickets_jax.tasks.base import REFERENCE_PROTOCOL, TASKS, Example, Task, field
 
 GSM8K_SUFFIX = ' Let\'s think step by step and output the final answer after "####".'
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -131,7 +131,7 @@ def _answer_codec(question_field: str, suffix: str, canonical=str):
 TASKS.register("gsm8k")(Task(
     name="gsm8k", splits=gsm8k_splits,
     reward=lambda c, g: float(gsm8k_correct(c, g)), correct=gsm8k_correct,
-    vote_key=lambda c, g: gsm8k_extract(c), needs_data=True,
+    vote_key=lambda c, g: gsm8k_extract(c), needs_data=True, protocol=REFERENCE_PROTOCOL,
     **_answer_codec("question", GSM8K_SUFFIX, canonical_number)))
 
 
@@ -206,4 +206,5 @@ def math500_splits(train_size: int, test_size: int, seed: int, data: Optional[st
 TASKS.register("math500")(Task(
     name="math500", splits=math500_splits,
     reward=lambda c, g: float(math_correct(c, g)), correct=math_correct,
-    vote_key=math_vote_key, needs_data=True, **_answer_codec("problem", MATH_SUFFIX)))
+    vote_key=math_vote_key, needs_data=True, protocol=REFERENCE_PROTOCOL,
+    **_answer_codec("problem", MATH_SUFFIX)))

@@ -1,0 +1,80 @@
+"""Dry runs: a run's generation program compiled ahead of time on abstract inputs.
+
+`report(config)` lowers and compiles the call that generates one chunk of members, exactly as
+the run would build it (`generate.population_program` on the plan's mesh, dtype and member
+axis), on `jax.ShapeDtypeStruct`s carrying the plan's shardings, so no weights are read and
+nothing is allocated. XLA's `memory_analysis()` then gives the bytes one device holds: the
+arguments (the base's shard), the outputs and the temporaries (member copies, noise, KV cache,
+activations). The layer loop is always the scan (compile time independent of depth).
+
+Compiled for simulated host (CPU) devices, the figure overstates an accelerator's: the CPU
+backend upcasts every bfloat16 dot to float32 (a float32 copy of each operand lives in the
+temporaries) and generates threefry bits in a rolled loop (its counters and bits are buffers
+of the leaf's size, which a GPU or TPU fuses away). `corrected` removes both by compiling the
+same program twice more with everything abstract in float32 and reading the difference (module
+docstring of `thickets_jax.llm.plan` for the floor it is compared with).
+"""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+from thickets_jax.llm import generate, plan as llm_plan, registry, runs, sharding
+from thickets_jax.llm import model as llm_model
+from thickets_jax.population import POPULATION_AXIS
+
+
+def _abstract(shape, dtype, mesh, spec=P()):
+  return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec) if mesh else None)
+
+
+def compile_population(config: runs.ScoringConfig, name: str) -> dict:
+  """Per-device bytes of the compiled population call of `config` (planned) for model `name`:
+  arguments, outputs, temporaries, their total, and the compile time in seconds."""
+  shapes = registry.MODELS.get(name).config.replace(dtype=runs.DTYPES[config.dtype])
+  sampling = generate.Sampling(max_new_tokens=config.max_new_tokens)
+  run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0, layer_loop="scan")
+  program = generate.population_program(run, config.perturb_spec(),
+                                        member_axis=config.member_axis,
+                                        factored=config.noise == "lowrank")
+  mesh = config.mesh()
+  params = llm_model.abstract_params(shapes)
+  if mesh is not None:
+    params = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                          params, sharding.param_shardings(shapes, mesh))
+  members = config.members_per_batch
+  prompt = (1, config.batch_size, llm_plan.PROMPT_TOKENS)
+  keys = jax.eval_shape(lambda: generate.batch_keys(sampling, None, 1))
+  args = (params, _abstract((members,), jnp.int32, mesh, P(POPULATION_AXIS)),
+          _abstract((members,), jnp.float32, mesh, P(POPULATION_AXIS)),
+          _abstract(prompt, jnp.int32, mesh), _abstract(prompt, jnp.bool_, mesh),
+          _abstract(keys.shape, keys.dtype, mesh), _abstract((0,), jnp.int32, mesh))
+  import time  # pylint: disable=g-import-not-at-top
+  start = time.perf_counter()
+  analysis = program.lower(*args).compile().memory_analysis()
+  seconds = time.perf_counter() - start
+  out = {"arguments": analysis.argument_size_in_bytes, "outputs": analysis.output_size_in_bytes,
+         "temporaries": analysis.temp_size_in_bytes, "aliased": analysis.alias_size_in_bytes}
+  out["total"] = out["arguments"] + out["outputs"] + out["temporaries"] - out["aliased"]
+  return {**out, "compile_seconds": seconds}
+
+
+def report(config: runs.ScoringConfig) -> str:
+  """The plan's line and, per model, the floor and the compiled per-device bytes."""
+  lines = [config.plan["summary"]]
+  for name in config.model_names():
+    compiled = compile_population(config, name)
+    lines.append(f"{name}: compiled in {compiled.pop('compile_seconds'):.0f} s")
+    lines.append(llm_plan.footprint_table(_plan_of(config, name), compiled))
+  return "\n".join(lines)
+
+
+def _plan_of(config, name):
+  machine = llm_plan.Machine(**config.plan["machine"])
+  return llm_plan.choose({name: registry.MODELS.get(name).config}, machine, dtype=config.dtype,
+                         model_parallel=config.model_parallel, member_axis=config.member_axis,
+                         members_per_batch=config.members_per_batch, rows=config.batch_size,
+                         slots=llm_plan.PROMPT_TOKENS + config.max_new_tokens,
+                         dtypes=runs.DTYPES)
