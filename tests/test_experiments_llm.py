@@ -255,3 +255,28 @@ def test_a_hostile_weights_directory_exits_2_on_the_command_line(tmp_path, tiny_
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert "model.safetensors is not a readable safetensors file" in out.stderr
   assert len(out.stderr.strip().splitlines()) == 1 and not os.path.exists(workdir)
+
+
+def test_a_second_job_on_a_busy_workdir_is_refused(tmp_path, tiny_weights):
+  """A workdir whose lock another job holds is refused in one sentence, before anything is
+  written; two identical jobs started together never score a candidate twice."""
+  import fcntl  # pylint: disable=g-import-not-at-top
+  workdir = tmp_path / "busy"
+  workdir.mkdir()
+  with open(workdir / ".lock", "a+") as held:
+    fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    held.write("pid 4242 on elsewhere")
+    held.flush()
+    out = _run("randopt", *SMALL, "--weights", tiny_weights, "--workdir", str(workdir))
+  assert out.returncode == 2 and "Traceback" not in out.stderr
+  assert (f"{workdir} is in use by another running job (pid 4242 on elsewhere)" in out.stderr
+          and len(out.stderr.strip().splitlines()) == 1)
+  assert sorted(os.listdir(workdir)) == [".lock", "spec.json"]  # no config, log or scores
+  both = [subprocess.Popen([sys.executable, "-m", "experiments.randopt", *SMALL, "--weights",
+                            tiny_weights, "--workdir", str(workdir)], cwd=ROOT, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+  codes = sorted(p.wait(timeout=900) for p in both)
+  assert codes in ([0, 0], [0, 2])  # refused, or started after the first ended (a resume)
+  with open(workdir / "candidates.jsonl") as f:
+    records = [json.loads(line) for line in f]
+  assert len(records) == 4 == len({(r["seed"], r["sigma"]) for r in records})

@@ -15,7 +15,7 @@ same program twice more with everything abstract in float32 and reading the diff
 docstring of `thickets_jax.llm.plan` for the floor it is compared with).
 """
 
-import dataclasses
+import time
 
 import jax
 import jax.numpy as jnp
@@ -51,7 +51,6 @@ def compile_population(config: runs.ScoringConfig, name: str) -> dict:
           _abstract((members,), jnp.float32, mesh, P(POPULATION_AXIS)),
           _abstract(prompt, jnp.int32, mesh), _abstract(prompt, jnp.bool_, mesh),
           _abstract(keys.shape, keys.dtype, mesh), _abstract((0,), jnp.int32, mesh))
-  import time  # pylint: disable=g-import-not-at-top
   start = time.perf_counter()
   analysis = program.lower(*args).compile().memory_analysis()
   seconds = time.perf_counter() - start
@@ -65,9 +64,16 @@ def report(config: runs.ScoringConfig) -> str:
   """The plan's line and, per model, the floor and the compiled per-device bytes."""
   lines = [config.plan["summary"]]
   for name in config.model_names():
+    planned = _plan_of(config, name)
     compiled = compile_population(config, name)
     lines.append(f"{name}: compiled in {compiled.pop('compile_seconds'):.0f} s")
-    lines.append(llm_plan.footprint_table(_plan_of(config, name), compiled))
+    lines.append(llm_plan.footprint_table(planned, compiled))
+    memory = planned.machine.device_memory
+    verdict = ("fits" if planned.fits else "does not fit") if memory else "memory unknown"
+    lines.append(f"{name}: {verdict}: floor {llm_plan.gib(planned.footprint.total)} per device"
+                 + (f" of {llm_plan.gib(llm_plan.HEADROOM * memory)} usable" if memory else "")
+                 + f"; compiled for {jax.default_backend()}: {llm_plan.gib(compiled['total'])} "
+                 f"({compiled['total'] / planned.footprint.total:.2f}x the floor)")
   return "\n".join(lines)
 
 

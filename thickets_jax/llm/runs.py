@@ -296,6 +296,25 @@ class DiscordanceConfig(ScoringConfig):
     super().validate(self.models, self.tasks)
 
 
+TRUNCATION_WARNING = 0.5  # a run where more completions than this are cut says so
+
+
+def truncation(config: ScoringConfig, base: dict, records: Sequence[dict], label: str) -> dict:
+  """The fractions of completions cut at `max_new_tokens` (base, and the members' mean), with
+  a warning, also logged, when most of them were: such scores grade unfinished answers.
+  Records scored before the fraction was recorded are left out."""
+  members = [r["truncated"] for r in records if "truncated" in r]
+  out = {"max_new_tokens": config.max_new_tokens, "base": base.get("truncated"),
+         "members_mean": float(np.mean(members)) if members else None}
+  worst = max([v for v in (out["base"], out["members_mean"]) if v is not None], default=0.0)
+  if worst > TRUNCATION_WARNING:
+    out["warning"] = (f"{label}: {worst:.0%} of completions were cut at max_new_tokens="
+                      f"{config.max_new_tokens}; their scores grade unfinished answers (raise "
+                      "--max_new_tokens).")
+    logging.warning("%s", out["warning"])
+  return out
+
+
 def score_base_and_members(config: ScoringConfig, gen: generate.Generator,
                            task_sets: Sequence[scoring.TaskSet], run_dir: RunDir):
   """The base's scores (`base.json`, computed once) and every member's (resumable).
@@ -378,6 +397,8 @@ def run_randopt(config: RandOptConfig, workdir: str) -> dict:
         "base": {"train_score": base["reward"][0], "train_accuracy": base["accuracy"][0],
                  "test_accuracy": base_test["accuracy"][0]},
         "train_score_distribution": distribution, "selection": selection,
+        "truncated": truncation(config, base, [] if config.halving_eta else records,
+                                config.model),
         **_evaluate_top(config, gen, test_set, members, run_dir),
     }
     run_dir.write("results", result)
@@ -540,8 +561,9 @@ def run_density(config: DensityConfig, workdir: str) -> dict:
                                                         [task_set], member_dir)
       rewards = np.asarray([r["reward"][0] for r in records])  # [N]
       accuracy = np.asarray([r["accuracy"][0] for r in records])  # [N]
-      points.append(_density_point(config, name, loaded, base, sigmas, rewards, accuracy,
-                                   task.max_reward))
+      points.append({**_density_point(config, name, loaded, base, sigmas, rewards, accuracy,
+                                      task.max_reward),
+                     "truncated": truncation(config, base, records, name)})
       _plot_scores(run_dir, config, points[-1], sigmas, rewards)
       del loaded
     result = {**config.identity(), "execution_plan": config.plan, "points": points}
@@ -631,7 +653,8 @@ def run_discordance(config: DiscordanceConfig, workdir: str) -> dict:
       loaded = config.load(name)
       base, _, _, records = score_base_and_members(config, config.generator(loaded), task_sets,
                                                    run_dir.child(name))
-      points.append(_discordance_point(run_dir, config, name, loaded, base, records))
+      points.append({**_discordance_point(run_dir, config, name, loaded, base, records),
+                     "truncated": truncation(config, base, records, name)})
       del loaded
     result = {**config.identity(), "execution_plan": config.plan, "points": points}
     run_dir.write("results", result)
