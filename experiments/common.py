@@ -26,6 +26,8 @@ flags.DEFINE_string("coordinator", None, "--distributed: host:port of process 0 
                     "(default: detected on Cloud TPU pods, SLURM and Open MPI).")
 flags.DEFINE_integer("num_processes", None, "--distributed: processes in all (default: detected).")
 flags.DEFINE_integer("process_id", None, "--distributed: this process's index (default: detected).")
+flags.DEFINE_list("local_device_ids", None, "--distributed: this process's accelerators, e.g. "
+                  "0,1,2,3 (default: detected; under Slurm the GPU of the local rank).")
 
 
 def setup_devices(multi_host: bool = False) -> None:
@@ -42,8 +44,13 @@ def setup_devices(multi_host: bool = False) -> None:
     if not multi_host:
       raise InputError("--distributed is supported by the language-model experiments "
                        "(density, randopt, discordance).")
+    ids = flags.FLAGS.local_device_ids
+    try:
+      ids = None if ids is None else [int(i) for i in ids]
+    except ValueError:
+      raise InputError(f"--local_device_ids takes integers, got {','.join(ids)!r}.") from None
     distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
-                           flags.FLAGS.process_id)
+                           flags.FLAGS.process_id, ids)
 
 
 def population_mesh(chunk_size: int) -> tuple[Optional[Mesh], int]:

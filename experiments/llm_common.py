@@ -11,7 +11,7 @@ from typing import Optional
 from absl import flags
 
 from experiments import common
-from thickets_jax import cli, population
+from thickets_jax import cli, distributed, population
 from thickets_jax.errors import InputError
 from thickets_jax.llm import dryrun, generate, plan, runs
 from thickets_jax.perturb import MODES, NOISE_FAMILIES
@@ -71,6 +71,9 @@ def setup_devices() -> None:
   if FLAGS.plan_devices is not None:
     if not FLAGS.dry_run:
       raise InputError("--plan_devices plans a machine this is not: it needs --dry_run.")
+    if FLAGS.distributed:
+      raise InputError("--plan_devices simulates one host's devices; drop --distributed (a "
+                       "--distributed --dry_run plans the hosts' real devices).")
     plan.Machine.hypothetical(FLAGS.plan_devices, plan.parse_bytes(FLAGS.plan_device_memory))
     FLAGS.host_devices = FLAGS.plan_devices
     os.environ["XLA_FLAGS"] = " ".join(
@@ -93,7 +96,9 @@ def run_or_plan(run, config, workdir: Optional[str]):
   config = config.planned(machine())
   if not config.dry_run:
     return run(config, workdir)
-  print(dryrun.report(config))
+  report = dryrun.report(config)
+  if distributed.is_writer():
+    print(report)
   return None
 
 

@@ -1,10 +1,15 @@
 #!/usr/bin/env bash
-# One GPU node under Slurm. Submit from the repository root:
-#   sbatch launch/gpu_slurm.sh density --model qwen2.5-7b-instruct --N 1000 --workdir /scratch/$USER/d7b
+# One GPU node under Slurm, one process over all its GPUs: the execution plan puts bf16 weights
+# on a mesh over every GPU (see docs/scale.md; add --dry_run to print it). Submit from the
+# repository root:
+#   sbatch launch/gpu_slurm.sh density --model qwen2.5-7b-instruct --task gsm8k --N 1000 \
+#       --data /data/gsm8k.jsonl --workdir /scratch/$USER/d7b
 # A preempted job can simply be requeued: the same flags resume from --workdir.
 #SBATCH --job-name=thickets
-#SBATCH --gres=gpu:1
-#SBATCH --cpus-per-task=8
+#SBATCH --nodes=1
+#SBATCH --ntasks-per-node=1
+#SBATCH --gres=gpu:8
+#SBATCH --cpus-per-task=32
 #SBATCH --time=24:00:00
 #SBATCH --output=thickets-%j.log
 set -euo pipefail

@@ -6,7 +6,8 @@ so every process holds every score; only process 0 writes files (`is_writer`). T
 therefore be a filesystem all hosts see: resuming reads it on each of them.
 """
 
-from typing import Any, Optional
+import os
+from typing import Any, Optional, Sequence
 
 import jax
 import numpy as np
@@ -14,12 +15,21 @@ from jax.experimental import multihost_utils
 
 
 def initialize(coordinator: Optional[str] = None, num_processes: Optional[int] = None,
-               process_id: Optional[int] = None) -> None:
+               process_id: Optional[int] = None,
+               local_device_ids: Optional[Sequence[int]] = None) -> None:
   """`jax.distributed.initialize`, before any computation. Arguments left None are detected
-  (Cloud TPU pods, SLURM, Open MPI); CPU processes exchange data over gloo."""
+  (Cloud TPU pods, Slurm, Open MPI); CPU processes exchange data over gloo.
+
+  Under Slurm JAX gives each process the GPU of its local rank (`SLURM_LOCALID`): right for one
+  process per GPU that sees all of its node's GPUs. Where the scheduler has already bound one
+  GPU to the process (`CUDA_VISIBLE_DEVICES` lists one), that GPU is its device 0 instead.
+  """
   jax.config.update("jax_cpu_collectives_implementation", "gloo")
+  visible = os.environ.get("CUDA_VISIBLE_DEVICES", "")
+  if local_device_ids is None and visible and "," not in visible:
+    local_device_ids = [0]
   jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes,
-                             process_id=process_id)
+                             process_id=process_id, local_device_ids=local_device_ids)
 
 
 def is_writer() -> bool:
