@@ -322,7 +322,7 @@ def test_model_parallel_params_give_the_same_logits_and_members(tmp_path):
   _, directory = _checkpoint(tmp_path, "qwen2", False)
   config = weights.hf_config(directory, jnp.float32)
   mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
-  sharded = weights.load_safetensors(directory, config, place=sharding.placer(mesh))
+  sharded = weights.load_safetensors(directory, config, sharding.leaf_sharding(mesh))
   plain = weights.load_safetensors(directory, config)
   q = sharded["layers"]["attn"]["q"]["kernel"]
   assert q.sharding.spec == jax.sharding.PartitionSpec(None, None, "model")
@@ -353,7 +353,7 @@ def test_population_generation_on_a_model_parallel_mesh_equals_one_device(tmp_pa
   gen = _generator(tmp_path, generate.Sampling(max_new_tokens=6, ignore_eos=True))
   mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
   directory = str(tmp_path / "qwen2-untied")
-  sharded = weights.load_safetensors(directory, gen.config, place=sharding.placer(mesh))
+  sharded = weights.load_safetensors(directory, gen.config, sharding.leaf_sharding(mesh))
   on_mesh = generate.Generator(gen.config, sharded, gen.codec.tokenizer, gen.sampling, batch_size=4,
                                chat=False, member_axis="vmap")
   seeds, sigmas = np.array([3, 4]), np.array([0.1, 0.1])
@@ -381,3 +381,59 @@ def test_rope_scaling_we_do_not_implement_is_refused(tmp_path, kind, rope):
   with pytest.raises(InputError, match="not implemented"):
     from thickets_jax.llm.config import from_hf_config  # pylint: disable=g-import-not-at-top
     from_hf_config(hf)
+
+
+@pytest.mark.two_devices
+def test_sharded_loading_reads_each_shard_once_and_only_its_own(tmp_path):
+  from thickets_jax.llm import sharding  # pylint: disable=g-import-not-at-top
+  _, directory = _checkpoint(tmp_path, "qwen2", False, shard=True)
+  config = weights.hf_config(directory, jnp.float32)
+  files = weights._safetensors_files(directory)  # pylint: disable=protected-access
+  inner = weights._slice_reader(directory, config, files)  # pylint: disable=protected-access
+  requests = []
+  read = lambda name, index: requests.append((name, index)) or inner(name, index)
+  mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
+  sharded = weights.build_params_sharded(config, read, sharding.leaf_sharding(mesh))
+  q = [index for name, index in requests if name == "model.layers.1.self_attn.q_proj.weight"]
+  assert q == [(slice(0, 16), slice(None)), (slice(16, 32), slice(None))]  # HF rows = out
+  norm = [index for name, index in requests if name == "model.layers.1.input_layernorm.weight"]
+  assert len(norm) == 1  # replicated: read once, not once per device
+  chex.assert_trees_all_equal(jax.tree.map(np.asarray, sharded),
+                              jax.tree.map(np.asarray, weights.load_safetensors(directory, config)))
+  hf = json.load(open(os.path.join(directory, "config.json")))
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump({**hf, "intermediate_size": 48}, f)
+  with pytest.raises(InputError, match="has shape"):
+    weights.load_safetensors(directory, weights.hf_config(directory, jnp.float32),
+                             sharding.leaf_sharding(mesh))
+
+
+def test_two_processes_each_read_their_half_and_gather_nothing(tmp_path):
+  """A model-parallel mesh over 2 processes (1 CPU device each): each reads only its shards,
+  no cross-process gather runs while loading, and the logits equal one process's."""
+  import socket  # pylint: disable=g-import-not-at-top
+  import subprocess  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  hf, directory = _checkpoint(tmp_path, "qwen2", False)
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    coordinator = f"localhost:{s.getsockname()[1]}"
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+  workers = [subprocess.Popen([sys.executable, os.path.join(root, "tests", "workers",
+                                                            "sharded_load.py"),
+                               directory, coordinator, str(i)], cwd=root, env=env, text=True,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE) for i in (0, 1)]
+  outs = []
+  for worker in workers:
+    stdout, stderr = worker.communicate(timeout=300)
+    assert worker.returncode == 0, stderr[-3000:]
+    outs.append(json.loads(stdout.strip().splitlines()[-1]))
+  total = sum(p.numel() for p in hf.parameters()) * 4
+  norms = sum(p.numel() for n, p in hf.named_parameters() if "norm" in n) * 4
+  for out in outs:  # its half of every matrix and bias, and the replicated norm scales whole
+    assert out["bytes"] == (total - norms) // 2 + norms
+  with torch.no_grad():
+    expected = hf(torch.tensor([[1, 5, 9, 13, 2]])).logits.numpy()
+  for out in outs:
+    np.testing.assert_allclose(np.asarray(out["logits"]), expected, atol=2e-5, rtol=1e-4)

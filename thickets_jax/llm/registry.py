@@ -122,17 +122,18 @@ class LoadedModel:
 
 
 def load(name: str, weights_dir: Optional[str] = None, dtype=jnp.float32,
-         place: weights.Placer = weights.default_placer) -> LoadedModel:
-  """Config, params, tokenizer and provenance of a registered model."""
+         sharding_of: Optional[weights.Sharder] = None) -> LoadedModel:
+  """Config, params, tokenizer and provenance of a registered model; with `sharding_of`
+  (`sharding.leaf_sharding(mesh)`) every leaf is sharded, each process reading its shards."""
   entry = MODELS.get(name)
   source = find_weights(entry, weights_dir)
   if source.kind == "gguf":
-    config, params = weights.load_gguf(source.path, dtype, place)
+    config, params = weights.load_gguf(source.path, dtype, weights.placer(sharding_of))
     tokenizer = tokenizers.from_gguf(source.path, os.path.join(assets.cache_dir(),
                                                                f"{entry.name}-tokenizer"))
   else:
     config = weights.hf_config(source.path, dtype)
-    params = weights.load_safetensors(source.path, config, place)
+    params = weights.load_safetensors(source.path, config, sharding_of)
     tokenizer = tokenizers.from_directory(source.path)
   _check_shapes(entry, config)
   return LoadedModel(entry, config, params, tokenizer, source)

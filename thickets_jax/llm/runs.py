@@ -25,7 +25,7 @@ from scipy.cluster import vq
 
 from thickets_jax import halving, metrics, plotting, population, randopt
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate, registry, scoring, sharding, weights
+from thickets_jax.llm import generate, registry, scoring, sharding
 from thickets_jax.llm import plan as llm_plan
 from thickets_jax.llm import model as llm_model
 from thickets_jax.perturb import PerturbSpec
@@ -190,8 +190,9 @@ class ScoringConfig:
 
   def load(self, model: str) -> registry.LoadedModel:
     """The model, its parameters placed by the sharding table when `model_parallel` is set."""
-    place = sharding.placer(self.mesh()) if self.model_parallel else weights.default_placer
-    return registry.load(model, self.weights, DTYPES[self.dtype], place)
+    mesh = self.mesh()
+    return registry.load(model, self.weights, DTYPES[self.dtype],
+                         None if mesh is None else sharding.leaf_sharding(mesh))
 
   def generator(self, loaded: registry.LoadedModel, perturb: Optional[PerturbSpec] = None,
                 temperature: float = 0.0) -> generate.Generator:

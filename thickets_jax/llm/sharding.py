@@ -59,8 +59,6 @@ def param_shardings(config: ModelConfig, mesh: Mesh):
       lambda path, leaf: NamedSharding(mesh, spec_for(path_name(path), leaf.shape, mesh.shape)), abstract)
 
 
-def placer(mesh: Mesh):
-  """A loader `place` hook: each finished host leaf goes straight to its shards."""
-  def place(name: str, leaf: np.ndarray) -> jax.Array:
-    return jax.device_put(leaf, NamedSharding(mesh, spec_for(name, leaf.shape, mesh.shape)))
-  return place
+def leaf_sharding(mesh: Mesh):
+  """`(leaf name, shape) -> NamedSharding` by the table: the loaders' `sharding_of`."""
+  return lambda name, shape: NamedSharding(mesh, spec_for(name, shape, mesh.shape))

@@ -4,12 +4,19 @@ Both loaders go tensor by tensor: each Hugging Face / GGUF tensor is read, conve
 target dtype and written into its slot of a preallocated leaf (layer i of a stacked
 `[layers, ...]` leaf), and each finished leaf is placed on its device(s) before the next one is
 built, so the host never holds a second full copy of the model.
+
+On a mesh (`sharding_of`), a safetensors checkpoint is read shard by shard: every process reads
+only the slices its own devices hold (`jax.make_array_from_callback` over safetensors' lazy
+slices), so no process ever holds a full leaf it does not keep and nothing is gathered across
+hosts (`device_put` of a host array onto a multi-host sharding all-gathers it to check that
+every process passed the same values). Quantised GGUF tensors cannot be sliced: each leaf is
+dequantised whole, then cut into its device's shards the same way.
 """
 
 import json
 import os
 import re
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Optional
 
 import jax
 import numpy as np
@@ -72,9 +79,21 @@ def hf_tensors(config: ModelConfig, params: PyTree) -> Iterator[tuple[str, jax.A
       yield hf_name.format(i=i), tensor.T if transposed else tensor
 
 
+Sharder = Callable[[str, tuple[int, ...]], jax.sharding.Sharding]  # leaf name, shape ->
+
+
 def default_placer(name: str, leaf: np.ndarray) -> jax.Array:
   del name
   return jax.device_put(leaf)
+
+
+def placer(sharding_of: Optional[Sharder]) -> Placer:
+  """Places a whole host leaf: on the default device, or each addressable shard of
+  `sharding_of(name, shape)` cut from it locally (no cross-host check or gather)."""
+  if sharding_of is None:
+    return default_placer
+  return lambda name, leaf: jax.make_array_from_callback(
+      leaf.shape, sharding_of(name, leaf.shape), lambda index: leaf[index])
 
 
 def build_params(config: ModelConfig, read: Callable[[str], np.ndarray],
@@ -103,6 +122,42 @@ def build_params(config: ModelConfig, read: Callable[[str], np.ndarray],
                          f"but the config implies {target.shape[::-1] if transposed else target.shape}.")
       target[...] = tensor.astype(dtype)
     return place(name, leaf)
+
+  return jax.tree_util.tree_map_with_path(fill, abstract)
+
+
+def build_params_sharded(config: ModelConfig, read_slice: Callable[[str, tuple], np.ndarray],
+                         sharding_of: Sharder) -> PyTree:
+  """Every leaf of the model as a global array sharded by `sharding_of`, built from only the
+  slices this process's devices hold.
+
+  Args:
+    read_slice: `(hf_tensor_name, index)` -> that slice of the tensor in Hugging Face layout,
+      `index` a tuple of slices over its axes.
+    sharding_of: the sharding of each leaf (`sharding.leaf_sharding(mesh)`).
+  """
+  abstract = llm_model.abstract_params(config)
+
+  def fill(path, spec):
+    name = path_name(path)
+    hf_name, transposed = _HF_NAMES[name]
+    dtype = np.dtype(spec.dtype)
+    stacked = name.startswith("layers/")
+    shards = {}  # devices of one process that hold the same slice read it once
+
+    def shard(index: tuple) -> np.ndarray:
+      key = tuple((s.start, s.stop, s.step) for s in index)
+      if key not in shards:
+        layers = range(config.num_layers)[index[0]] if stacked else [None]
+        core = index[1:] if stacked else index
+        parts = []
+        for i in layers:
+          tensor = np.asarray(read_slice(hf_name.format(i=i), core[::-1] if transposed else core))
+          parts.append((tensor.T if transposed else tensor).astype(dtype))
+        shards[key] = np.stack(parts) if stacked else parts[0]
+      return shards[key]
+
+    return jax.make_array_from_callback(spec.shape, sharding_of(name, spec.shape), shard)
 
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
@@ -186,11 +241,15 @@ def check_checkpoint(directory: str) -> None:
   _safetensors_files(directory)
 
 
-def load_safetensors(directory: str, config: ModelConfig, place: Placer = default_placer) -> PyTree:
-  """Params from a Hugging Face checkpoint directory (single file or sharded with an index)."""
+def load_safetensors(directory: str, config: ModelConfig,
+                     sharding_of: Optional[Sharder] = None) -> PyTree:
+  """Params from a Hugging Face checkpoint directory (single file or sharded with an index):
+  whole tensors on the default device, or with `sharding_of` each process's shards only."""
   from safetensors import SafetensorError, safe_open  # pylint: disable=g-import-not-at-top
   files = _safetensors_files(directory)
   handles = {}
+  if sharding_of is not None:
+    return build_params_sharded(config, _slice_reader(directory, config, files), sharding_of)
 
   def read(name):
     if name not in files:
@@ -203,7 +262,41 @@ def load_safetensors(directory: str, config: ModelConfig, place: Placer = defaul
     except (SafetensorError, OSError) as e:
       raise InputError(f"cannot read {name} from {file}: {e}.") from None
 
-  return build_params(config, read, place)
+  return build_params(config, read)
+
+
+def _slice_reader(directory: str, config: ModelConfig, files: dict[str, str]):
+  """`read_slice` over safetensors' lazy slices: only the requested part of a tensor is read;
+  a tensor whose shape the config does not imply is refused in one sentence."""
+  from safetensors import SafetensorError, safe_open  # pylint: disable=g-import-not-at-top
+  handles, expected = {}, _hf_shapes(config)
+
+  def read_slice(name: str, index: tuple) -> np.ndarray:
+    if name not in files:
+      raise InputError(f"the checkpoint in {directory} has no tensor {name}.")
+    try:
+      if files[name] not in handles:
+        handles[files[name]] = safe_open(files[name], framework="numpy")
+      lazy = handles[files[name]].get_slice(name)
+      if tuple(lazy.get_shape()) != expected[name]:
+        raise InputError(f"tensor {name} has shape {tuple(lazy.get_shape())}, but the config "
+                         f"implies {expected[name]}.")
+      return lazy[index]
+    except (SafetensorError, OSError) as e:
+      raise InputError(f"cannot read {name} from {files[name]}: {e}.") from None
+  return read_slice
+
+
+def _hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
+  """Hugging Face tensor name -> its shape, as the config implies."""
+  shapes = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(llm_model.abstract_params(config))[0]:
+    name = path_name(path)
+    hf_name, transposed = _HF_NAMES[name]
+    core = leaf.shape[1:] if name.startswith("layers/") else leaf.shape
+    for i in range(config.num_layers) if name.startswith("layers/") else [None]:
+      shapes[hf_name.format(i=i)] = tuple(core[::-1] if transposed else core)
+  return shapes
 
 
 # ---------------------------------------------------------------- GGUF (llama.cpp)
