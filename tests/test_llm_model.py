@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from thickets_jax import rng
+from thickets_jax import population, rng
 from thickets_jax.errors import InputError
 from thickets_jax.llm import assets, generate, model as M, registry, weights
 from thickets_jax.perturb import PerturbSpec, member_factors, rebuild_member
@@ -155,7 +155,8 @@ def test_perturbed_member_generation_equals_explicitly_perturbed_params(tmp_path
   members = [rebuild_member(gen.params, int(seed), float(sigma), gen.perturb)
              for seed, sigma in zip(seeds, sigmas)]
   explicit = [gen.base_token_ids(prompts, params=member) for member in members]
-  for axis, layer_loop in (("map", "scan"), ("vmap", "scan"), ("map", "unrolled")):
+  for axis, layer_loop in (("map", "scan"), ("vmap", "scan"), ("map", "unrolled"),
+                          ("vmap", "unrolled")):
     gen_axis = generate.Generator(gen.config, gen.params, gen.codec.tokenizer, gen.sampling,
                                   batch_size=4, chat=False, member_axis=axis,
                                   layer_loop=layer_loop)
@@ -437,3 +438,21 @@ def test_two_processes_each_read_their_half_and_gather_nothing(tmp_path):
     expected = hf(torch.tensor([[1, 5, 9, 13, 2]])).logits.numpy()
   for out in outs:
     np.testing.assert_allclose(np.asarray(out["logits"]), expected, atol=2e-5, rtol=1e-4)
+
+
+@pytest.mark.parametrize("layer_loop", ["scan", "unrolled"])
+def test_vmapped_members_decode_without_rewriting_the_cache_each_step(tmp_path, layer_loop):
+  """Members generated together share one decode loop: the compiled program has no select
+  over a KV-cache-sized buffer (a vmapped while_loop selects over every layer's cache every
+  step, to freeze the members that have finished)."""
+  import re  # pylint: disable=g-import-not-at-top
+  gen = _generator(tmp_path, generate.Sampling(max_new_tokens=7))
+  run = generate.token_generator(gen.config, gen.sampling, stop_ids=gen.codec.stop_ids,
+                                 pad_id=gen.codec.pad_id, layer_loop=layer_loop)
+  args = (gen.params, jnp.arange(2), jnp.full((2,), 0.1), *gen._encode(["abc", "de"], None))  # pylint: disable=protected-access
+  slots = args[3].shape[-1] + 7
+  cache_selects = lambda fn: len(re.findall(
+      rf"\[[0-9,]*\b{slots},{gen.config.head_dim}\][^ ]* select\(",
+      fn.lower(*args).compile().as_text()))
+  assert cache_selects(generate.materialised_population_fn(run, gen.perturb)) == 0
+  assert cache_selects(population.population_fn(run, member_axis="vmap", spec=gen.perturb)) > 0

@@ -14,8 +14,10 @@ generated and are never stored.
 """
 
 import dataclasses
-from typing import Callable, Iterator, Optional, Sequence
+import functools
+from typing import Any, Callable, Iterator, Optional, Sequence
 
+import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -26,7 +28,7 @@ from thickets_jax.errors import InputError
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.codec import PromptCodec
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.perturb import PerturbSpec, member_factors
+from thickets_jax.perturb import PerturbSpec, member_factors, perturb_member
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,9 +80,65 @@ def _check_layer_loop(layer_loop: str) -> None:
     raise InputError(f"unknown layer loop {layer_loop!r}; known: {', '.join(LAYER_LOOPS)}.")
 
 
-def _runner(config: ModelConfig, params, members: Optional[dict], layer_loop: str) -> Callable:
-  """`Transformer.apply` over `params` (and `members`) with the layer loop's layers bound."""
+@flax.struct.dataclass
+class MaterialisedMembers:
+  """M perturbed parameter trees of one chunk, stacked for one program: leaves [M, ...], the
+  stacked layer leaves [layers, M, ...] (`member_axes`), so the layer loop reads each layer's
+  members as they lie. Rows are M member-major groups, as under factored members."""
+  params: Any
+
+  @property
+  def count(self) -> int:
+    return jax.tree.leaves(self.params["embed"])[0].shape[0]
+
+
+def member_axes(params) -> dict:
+  """Where the member axis goes in each subtree of stacked members: after the layer axis."""
+  return {name: 1 if name == "layers" else 0 for name in params}
+
+
+def _count(members) -> int:
+  if members is None:
+    return 1
+  if isinstance(members, MaterialisedMembers):
+    return members.count
+  return llm_model.member_count(members)
+
+
+def _materialised_runner(config: ModelConfig, members: MaterialisedMembers,
+                         layer_loop: str) -> Callable:
+  """`Transformer.apply` of each of M materialised members on its own rows [M * b, ...] (and
+  cache rows), vmapped over the members inside one call: the decode loop that calls it stays
+  outside the vmap, so no per-member predicate selects over (and rewrites) the KV cache every
+  step, as a vmapped `while_loop` does."""
+  model = llm_model.Transformer(config)
+  count, axes = members.count, member_axes(members.params)
+  rows = 1 if layer_loop == "scan" else 0  # the row axis of a stacked / per-layer cache
+
+  def one(params, tokens, positions, cache, cache_mask, token_mask, write_index, last_only):
+    layers = llm_model.layer_list(params) if layer_loop == "unrolled" else None
+    return model.apply({"params": params}, tokens, positions, cache, write_index, cache_mask,
+                       token_mask, last_only=last_only, layers=layers)
+
+  def run(tokens, positions, cache, write_index, cache_mask, token_mask, last_only=False):
+    split = lambda x, axis=0: x.reshape(*x.shape[:axis], count, -1, *x.shape[axis + 1:])
+    merge = lambda x, axis=0: x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2:])
+    mask_axis = None if cache_mask is None else 0
+    logits, cache = jax.vmap(functools.partial(one, write_index=write_index, last_only=last_only),
+                             in_axes=(axes, 0, 0, rows, mask_axis, 0), out_axes=(0, rows))(
+        members.params, split(tokens), split(positions),
+        jax.tree.map(lambda c: split(c, rows), cache),
+        None if cache_mask is None else split(cache_mask), split(token_mask))
+    return merge(logits), jax.tree.map(lambda c: merge(c, rows), cache)
+  return run
+
+
+def _runner(config: ModelConfig, params, members, layer_loop: str) -> Callable:
+  """`Transformer.apply` over `params` (and factored or materialised `members`) with the layer
+  loop's layers bound."""
   _check_layer_loop(layer_loop)
+  if isinstance(members, MaterialisedMembers):
+    return _materialised_runner(config, members, layer_loop)
   layers = llm_model.layer_list(params) if layer_loop == "unrolled" else None
   variables = {"params": params}
   if members is not None:
@@ -99,7 +157,7 @@ def prefill_prefix(config: ModelConfig, params, prefix: jax.Array, *,
   """Keys and values of a prefix [P] every prompt shares, under each of M members (M = 1
   without): the cache `generate_tokens` takes as `prefix_kv`, rows [M], P slots (stacked, or
   per layer when unrolled)."""
-  count = 1 if members is None else llm_model.member_count(members)
+  count = _count(members)
   shared = prefix.shape[0]
   run = _runner(config, params, members, layer_loop)
   _, cache = run(jnp.broadcast_to(prefix, (count, shared)),
@@ -129,15 +187,16 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
       each member's keys and values are copied to its rows at slots [0, P), the prompts follow
       at [P, P + p). The same tokens as with the prefix inside the prompts (RoPE positions
       count real tokens), for P rows of prefill instead of b × P.
-    members: `model.members_collection` of M low-rank members: every prompt row runs under
-      each member (rows [M * b], member-major), the base matmuls shared by all of them.
+    members: `model.members_collection` of M low-rank members (the base matmuls shared by all
+      of them), or `MaterialisedMembers`: every prompt row runs under each member (rows
+      [M * b], member-major).
 
   Returns:
     [M * b, max_new_tokens] int32 (M = 1 without members); every position after a stop token
     holds `pad_id` (`completion_mask` marks the generated tokens).
   """
   b, p = prompt.shape
-  count = 1 if members is None else llm_model.member_count(members)
+  count = _count(members)
   rows = count * b
   shared = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-2]
   n = sampling.max_new_tokens
@@ -250,24 +309,46 @@ def token_generator(config: ModelConfig, sampling: Sampling, *, stop_ids: Sequen
       sampling=sampling, stop_ids=stop_ids, pad_id=pad_id, layer_loop=layer_loop)
 
 
-def factored_population_fn(run: Callable, spec: PerturbSpec) -> Callable:
-  """`jit` of a `token_generator` function over a chunk of low-rank members run factored
-  (`model.members_collection`): the same signature and outputs as `population.population_fn`,
-  f(params, seeds [M], sigmas [M], prompts, masks, keys, prefix) -> [M, batches, b, new]."""
+def _members_fn(run: Callable, build: Callable) -> Callable:
+  """`jit` of a `token_generator` function over a chunk of M members built inside the call by
+  `build(params, seeds, sigmas)`, all generated together as member-major rows: the signature
+  and outputs of `population.population_fn`, f(params, seeds [M], sigmas [M], prompts, masks,
+  keys, prefix) -> [M, batches, b, new]."""
   def chunk(params, seeds, sigmas, prompts, masks, keys, prefix):
-    factors = jax.vmap(lambda seed, sigma: member_factors(params, rng.member_key(seed), sigma,
-                                                          spec))(seeds, sigmas)
-    out = run(params, prompts, masks, keys, prefix, members=llm_model.members_collection(factors))
+    out = run(params, prompts, masks, keys, prefix, members=build(params, seeds, sigmas))
     return out.reshape(out.shape[0], len(seeds), -1, out.shape[-1]).swapaxes(0, 1)
   return jax.jit(chunk)
 
 
+def factored_population_fn(run: Callable, spec: PerturbSpec) -> Callable:
+  """Low-rank members run factored (`model.members_collection`): `_members_fn`."""
+  def build(params, seeds, sigmas):
+    factors = jax.vmap(lambda seed, sigma: member_factors(params, rng.member_key(seed), sigma,
+                                                          spec))(seeds, sigmas)
+    return llm_model.members_collection(factors)
+  return _members_fn(run, build)
+
+
+def materialised_population_fn(run: Callable, spec: PerturbSpec) -> Callable:
+  """Members materialised together (`MaterialisedMembers`, the member axis of the layer leaves
+  after the layer axis): `_members_fn`, with one decode loop for all of them."""
+  def build(params, seeds, sigmas):
+    perturbed = jax.vmap(lambda seed, sigma: perturb_member(params, seed, sigma, spec),
+                         out_axes=member_axes(params))(seeds, sigmas)
+    return MaterialisedMembers(perturbed)
+  return _members_fn(run, build)
+
+
 def population_program(run: Callable, spec: PerturbSpec, *, member_axis: str,
                        factored: bool) -> Callable:
-  """The jitted call that generates a chunk of members: factored (`factored_population_fn`,
-  low-rank members only) or materialised (`population.population_fn`)."""
+  """The jitted call that generates a chunk of members: low-rank members factored
+  (`factored_population_fn`); else materialised together with `member_axis` "vmap"
+  (`materialised_population_fn`) or one after another with "map" (`population.population_fn`:
+  one member's copy in memory at a time)."""
   if factored:
     return factored_population_fn(run, spec)
+  if member_axis == "vmap":
+    return materialised_population_fn(run, spec)
   return population.population_fn(run, member_axis=member_axis, spec=spec)
 
 
