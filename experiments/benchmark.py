@@ -9,6 +9,8 @@ r"""Benchmarks of docs/benchmarks.md, each printing `<id>: <figure> (<comparison
   python -m experiments.benchmark --bench B6   # low-rank members factored vs full rank, SmolLM2
   python -m experiments.benchmark --bench B7   # successive halving vs full scoring, same run
   python -m experiments.benchmark --bench B8   # shared-prefix prefill vs prefix in every prompt
+  python -m experiments.benchmark --bench P1 --host_devices 8   # dry-run plans vs their floor
+  python -m experiments.benchmark --bench P1   # GPU/TPU: measured peak memory vs the plan
 
 Figures are ratios measured in one process (B1, B3: against the machine's fp32 matmul peak,
 measured before and after the workload; B3 also against transformers `generate` on the same
@@ -16,7 +18,9 @@ members and prompts; B5: against the accelerator's measured bf16 matmul rate and
 bandwidth) or against a recorded peer time (B2). B4 and ES run one child process per N. B6 runs
 low-rank members factored against full-rank members materialised, B8 the prefill with and
 without the shared prefix, each in one process. B7 runs full scoring and successive halving on
-the same members: 1D over seeds, and an offline LLM.
+the same members: 1D over seeds, and an offline LLM. P1 compares the execution plan's memory
+floor with the compiled program (CPU: for the host's simulated devices, corrected for the CPU
+backend's threefry and bf16-upcast buffers) or with the peak a short run measures (accelerators).
 """
 
 import dataclasses
@@ -36,13 +40,13 @@ from experiments import common
 from thickets_jax import bench, cli, halving, population, workdir
 from thickets_jax.baselines import es
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate, model as llm_model, registry
+from thickets_jax.llm import dryrun, generate, model as llm_model, plan, registry, runs, sharding
 from thickets_jax.perturb import PerturbSpec, perturb_member, rebuild_member
 from thickets_jax.signals import families, model as signal_model
 from thickets_jax.signals import runs as signal_runs
 from thickets_jax.tasks import countdown
 
-BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "ES", "B7", "B8")
+BENCHES = ("B1", "B2", "B3", "B4", "B5", "B6", "ES", "B7", "B8", "P1")
 flags.DEFINE_string("bench", "B1", f"One of {', '.join(BENCHES)}.")
 flags.DEFINE_integer("N", 1000, "B1: population size.")
 flags.DEFINE_integer("chunk_size", 4, "B1: members per vmapped call.")
@@ -72,6 +76,10 @@ flags.DEFINE_string("b7_seeds", "0-2", "B7: 1D seeds.")
 flags.DEFINE_string("b7_llm", "smollm2-135m-instruct", "B7: offline model of the LLM part ('' skips it).")
 flags.DEFINE_integer("b7_llm_N", 32, "B7: LLM members.")
 flags.DEFINE_string("b7_workdir", None, "B7: keep the runs here (default: a temporary directory).")
+flags.DEFINE_list("p1_models", ["qwen2.5-7b-instruct", "qwen2.5-32b-instruct"],
+                  "P1: models planned (accelerators: the first one runs).")
+flags.DEFINE_string("p1_device_memory", "80GB", "P1 on CPU: memory of each simulated device.")
+flags.DEFINE_integer("p1_new_tokens", 128, "P1 on accelerators: new tokens of the short run.")
 FLAGS = flags.FLAGS
 
 # docs/benchmarks.md: the paper's PyTorch 1D approximation script, end to end, on this machine kind.
@@ -287,7 +295,7 @@ def bench_b5() -> str:
 
 _POSITIVE = ("N", "chunk_size", "repeats", "members", "prompts", "new_tokens",
              "members_per_batch", "b5_members", "b5_prompts", "b5_prompt_len", "b5_new_tokens",
-             "b5_matmul_size", "b6_members", "b6_chunk", "b6_check", "b8_shots")
+             "b5_matmul_size", "b6_members", "b6_chunk", "b6_check", "b8_shots", "p1_new_tokens")
 
 
 def _chunk_times(gen: generate.Generator, seeds, sigmas, texts,
@@ -449,10 +457,72 @@ def bench_b7() -> str:
   return "B7: successive halving vs full scoring, same members\n" + "\n".join(lines)
 
 
+def bench_p1() -> str:
+  if jax.default_backend() == "cpu":
+    return _p1_compiled()
+  return _p1_measured()
+
+
+def _p1_config(model: str, machine: plan.Machine, **settings) -> runs.DensityConfig:
+  """The README's scale-up settings (gsm8k, the reference protocol) planned for `machine`."""
+  return runs.DensityConfig(models=(model,), task="gsm8k", N=1000, dry_run=True,
+                            **settings).planned(machine)
+
+
+def _p1_compiled() -> str:
+  machine = plan.Machine.hypothetical(jax.device_count(), plan.parse_bytes(FLAGS.p1_device_memory))
+  lines = []
+  for model in FLAGS.p1_models:
+    config = _p1_config(model, machine)
+    floor = dryrun.plan_of(config, model).footprint
+    compiled = dryrun.compile_population(config, model)["total"]
+    corrected = dryrun.corrected_total(config, model, floor)
+    lines.append(f"P1 {model}: {config.plan['summary']}")
+    lines.append(f"P1: {model} floor {floor.total / 2**30:.2f} GiB per device; compiled for CPU "
+                 f"{compiled / 2**30:.2f} GiB ({compiled / floor.total:.2f}x); corrected "
+                 f"{corrected / 2**30:.2f} GiB = {corrected / floor.total:.2f}x the floor "
+                 "(target within 15%)")
+  return "\n".join(lines)
+
+
+def _p1_measured() -> str:
+  """A short bf16 population run of the plan on random weights of the first model: the peak
+  device memory against the plan's floor, and members per second."""
+  model = FLAGS.p1_models[0]
+  config = _p1_config(model, plan.Machine.detect(), max_new_tokens=FLAGS.p1_new_tokens,
+                      batch_size=16)
+  shapes = registry.MODELS.get(model).config.replace(dtype=runs.DTYPES[config.dtype])
+  mesh = config.mesh()
+  params = jax.device_put(bench.random_params(shapes, jax.random.key(0)),
+                          sharding.param_shardings(shapes, mesh))
+  sampling = generate.Sampling(max_new_tokens=config.max_new_tokens, ignore_eos=True)
+  run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0)
+  program = generate.population_program(run, config.perturb_spec(),
+                                        member_axis=config.member_axis, factored=False)
+  rng = np.random.default_rng(0)
+  prompt = (1, config.batch_size, plan.PROMPT_TOKENS)
+  args = (rng.integers(1000, shapes.vocab_size - 1000, prompt).astype(np.int32),
+          np.ones(prompt, bool), generate.batch_keys(sampling, None, 1), np.zeros((0,), np.int32))
+  seeds, sigmas = population.draw_candidates(0, 3 * config.members_per_batch, [1e-3])
+  chunk = config.members_per_batch
+  list(population.iter_population(program, params, seeds[:chunk], sigmas[:chunk],
+                                  chunk_size=chunk, mesh=mesh, args=args))  # compiles
+  start = time.perf_counter()
+  list(population.iter_population(program, params, seeds[chunk:], sigmas[chunk:],
+                                  chunk_size=chunk, mesh=mesh, args=args))
+  rate = 2 * chunk / (time.perf_counter() - start)
+  floor = dryrun.plan_of(config, model).footprint.total
+  peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices())
+  return (f"P1: {config.plan['summary']}\nP1: {model} measured peak {peak / 2**30:.2f} GiB per "
+          f"device = {peak / floor:.2f}x the plan's floor {floor / 2**30:.2f} GiB (target within "
+          f"10%); {rate:.2f} members/s ({config.batch_size} prompts x "
+          f"{config.max_new_tokens} new tokens each)")
+
+
 def main(argv):
   del argv
   benches = {"B1": bench_b1, "B2": bench_b2, "B3": bench_b3, "B4": bench_b4, "B5": bench_b5,
-             "B6": bench_b6, "ES": bench_es, "B7": bench_b7, "B8": bench_b8}
+             "B6": bench_b6, "ES": bench_es, "B7": bench_b7, "B8": bench_b8, "P1": bench_p1}
   if FLAGS.bench not in benches:
     raise InputError(f"unknown --bench {FLAGS.bench!r}; known: {', '.join(benches)}.")
   for name in _POSITIVE:  # before any measurement
@@ -464,6 +534,9 @@ def main(argv):
     for n in cli.ints(FLAGS[name].value, name):
       if n <= 0:
         raise InputError(f"--{name} must be positive, got {n}.")
+  plan.parse_bytes(FLAGS.p1_device_memory, "p1_device_memory")
+  for model in FLAGS.p1_models:
+    registry.MODELS.get(model)
   common.setup_devices()
   print(benches[FLAGS.bench](), flush=True)
 

@@ -7,15 +7,17 @@ nothing is allocated. XLA's `memory_analysis()` then gives the bytes one device 
 arguments (the base's shard), the outputs and the temporaries (member copies, noise, KV cache,
 activations). The layer loop is always the scan (compile time independent of depth).
 
-Compiled for simulated host (CPU) devices, the figure overstates an accelerator's: the CPU
-backend upcasts every bfloat16 dot to float32 (a float32 copy of each operand lives in the
-temporaries) and generates threefry bits in a rolled loop (its counters and bits are buffers
-of the leaf's size, which a GPU or TPU fuses away). `corrected` removes both by compiling the
-same program twice more with everything abstract in float32 and reading the difference (module
-docstring of `thickets_jax.llm.plan` for the floor it is compared with).
+Compiled for simulated host (CPU) devices, the figure overstates an accelerator's twice over:
+the CPU backend generates threefry bits in a rolled loop whose counters, bits and float32 noise
+are buffers the size of a leaf (accelerators fuse generation into the add that writes the
+member), and it upcasts every bfloat16 dot to float32, keeping a float32 copy of each member's
+matrices for the whole decode. `corrected_total` removes both: it compiles the generation alone,
+with the members as arguments, in float32 (no upcast: every dot is native there), scales its
+temporaries to the run's dtype, and adds the base and member copies, whose size is exact.
 """
 
 import time
+from typing import Optional
 
 import jax
 import jax.numpy as jnp
@@ -40,10 +42,7 @@ def compile_population(config: runs.ScoringConfig, name: str) -> dict:
                                         member_axis=config.member_axis,
                                         factored=config.noise == "lowrank")
   mesh = config.mesh()
-  params = llm_model.abstract_params(shapes)
-  if mesh is not None:
-    params = jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
-                          params, sharding.param_shardings(shapes, mesh))
+  params = _abstract_params(config, shapes, mesh)
   members = config.members_per_batch
   prompt = (1, config.batch_size, llm_plan.PROMPT_TOKENS)
   keys = jax.eval_shape(lambda: generate.batch_keys(sampling, None, 1))
@@ -60,24 +59,78 @@ def compile_population(config: runs.ScoringConfig, name: str) -> dict:
   return {**out, "compile_seconds": seconds}
 
 
+def _abstract_params(config: runs.ScoringConfig, shapes, mesh):
+  params = llm_model.abstract_params(shapes)
+  if mesh is None:
+    return params
+  return jax.tree.map(lambda leaf, s: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=s),
+                      params, sharding.param_shardings(shapes, mesh))
+
+
+def _stacked(leaf: jax.ShapeDtypeStruct, axis: int, count: int, mesh) -> jax.ShapeDtypeStruct:
+  """`count` members of `leaf` stacked at `axis`, the member axis over the population slots."""
+  shape = leaf.shape[:axis] + (count,) + leaf.shape[axis:]
+  if mesh is None:
+    return jax.ShapeDtypeStruct(shape, leaf.dtype)
+  spec = list(leaf.sharding.spec) + [None] * (len(leaf.shape) - len(leaf.sharding.spec))
+  spec.insert(axis, POPULATION_AXIS)
+  return jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=NamedSharding(mesh, P(*spec)))
+
+
+def corrected_total(config: runs.ScoringConfig, name: str,
+                    floor: llm_plan.Footprint) -> Optional[int]:
+  """Per-device bytes of the population call with the CPU backend's threefry and upcast
+  buffers removed (module docstring); None for factored low-rank members."""
+  if config.noise == "lowrank":
+    return None
+  shapes = registry.MODELS.get(name).config.replace(dtype=jnp.float32)
+  sampling = generate.Sampling(max_new_tokens=config.max_new_tokens)
+  run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0, layer_loop="scan")
+  mesh = config.mesh()
+  params = _abstract_params(config, shapes, mesh)
+  prompt = (1, config.batch_size, llm_plan.PROMPT_TOKENS)
+  keys = jax.eval_shape(lambda: generate.batch_keys(sampling, None, 1))
+  inputs = (_abstract(prompt, jnp.int32, mesh), _abstract(prompt, jnp.bool_, mesh),
+            _abstract(keys.shape, keys.dtype, mesh), _abstract((0,), jnp.int32, mesh))
+  if config.member_axis == "vmap":
+    axes = generate.member_axes(params)
+    members = {k: jax.tree.map(lambda leaf, a=axes[k]: _stacked(leaf, a, config.members_per_batch,
+                                                                 mesh), tree)
+               for k, tree in params.items()}
+    program = jax.jit(lambda m, *a: run(None, *a, members=generate.MaterialisedMembers(m)))
+  else:
+    members, program = params, jax.jit(run)
+  temporaries = program.lower(members, *inputs).compile().memory_analysis().temp_size_in_bytes
+  scale = jnp.dtype(runs.DTYPES[config.dtype]).itemsize / 4
+  return floor.weights + floor.members + int(temporaries * scale)
+
+
 def report(config: runs.ScoringConfig) -> str:
   """The plan's line and, per model, the floor and the compiled per-device bytes."""
   lines = [config.plan["summary"]]
   for name in config.model_names():
-    planned = _plan_of(config, name)
+    planned = plan_of(config, name)
     compiled = compile_population(config, name)
     lines.append(f"{name}: compiled in {compiled.pop('compile_seconds'):.0f} s")
     lines.append(llm_plan.footprint_table(planned, compiled))
     memory = planned.machine.device_memory
     verdict = ("fits" if planned.fits else "does not fit") if memory else "memory unknown"
-    lines.append(f"{name}: {verdict}: floor {llm_plan.gib(planned.footprint.total)} per device"
-                 + (f" of {llm_plan.gib(llm_plan.HEADROOM * memory)} usable" if memory else "")
-                 + f"; compiled for {jax.default_backend()}: {llm_plan.gib(compiled['total'])} "
-                 f"({compiled['total'] / planned.footprint.total:.2f}x the floor)")
+    floor = planned.footprint.total
+    line = (f"{name}: {verdict}: floor {llm_plan.gib(floor)} per device"
+            + (f" of {llm_plan.gib(llm_plan.HEADROOM * memory)} usable" if memory else "")
+            + f"; compiled for {jax.default_backend()}: {llm_plan.gib(compiled['total'])} "
+            f"({compiled['total'] / floor:.2f}x the floor)")
+    if jax.default_backend() == "cpu":
+      corrected = corrected_total(config, name, planned.footprint)
+      if corrected is not None:
+        line += (f", corrected for the CPU backend's threefry and bf16 upcast: "
+                 f"{llm_plan.gib(corrected)} ({corrected / floor:.2f}x the floor)")
+    lines.append(line)
   return "\n".join(lines)
 
 
-def _plan_of(config, name):
+def plan_of(config: runs.ScoringConfig, name: str) -> llm_plan.ExecutionPlan:
+  """The plan of `config` (planned) for one of its models."""
   machine = llm_plan.Machine(**config.plan["machine"])
   return llm_plan.choose({name: registry.MODELS.get(name).config}, machine, dtype=config.dtype,
                          model_parallel=config.model_parallel, member_axis=config.member_axis,
