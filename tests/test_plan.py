@@ -110,7 +110,7 @@ def test_the_readme_scale_up_line_dry_runs_on_8_simulated_gpus(model, mesh):
   real population program compiled for them on abstract inputs (no weights exist here)."""
   out = _dry_run("--model", model, "--plan_devices", "8", "--plan_device_memory", "80GB")
   assert f"bfloat16, mesh {mesh}, member axis vmap" in out
-  assert "8 simulated gpu device(s)" in out
+  assert "8 simulated accelerator device(s)" in out
   floor = float(re.search(r"floor total +([0-9.]+)", out).group(1))
   weights = float(re.search(r"compiled arguments +([0-9.]+)", out).group(1))
   assert abs(weights - float(re.search(r"floor weights +([0-9.]+)", out).group(1))) < 0.05

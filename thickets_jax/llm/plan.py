@@ -78,7 +78,8 @@ class Machine:
                int(memory) if memory else None)
 
   @classmethod
-  def hypothetical(cls, devices: int, memory: int, platform: str = "gpu") -> "Machine":
+  def hypothetical(cls, devices: int, memory: int,
+                   platform: str = "accelerator") -> "Machine":
     if devices <= 0:
       raise InputError(f"--plan_devices must be positive, got {devices}.")
     return cls(platform, devices, 1, memory, simulated=True)
