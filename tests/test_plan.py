@@ -120,3 +120,11 @@ def test_the_readme_scale_up_line_dry_runs_on_8_simulated_gpus(model, mesh):
   # is the floor within 15%.
   ratio = float(re.search(r"bf16 upcast: [0-9.]+ GiB \(([0-9.]+)x the floor\)", out).group(1))
   assert 0.85 <= ratio <= 1.15
+
+
+def test_experiments_that_train_keep_float32_weights_on_accelerators():
+  from thickets_jax.llm import compare  # pylint: disable=g-import-not-at-top
+  searched = runs.DensityConfig(models=("qwen2.5-7b-instruct",), dry_run=True).planned(GPU8)
+  trained = compare.CompareConfig(model="qwen2.5-7b-instruct", dry_run=True).planned(GPU8)
+  assert (searched.dtype, trained.dtype) == ("bfloat16", "float32")
+  assert searched.plan["dtype"] == "bfloat16" and "bfloat16" in searched.plan["summary"]

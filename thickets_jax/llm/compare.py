@@ -53,6 +53,8 @@ class CompareConfig(ScoringConfig):
   sigmas: tuple[float, ...] = (5e-4, 1e-3)
   batch_size: int = 32
   OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (32, 32)  # (train_size, max_new_tokens)
+  # ES, GRPO and fine-tuning steps of ~1e-6 would round away in bf16 weights.
+  ACCELERATOR_DTYPE: ClassVar[str] = "float32"
   es_population: int = 8
   es_iterations: int = 4
   es_sigma: float = 1e-3

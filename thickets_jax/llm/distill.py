@@ -40,6 +40,8 @@ class DistillConfig(runs.ScoringConfig):
   sigmas: tuple[float, ...] = (5e-4, 1e-3)
   batch_size: int = 32
   OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (32, 32)  # (train_size, max_new_tokens)
+  # ES, GRPO and fine-tuning steps of ~1e-6 would round away in bf16 weights.
+  ACCELERATOR_DTYPE: ClassVar[str] = "float32"
   finetune: str = "full"
   lora_rank: int = 8
   learning_rate: float = 1e-5

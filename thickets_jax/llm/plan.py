@@ -194,9 +194,10 @@ def _degrees(machine: Machine, model: ModelConfig) -> list[int]:
 def choose(models: dict[str, ModelConfig], machine: Machine, *, dtype: Optional[str] = None,
            model_parallel: Optional[int] = None, member_axis: Optional[str] = None,
            members_per_batch: Optional[int] = None, rows: int, slots: int,
-           dtypes: dict) -> ExecutionPlan:
+           dtypes: dict, accelerator_dtype: str = "bfloat16") -> ExecutionPlan:
   """The plan for `models` (name -> shapes; the largest decides) on `machine`; each setting
-  given (not None) is kept.
+  given (not None) is kept. `accelerator_dtype`: the dtype chosen on accelerators (runs that
+  train weights keep float32, where small updates survive).
 
   Raises:
     InputError: a given `model_parallel` that splits heads or devices unevenly, or no plan
@@ -206,7 +207,7 @@ def choose(models: dict[str, ModelConfig], machine: Machine, *, dtype: Optional[
   chosen = tuple(k for k, v in (("dtype", dtype), ("model_parallel", model_parallel),
                                 ("member_axis", member_axis),
                                 ("members_per_batch", members_per_batch)) if v is None)
-  dtype = dtype or ("bfloat16" if machine.accelerator else CPU_DEFAULTS["dtype"])
+  dtype = dtype or (accelerator_dtype if machine.accelerator else CPU_DEFAULTS["dtype"])
   if not machine.accelerator and machine.processes == 1:
     model_parallel = CPU_DEFAULTS["model_parallel"] if model_parallel is None else model_parallel
     member_axis = member_axis or ("vmap" if model_parallel else CPU_DEFAULTS["member_axis"])

@@ -89,6 +89,8 @@ class ScoringConfig:
   dry_run: bool = False
   # (train_size, max_new_tokens) on tasks without a reference protocol (procedural, offline).
   OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (16, 128)
+  # The dtype the plan picks on accelerators; experiments that train weights keep float32.
+  ACCELERATOR_DTYPE: ClassVar[str] = "bfloat16"
 
   def model_names(self) -> tuple[str, ...]:
     """The models the run loads (`models`, else `model`, of the experiment's config)."""
@@ -122,7 +124,8 @@ class ScoringConfig:
         machine or llm_plan.Machine.detect(), dtype=config.dtype,
         model_parallel=config.model_parallel, member_axis=config.member_axis,
         members_per_batch=config.members_per_batch, rows=config.batch_size,
-        slots=llm_plan.PROMPT_TOKENS + config.max_new_tokens, dtypes=DTYPES)
+        slots=llm_plan.PROMPT_TOKENS + config.max_new_tokens, dtypes=DTYPES,
+        accelerator_dtype=self.ACCELERATOR_DTYPE)
     return dataclasses.replace(
         config, dtype=chosen.dtype, model_parallel=chosen.model_parallel,
         member_axis=chosen.member_axis, members_per_batch=chosen.members_per_batch,
