@@ -366,22 +366,55 @@ def test_population_generation_on_a_model_parallel_mesh_equals_one_device(tmp_pa
 
 @pytest.mark.parametrize("kind, rope", [
     ("llama", {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
-               "high_freq_factor": 4.0, "original_max_position_embeddings": 64}),
-    ("qwen2", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 64}),
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16}),
+    ("qwen2", {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 32}),
+    ("qwen2", {"rope_type": "yarn", "factor": 2.0, "original_max_position_embeddings": 32,
+               "beta_fast": 16, "mscale": 1.2, "mscale_all_dim": 0.8}),
     ("llama", {"rope_type": "linear", "factor": 2.0})])
-def test_rope_scaling_we_do_not_implement_is_refused(tmp_path, kind, rope):
+def test_rope_scalings_match_hugging_face(tmp_path, kind, rope):
+  """Checkpoints written by transformers with each RoPE scaling: the same logits over 40
+  positions, and the same greedy tokens through the KV cache."""
   cls = transformers.LlamaConfig if kind == "llama" else transformers.Qwen2Config
   model_cls = transformers.LlamaForCausalLM if kind == "llama" else transformers.Qwen2ForCausalLM
+  torch.manual_seed(0)
+  hf = model_cls(cls(**TINY, rope_theta=1e4, rope_scaling=rope)).eval()
   directory = str(tmp_path / kind)
-  model_cls(cls(**TINY, rope_scaling=rope)).save_pretrained(directory)  # transformers' own file
-  with pytest.raises(InputError, match=f"rope_type '{rope['rope_type']}' .* not implemented"):
-    weights.hf_config(directory, jnp.float32)
-  with open(os.path.join(directory, "config.json")) as f:  # the pre-v5 spelling
-    hf = {**json.load(f), "rope_scaling": {"type": rope["rope_type"]}}
+  hf.save_pretrained(directory)
+  config = weights.hf_config(directory, jnp.float32)
+  assert dict(config.rope_scaling)["rope_type"] == rope["rope_type"]
+  params = weights.load_safetensors(directory, config)
+  tokens = np.random.default_rng(3).integers(0, TINY["vocab_size"], size=(2, 40))
+  with torch.no_grad():
+    expected = hf(torch.tensor(tokens)).logits.numpy()
+    greedy = hf.generate(torch.tensor(tokens[:1, :12]), max_new_tokens=8, do_sample=False,
+                         min_new_tokens=8)[0, 12:].numpy()
+  ours = M.forward(config, params, jnp.asarray(tokens))
+  np.testing.assert_allclose(ours, expected, atol=2e-5, rtol=1e-4)
+  plain = M.forward(config.replace(rope_scaling=()), params, jnp.asarray(tokens))
+  assert np.abs(plain - expected).max() > 20 * np.abs(ours - expected).max()  # it matters
+  run = jax.jit(lambda p, t, m: generate.generate_tokens(
+      config, p, t, m, jax.random.key(0), sampling=generate.Sampling(8, ignore_eos=True),
+      stop_ids=(TINY["vocab_size"] - 1,), pad_id=0))
+  ids = run(params, jnp.asarray(tokens[:1, :12], jnp.int32), jnp.ones((1, 12), bool))
+  np.testing.assert_array_equal(np.asarray(ids[0]), greedy)
+
+
+@pytest.mark.parametrize("rope", [{"rope_type": "dynamic", "factor": 2.0},
+                                  {"type": "longrope", "factor": 2.0}])
+def test_rope_scalings_we_do_not_implement_are_refused(tmp_path, rope):
+  from thickets_jax.llm.config import from_hf_config  # pylint: disable=g-import-not-at-top
+  directory = str(tmp_path / "llama")
+  transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY)).save_pretrained(directory)
+  with open(os.path.join(directory, "config.json")) as f:
+    hf = json.load(f)
   hf.pop("rope_parameters", None)
-  with pytest.raises(InputError, match="not implemented"):
-    from thickets_jax.llm.config import from_hf_config  # pylint: disable=g-import-not-at-top
-    from_hf_config(hf)
+  name = rope.get("rope_type", rope.get("type"))
+  with pytest.raises(InputError, match=f"rope_type '{name}' .* not implemented"):
+    from_hf_config({**hf, "rope_scaling": rope})
+  with open(os.path.join(directory, "config.json"), "w") as f:
+    json.dump({**hf, "rope_scaling": rope}, f)
+  with pytest.raises(InputError, match="config.json: rope_type .* not implemented"):
+    weights.hf_config(directory, jnp.float32)
 
 
 @pytest.mark.two_devices

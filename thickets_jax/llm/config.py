@@ -1,4 +1,5 @@
-"""Decoder-only transformer shapes (Qwen2/Qwen2.5 and Llama/SmolLM2), from HF configs or GGUF."""
+"""Decoder-only transformer shapes (Qwen2/Qwen2.5 and Llama/SmolLM2, RoPE scaling included),
+from HF configs or GGUF."""
 
 import dataclasses
 from typing import Any, Mapping
@@ -6,6 +7,7 @@ from typing import Any, Mapping
 import jax.numpy as jnp
 
 from thickets_jax.errors import InputError
+from thickets_jax.llm import rope
 
 
 @dataclasses.dataclass(frozen=True)
@@ -22,6 +24,7 @@ class ModelConfig:
   rms_norm_eps: float
   qkv_bias: bool
   tie_embeddings: bool
+  rope_scaling: tuple = ()  # `rope.scaling_from_hf`: () is plain RoPE
   dtype: Any = jnp.float32
 
   def replace(self, **changes) -> "ModelConfig":
@@ -46,7 +49,7 @@ class ModelConfig:
             "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
             "head_dim": self.head_dim, "rope_theta": self.rope_theta,
             "rms_norm_eps": self.rms_norm_eps, "tie_word_embeddings": self.tie_embeddings,
-            "max_position_embeddings": 32768}
+            "max_position_embeddings": 32768, **rope.scaling_to_hf(self.rope_scaling)}
 
   @property
   def flops_per_token(self) -> int:
@@ -54,32 +57,12 @@ class ModelConfig:
     return 2 * self.num_params
 
 
-# RoPE variants the model implements: plain rotary frequencies (`rope_type` "default").
-ROPE_TYPES = ("default",)
-
-
-def rope_type(hf: Mapping[str, Any]) -> str:
-  """The RoPE variant a Hugging Face config asks for: `rope_parameters` (transformers ≥ 5) or
-  the older `rope_scaling`, whose key is `rope_type` (or `type` in early Llama-2 files)."""
-  for field in ("rope_parameters", "rope_scaling"):
-    settings = hf.get(field)
-    if isinstance(settings, Mapping):
-      kind = settings.get("rope_type", settings.get("type"))
-      if kind is not None:
-        return str(kind)
-  return "default"
-
-
 def from_hf_config(hf: Mapping[str, Any], dtype=jnp.float32) -> ModelConfig:
-  """From a Hugging Face `config.json` of a Qwen2 or Llama model; a RoPE scaling we do not
-  implement (llama3, yarn, linear, dynamic, ...) is refused, never ignored."""
+  """From a Hugging Face `config.json` of a Qwen2 or Llama model, its RoPE scaling included
+  (`rope.scaling_from_hf`: one we do not implement is refused, never ignored)."""
   model_type = hf.get("model_type")
   if model_type not in ("qwen2", "llama"):
     raise InputError(f"unsupported model_type {model_type!r} in config.json; supported: qwen2, llama.")
-  kind = rope_type(hf)
-  if kind not in ROPE_TYPES:
-    raise InputError(f"rope_type {kind!r} (RoPE scaling) is not implemented; supported: "
-                     f"{', '.join(ROPE_TYPES)}, so this checkpoint would load with wrong positions.")
   heads = hf["num_attention_heads"]
   return ModelConfig(
       vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
@@ -89,4 +72,5 @@ def from_hf_config(hf: Mapping[str, Any], dtype=jnp.float32) -> ModelConfig:
       rope_theta=float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))),
       rms_norm_eps=float(hf["rms_norm_eps"]),
       qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
-      tie_embeddings=bool(hf.get("tie_word_embeddings", False)), dtype=dtype)
+      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
+      rope_scaling=rope.scaling_from_hf(hf), dtype=dtype)

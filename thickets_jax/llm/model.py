@@ -1,6 +1,6 @@
 """One decoder-only transformer for Qwen2/Qwen2.5 and Llama (SmolLM2) in Flax linen.
 
-GQA attention with RoPE (rotate-half convention, as Hugging Face), RMSNorm, SwiGLU MLP,
+GQA attention with RoPE (`rope`: rotate-half as Hugging Face, with its scalings), RMSNorm, SwiGLU MLP,
 optional q/k/v biases, tied or untied embeddings. Layer parameters are stacked `[layers, ...]`
 under `layers/` (`STACKED_LEAVES`, the pattern a `PerturbSpec` needs to give every layer its
 own noise); the layers run in a scan or unrolled through the same layer step.
@@ -31,6 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from thickets_jax.llm import rope
 from thickets_jax.llm.config import ModelConfig
 from thickets_jax.tree import path_name
 
@@ -137,17 +138,6 @@ class RMSNorm(nn.Module):
             ).reshape(normed.shape).astype(self.dtype)
 
 
-def rope(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
-  """Rotary embedding, rotate-half convention. x [b, t, heads, hd], positions [b, t]."""
-  half = x.shape[-1] // 2
-  inv_freq = 1.0 / theta ** (jnp.arange(0, 2 * half, 2, dtype=jnp.float32) / (2 * half))
-  freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [b, t, hd/2]
-  angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [b, t, 1, hd]
-  cos, sin = jnp.cos(angles).astype(x.dtype), jnp.sin(angles).astype(x.dtype)
-  rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)
-  return x * cos + rotated * sin
-
-
 class Attention(nn.Module):
   config: ModelConfig
 
@@ -176,7 +166,9 @@ class Attention(nn.Module):
     q = dense(c.num_heads * c.head_dim, c.qkv_bias, "q")(x).reshape(b, t, c.num_heads, c.head_dim)
     k = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, "k")(x).reshape(b, t, c.num_kv_heads, c.head_dim)
     v = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, "v")(x).reshape(b, t, c.num_kv_heads, c.head_dim)
-    q, k = rope(q, positions, c.rope_theta), heads_major(rope(k, positions, c.rope_theta))
+    inv_freq, attention_factor = rope.frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
+    q = rope.apply(q, positions, inv_freq, attention_factor)
+    k = heads_major(rope.apply(k, positions, inv_freq, attention_factor))
     v = heads_major(v)
     # Query heads of one kv group side by side: [b, kv, group * t, hd].
     q = q.reshape(b, t, c.num_kv_heads, group, c.head_dim).transpose(0, 2, 3, 1, 4)

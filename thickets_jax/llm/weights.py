@@ -178,12 +178,12 @@ def hf_config(directory: str, dtype) -> ModelConfig:
     raise InputError(f"{path} holds a JSON {type(record).__name__}, not a model config object.")
   try:
     config = from_hf_config(record, dtype)
+  except InputError as e:  # before ValueError, its base
+    raise InputError(f"{path}: {e}") from None
   except KeyError as e:
     raise InputError(f"{path} lacks the field {e.args[0]!r}.") from None
   except (TypeError, ValueError) as e:
     raise InputError(f"{path} has a field of the wrong type ({e}).") from None
-  except InputError as e:
-    raise InputError(f"{path}: {e}") from None
   sizes = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
            "num_kv_heads", "head_dim")
   bad = next((f for f in sizes if type(getattr(config, f)) is not int or getattr(config, f) <= 0),
@@ -315,6 +315,10 @@ def gguf_config(reader, dtype) -> ModelConfig:
   arch = value("general.architecture")
   if arch not in ("llama", "qwen2"):
     raise InputError(f"unsupported GGUF architecture {arch!r}; supported: llama, qwen2.")
+  scaling = str(value(f"{arch}.rope.scaling.type", "none"))
+  if scaling != "none":
+    raise InputError(f"the GGUF file asks for RoPE scaling {scaling!r}, which its loader does not "
+                     "read; load the Hugging Face checkpoint instead.")
   tensors = {t.name for t in reader.tensors}
   hidden = int(value(f"{arch}.embedding_length"))
   heads = int(value(f"{arch}.attention.head_count"))
