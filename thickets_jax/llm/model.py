@@ -1,7 +1,7 @@
 """One decoder-only transformer for Qwen2/Qwen2.5 and Llama (SmolLM2) in Flax linen.
 
-GQA attention with RoPE (`rope`: rotate-half as Hugging Face, with its scalings), RMSNorm, SwiGLU MLP,
-optional q/k/v biases, tied or untied embeddings. Layer parameters are stacked `[layers, ...]`
+GQA attention with RoPE (`rope`: rotate-half as Hugging Face, with its scalings), RMSNorm, SwiGLU
+MLP, optional q/k/v biases, tied or untied embeddings. Layer parameters are stacked `[layers, ...]`
 under `layers/` (`STACKED_LEAVES`, the pattern a `PerturbSpec` needs to give every layer its
 own noise); the layers run in a scan or unrolled through the same layer step.
 
