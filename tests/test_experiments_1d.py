@@ -8,6 +8,8 @@ import sys
 import numpy as np
 import pytest
 
+from thickets_jax.llm import registry
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width", "16", "--depth", "3", "--pretrain_steps", "20", "--posttrain_size", "32",
         "--test_size", "8", "--fut", "12"]
@@ -134,9 +136,13 @@ def test_unwritable_workdir_is_one_sentence(tmp_path):
 
 @pytest.mark.parametrize("args, sentence", [
     (["--bench", "B1", "--chunk_size", "0"], "--chunk_size must be positive, got 0"),
-    (["--bench", "B9"], "unknown --bench 'B9'; known: B1, B2, B3, B4, B5, B6, ES, B7, B8"),
+    (["--bench", "B9"], "unknown --bench 'B9'; known: B1, B2, B3, B4, B5, B6, ES, B7, B8, P1"),
     (["--bench", "B4", "--b4_sizes", "4,-1"], "--b4_sizes must be positive, got -1"),
     (["--bench", "B6", "--b6_ranks", "4,0"], "--b6_ranks must be positive, got 0"),
+    (["--bench", "P1", "--p1_device_memory", "lots"],
+     "--p1_device_memory takes a size like 80GB or 16GiB, got 'lots'"),
+    (["--bench", "P1", "--p1_models", "qwen9"],
+     "unknown model 'qwen9'; known: " + ", ".join(sorted(registry.MODELS.names()))),
 ])
 def test_benchmark_bad_flags_are_refused_before_any_measurement(args, sentence):
   out = _run("benchmark", *args)
