@@ -137,6 +137,11 @@ def test_run_density_on_the_tiny_model(tmp_path, tiny_weights):
   assert versus["above"]["count"] + versus["tied"]["count"] + versus["below"]["count"] == 4
   # A random tiny model scores 0 on Countdown: the base is at the floor and every member ties.
   assert point["base_reward"] == 0 and versus["base_at"] == "floor"
+  # ... and rarely stops within 8 tokens: the run says its completions were cut.
+  cut = point["truncated"]
+  assert cut["max_new_tokens"] == 8 and cut["base"] > 0.5 and 0 <= cut["members_mean"] <= 1
+  assert "of completions were cut at max_new_tokens=8" in cut["warning"]
+  assert result["execution_plan"]["dtype"] == "float32"
   assert versus["tied"]["fraction"] == 1.0 and point["density_reward"][0]["density"] == 1.0
   for name in ("density_vs_size.png", "scores_tiny-random-llama.png", "log.txt"):
     assert os.path.getsize(os.path.join(workdir, name)) > 0

@@ -128,3 +128,13 @@ def test_experiments_that_train_keep_float32_weights_on_accelerators():
   trained = compare.CompareConfig(model="qwen2.5-7b-instruct", dry_run=True).planned(GPU8)
   assert (searched.dtype, trained.dtype) == ("bfloat16", "float32")
   assert searched.plan["dtype"] == "bfloat16" and "bfloat16" in searched.plan["summary"]
+
+
+def test_truncation_is_reported_and_a_mostly_cut_run_says_so():
+  config = runs.DensityConfig(max_new_tokens=64)
+  fine = runs.truncation(config, {"truncated": 0.1}, [{"truncated": 0.2}, {"truncated": 0.4}],
+                         "m")
+  assert fine == {"max_new_tokens": 64, "base": 0.1, "members_mean": pytest.approx(0.3)}
+  cut = runs.truncation(config, {"truncated": 0.9}, [{"truncated": 0.2}, {}], "m")
+  assert cut["members_mean"] == 0.2  # a record scored before the fraction existed is left out
+  assert cut["warning"].startswith("m: 90% of completions were cut at max_new_tokens=64")
