@@ -32,6 +32,14 @@ def _abstract(shape, dtype, mesh, spec=P()):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec) if mesh else None)
 
 
+def _prompt_inputs(config: runs.ScoringConfig, sampling: generate.Sampling, mesh) -> tuple:
+  """Abstract (prompts, masks, keys, prefix) of one generation batch, replicated."""
+  prompt = (1, config.batch_size, llm_plan.PROMPT_TOKENS)
+  keys = jax.eval_shape(lambda: generate.batch_keys(sampling, None, 1))
+  return (_abstract(prompt, jnp.int32, mesh), _abstract(prompt, jnp.bool_, mesh),
+          _abstract(keys.shape, keys.dtype, mesh), _abstract((0,), jnp.int32, mesh))
+
+
 def compile_population(config: runs.ScoringConfig, name: str) -> dict:
   """Per-device bytes of the compiled population call of `config` (planned) for model `name`:
   arguments, outputs, temporaries, their total, and the compile time in seconds."""
@@ -42,14 +50,11 @@ def compile_population(config: runs.ScoringConfig, name: str) -> dict:
                                         member_axis=config.member_axis,
                                         factored=config.noise == "lowrank")
   mesh = config.mesh()
-  params = _abstract_params(config, shapes, mesh)
   members = config.members_per_batch
-  prompt = (1, config.batch_size, llm_plan.PROMPT_TOKENS)
-  keys = jax.eval_shape(lambda: generate.batch_keys(sampling, None, 1))
-  args = (params, _abstract((members,), jnp.int32, mesh, P(POPULATION_AXIS)),
+  args = (_abstract_params(shapes, mesh),
+          _abstract((members,), jnp.int32, mesh, P(POPULATION_AXIS)),
           _abstract((members,), jnp.float32, mesh, P(POPULATION_AXIS)),
-          _abstract(prompt, jnp.int32, mesh), _abstract(prompt, jnp.bool_, mesh),
-          _abstract(keys.shape, keys.dtype, mesh), _abstract((0,), jnp.int32, mesh))
+          *_prompt_inputs(config, sampling, mesh))
   start = time.perf_counter()
   analysis = program.lower(*args).compile().memory_analysis()
   seconds = time.perf_counter() - start
@@ -59,7 +64,8 @@ def compile_population(config: runs.ScoringConfig, name: str) -> dict:
   return {**out, "compile_seconds": seconds}
 
 
-def _abstract_params(config: runs.ScoringConfig, shapes, mesh):
+def _abstract_params(shapes, mesh):
+  """The parameters as `ShapeDtypeStruct`s, with the sharding table's shardings on a mesh."""
   params = llm_model.abstract_params(shapes)
   if mesh is None:
     return params
@@ -87,11 +93,8 @@ def corrected_total(config: runs.ScoringConfig, name: str,
   sampling = generate.Sampling(max_new_tokens=config.max_new_tokens)
   run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0, layer_loop="scan")
   mesh = config.mesh()
-  params = _abstract_params(config, shapes, mesh)
-  prompt = (1, config.batch_size, llm_plan.PROMPT_TOKENS)
-  keys = jax.eval_shape(lambda: generate.batch_keys(sampling, None, 1))
-  inputs = (_abstract(prompt, jnp.int32, mesh), _abstract(prompt, jnp.bool_, mesh),
-            _abstract(keys.shape, keys.dtype, mesh), _abstract((0,), jnp.int32, mesh))
+  params = _abstract_params(shapes, mesh)
+  inputs = _prompt_inputs(config, sampling, mesh)
   if config.member_axis == "vmap":
     axes = generate.member_axes(params)
     members = {k: jax.tree.map(lambda leaf, a=axes[k]: _stacked(leaf, a, config.members_per_batch,
