@@ -268,6 +268,19 @@ def test_stop_tokens_and_stop_strings(tmp_path):
       [[True, True, False, False], [True] * 4, [True, False, False, False]])
 
 
+@pytest.mark.parametrize("name, published", [
+    ("llama-3.1-8b-instruct", 8_030_261_248), ("llama-3.2-1b-instruct", 1_235_814_400),
+    ("llama-3.2-3b-instruct", 3_212_749_824)])
+def test_llama3_presets_have_the_published_sizes_and_rope(name, published):
+  config = registry.MODELS.get(name).config
+  assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(M.abstract_params(config))) == (
+      published) == config.num_params
+  assert dict(config.rope_scaling)["rope_type"] == "llama3"
+  hf = transformers.LlamaConfig(**{k: v for k, v in config.to_hf().items() if k != "model_type"})
+  from thickets_jax.llm.config import from_hf_config  # pylint: disable=g-import-not-at-top
+  assert from_hf_config(hf.to_dict()) == config  # the HF config reads back alike
+
+
 # Exact totals of the published Qwen2.5 safetensors checkpoints (tied embeddings counted once).
 @pytest.mark.parametrize("size, published", [
     ("0.5b", 494_032_768), ("1.5b", 1_543_714_304), ("3b", 3_085_938_688),

@@ -68,6 +68,27 @@ MODELS.register("tiny-random-llama")(ModelEntry(
                 qkv_bias=False, tie_embeddings=True),
     instruct=True))
 
+def _llama3(layers, hidden, mlp, heads, head_dim, tied, rope_factor) -> ModelConfig:
+  """Llama 3.x: 8 KV heads, θ = 500000, Llama 3.1's RoPE scaling (`rope.py`)."""
+  scaling = (("factor", rope_factor), ("high_freq_factor", 4.0), ("low_freq_factor", 1.0),
+             ("original_max_position_embeddings", 8192), ("rope_type", "llama3"))
+  return ModelConfig(vocab_size=128256, hidden_size=hidden, intermediate_size=mlp,
+                     num_layers=layers, num_heads=heads, num_kv_heads=8, head_dim=head_dim,
+                     rope_theta=5e5, rms_norm_eps=1e-5, qkv_bias=False, tie_embeddings=tied,
+                     rope_scaling=scaling)
+
+
+LLAMA3_MODELS = {  # name: (HF repo, shapes), from the published Hugging Face configs
+    "llama-3.1-8b-instruct": ("meta-llama/Llama-3.1-8B-Instruct",
+                              _llama3(32, 4096, 14336, 32, 128, False, 8.0)),
+    "llama-3.2-1b-instruct": ("meta-llama/Llama-3.2-1B-Instruct",
+                              _llama3(16, 2048, 8192, 32, 64, True, 32.0)),
+    "llama-3.2-3b-instruct": ("meta-llama/Llama-3.2-3B-Instruct",
+                              _llama3(28, 3072, 8192, 24, 128, True, 32.0)),
+}
+for _name, (_repo, _config) in LLAMA3_MODELS.items():
+  MODELS.register(_name)(ModelEntry(_name, _repo, _config, instruct=True))
+
 OFFLINE_MODELS = ("smollm2-135m-instruct", "qwen2.5-coder-0.5b-instruct")
 
 
