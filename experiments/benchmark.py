@@ -474,7 +474,7 @@ def _p1_compiled() -> str:
   lines = []
   for model in FLAGS.p1_models:
     config = _p1_config(model, machine)
-    floor = dryrun.plan_of(config, model).footprint
+    floor = config.execution_plan([model]).footprint
     compiled = dryrun.compile_population(config, model)["total"]
     corrected = dryrun.corrected_total(config, model, floor)
     lines.append(f"P1 {model}: {config.plan['summary']}")
@@ -511,7 +511,7 @@ def _p1_measured() -> str:
   list(population.iter_population(program, params, seeds[chunk:], sigmas[chunk:],
                                   chunk_size=chunk, mesh=mesh, args=args))
   rate = 2 * chunk / (time.perf_counter() - start)
-  floor = dryrun.plan_of(config, model).footprint.total
+  floor = config.execution_plan([model]).footprint.total
   peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices())
   return (f"P1: {config.plan['summary']}\nP1: {model} measured peak {peak / 2**30:.2f} GiB per "
           f"device = {peak / floor:.2f}x the plan's floor {floor / 2**30:.2f} GiB (target within "

@@ -436,9 +436,9 @@ def test_sharded_loading_reads_each_shard_once_and_only_its_own(tmp_path):
   _, directory = _checkpoint(tmp_path, "qwen2", False, shard=True)
   config = weights.hf_config(directory, jnp.float32)
   files = weights._safetensors_files(directory)  # pylint: disable=protected-access
-  inner = weights._slice_reader(directory, config, files)  # pylint: disable=protected-access
+  inner = weights._slice_reader(directory, files)  # pylint: disable=protected-access
   requests = []
-  read = lambda name, index: requests.append((name, index)) or inner(name, index)
+  read = lambda name, index, shape: requests.append((name, index)) or inner(name, index, shape)
   mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
   sharded = weights.build_params_sharded(config, read, sharding.leaf_sharding(mesh))
   q = [index for name, index in requests if name == "model.layers.1.self_attn.q_proj.weight"]

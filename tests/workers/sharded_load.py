@@ -30,8 +30,8 @@ reader = weights._slice_reader  # pylint: disable=protected-access
 def counting_reader(*args):
   inner = reader(*args)
 
-  def read_slice(name, index):
-    out = inner(name, index)
+  def read_slice(name, index, shape):
+    out = inner(name, index, shape)
     read["bytes"] += out.nbytes
     return out
   return read_slice

@@ -112,7 +112,7 @@ def report(config: runs.ScoringConfig) -> str:
   """The plan's line and, per model, the floor and the compiled per-device bytes."""
   lines = [config.plan["summary"]]
   for name in config.model_names():
-    planned = plan_of(config, name)
+    planned = config.execution_plan([name])
     compiled = compile_population(config, name)
     lines.append(f"{name}: compiled in {compiled.pop('compile_seconds'):.0f} s")
     lines.append(llm_plan.footprint_table(planned, compiled))
@@ -131,12 +131,3 @@ def report(config: runs.ScoringConfig) -> str:
     lines.append(line)
   return "\n".join(lines)
 
-
-def plan_of(config: runs.ScoringConfig, name: str) -> llm_plan.ExecutionPlan:
-  """The plan of `config` (planned) for one of its models."""
-  machine = llm_plan.Machine(**config.plan["machine"])
-  return llm_plan.choose({name: registry.MODELS.get(name).config}, machine, dtype=config.dtype,
-                         model_parallel=config.model_parallel, member_axis=config.member_axis,
-                         members_per_batch=config.members_per_batch, rows=config.batch_size,
-                         slots=llm_plan.PROMPT_TOKENS + config.max_new_tokens,
-                         dtypes=runs.DTYPES)

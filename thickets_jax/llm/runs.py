@@ -119,17 +119,23 @@ class ScoringConfig:
       return self
     config = self.with_protocol()
     config.validate()  # bad input gets its sentence before any device is touched
-    chosen = llm_plan.choose(
-        {name: registry.MODELS.get(name).config for name in config.model_names()},
-        machine or llm_plan.Machine.detect(), dtype=config.dtype,
-        model_parallel=config.model_parallel, member_axis=config.member_axis,
-        members_per_batch=config.members_per_batch, rows=config.batch_size,
-        slots=llm_plan.PROMPT_TOKENS + config.max_new_tokens, dtypes=DTYPES,
-        accelerator_dtype=self.ACCELERATOR_DTYPE)
+    chosen = config.execution_plan(config.model_names(), machine or llm_plan.Machine.detect())
     return dataclasses.replace(
         config, dtype=chosen.dtype, model_parallel=chosen.model_parallel,
         member_axis=chosen.member_axis, members_per_batch=chosen.members_per_batch,
         plan={**chosen.to_json(), "summary": chosen.describe()})
+
+  def execution_plan(self, models: Sequence[str],
+                     machine: Optional[llm_plan.Machine] = None) -> llm_plan.ExecutionPlan:
+    """`plan.choose` for `models` on `machine` (default: the one this config was planned for)
+    with this config's settings; a planned config gets its own plan back, per model."""
+    machine = machine or llm_plan.Machine(**self.plan["machine"])
+    return llm_plan.choose(
+        {name: registry.MODELS.get(name).config for name in models}, machine, dtype=self.dtype,
+        model_parallel=self.model_parallel, member_axis=self.member_axis,
+        members_per_batch=self.members_per_batch, rows=self.batch_size,
+        slots=llm_plan.PROMPT_TOKENS + self.max_new_tokens, dtypes=DTYPES,
+        accelerator_dtype=self.ACCELERATOR_DTYPE)
 
   def perturb_spec(self) -> PerturbSpec:
     return PerturbSpec(mode=self.mode, relative=self.relative, include=self.include,

@@ -126,14 +126,16 @@ def build_params(config: ModelConfig, read: Callable[[str], np.ndarray],
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-def build_params_sharded(config: ModelConfig, read_slice: Callable[[str, tuple], np.ndarray],
+def build_params_sharded(config: ModelConfig,
+                         read_slice: Callable[[str, tuple, tuple], np.ndarray],
                          sharding_of: Sharder) -> PyTree:
   """Every leaf of the model as a global array sharded by `sharding_of`, built from only the
   slices this process's devices hold.
 
   Args:
-    read_slice: `(hf_tensor_name, index)` -> that slice of the tensor in Hugging Face layout,
-      `index` a tuple of slices over its axes.
+    read_slice: `(hf_tensor_name, index, shape)` -> that slice of the tensor in Hugging Face
+      layout, `index` a tuple of slices over its axes, `shape` the whole tensor's shape as the
+      config implies it.
     sharding_of: the sharding of each leaf (`sharding.leaf_sharding(mesh)`).
   """
   abstract = llm_model.abstract_params(config)
@@ -150,9 +152,11 @@ def build_params_sharded(config: ModelConfig, read_slice: Callable[[str, tuple],
       if key not in shards:
         layers = range(config.num_layers)[index[0]] if stacked else [None]
         core = index[1:] if stacked else index
+        whole = spec.shape[1:] if stacked else spec.shape
         parts = []
         for i in layers:
-          tensor = np.asarray(read_slice(hf_name.format(i=i), core[::-1] if transposed else core))
+          tensor = np.asarray(read_slice(hf_name.format(i=i), core[::-1] if transposed else core,
+                                         whole[::-1] if transposed else whole))
           parts.append((tensor.T if transposed else tensor).astype(dtype))
         shards[key] = np.stack(parts) if stacked else parts[0]
       return shards[key]
@@ -249,7 +253,7 @@ def load_safetensors(directory: str, config: ModelConfig,
   files = _safetensors_files(directory)
   handles = {}
   if sharding_of is not None:
-    return build_params_sharded(config, _slice_reader(directory, config, files), sharding_of)
+    return build_params_sharded(config, _slice_reader(directory, files), sharding_of)
 
   def read(name):
     if name not in files:
@@ -265,38 +269,27 @@ def load_safetensors(directory: str, config: ModelConfig,
   return build_params(config, read)
 
 
-def _slice_reader(directory: str, config: ModelConfig, files: dict[str, str]):
+def _slice_reader(directory: str, files: dict[str, str]):
   """`read_slice` over safetensors' lazy slices: only the requested part of a tensor is read;
   a tensor whose shape the config does not imply is refused in one sentence."""
   from safetensors import SafetensorError, safe_open  # pylint: disable=g-import-not-at-top
-  handles, expected = {}, _hf_shapes(config)
+  handles = {}
 
-  def read_slice(name: str, index: tuple) -> np.ndarray:
+  def read_slice(name: str, index: tuple, shape: tuple) -> np.ndarray:
     if name not in files:
       raise InputError(f"the checkpoint in {directory} has no tensor {name}.")
     try:
       if files[name] not in handles:
         handles[files[name]] = safe_open(files[name], framework="numpy")
       lazy = handles[files[name]].get_slice(name)
-      if tuple(lazy.get_shape()) != expected[name]:
+      if tuple(lazy.get_shape()) != tuple(shape):
         raise InputError(f"tensor {name} has shape {tuple(lazy.get_shape())}, but the config "
-                         f"implies {expected[name]}.")
+                         f"implies {tuple(shape)}.")
       return lazy[index]
     except (SafetensorError, OSError) as e:
       raise InputError(f"cannot read {name} from {files[name]}: {e}.") from None
   return read_slice
 
-
-def _hf_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
-  """Hugging Face tensor name -> its shape, as the config implies."""
-  shapes = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(llm_model.abstract_params(config))[0]:
-    name = path_name(path)
-    hf_name, transposed = _HF_NAMES[name]
-    core = leaf.shape[1:] if name.startswith("layers/") else leaf.shape
-    for i in range(config.num_layers) if name.startswith("layers/") else [None]:
-      shapes[hf_name.format(i=i)] = tuple(core[::-1] if transposed else core)
-  return shapes
 
 
 # ---------------------------------------------------------------- GGUF (llama.cpp)
