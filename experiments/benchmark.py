@@ -40,7 +40,8 @@ from experiments import common
 from thickets_jax import bench, cli, halving, population, workdir
 from thickets_jax.baselines import es
 from thickets_jax.errors import InputError
-from thickets_jax.llm import dryrun, generate, model as llm_model, plan, registry, runs, sharding
+from thickets_jax.llm import chunk, dryrun, generate, model as llm_model, plan, registry, runs
+from thickets_jax.llm import sharding
 from thickets_jax.perturb import PerturbSpec, perturb_member, rebuild_member
 from thickets_jax.signals import families, model as signal_model
 from thickets_jax.signals import runs as signal_runs
@@ -497,20 +498,20 @@ def _p1_measured() -> str:
                           sharding.param_shardings(shapes, mesh))
   sampling = generate.Sampling(max_new_tokens=config.max_new_tokens, ignore_eos=True)
   run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0)
-  program = generate.population_program(run, config.perturb_spec(),
+  program = chunk.population_program(run, config.perturb_spec(),
                                         member_axis=config.member_axis, factored=False)
   rng = np.random.default_rng(0)
   prompt = (1, config.batch_size, plan.PROMPT_TOKENS)
   args = (rng.integers(1000, shapes.vocab_size - 1000, prompt).astype(np.int32),
           np.ones(prompt, bool), generate.batch_keys(sampling, None, 1), np.zeros((0,), np.int32))
   seeds, sigmas = population.draw_candidates(0, 3 * config.members_per_batch, [1e-3])
-  chunk = config.members_per_batch
-  list(population.iter_population(program, params, seeds[:chunk], sigmas[:chunk],
-                                  chunk_size=chunk, mesh=mesh, args=args))  # compiles
+  per_call = config.members_per_batch
+  list(population.iter_population(program, params, seeds[:per_call], sigmas[:per_call],
+                                  chunk_size=per_call, mesh=mesh, args=args))  # compiles
   start = time.perf_counter()
-  list(population.iter_population(program, params, seeds[chunk:], sigmas[chunk:],
-                                  chunk_size=chunk, mesh=mesh, args=args))
-  rate = 2 * chunk / (time.perf_counter() - start)
+  list(population.iter_population(program, params, seeds[per_call:], sigmas[per_call:],
+                                  chunk_size=per_call, mesh=mesh, args=args))
+  rate = 2 * per_call / (time.perf_counter() - start)
   floor = config.execution_plan([model]).footprint.total
   peak = max((d.memory_stats() or {}).get("peak_bytes_in_use", 0) for d in jax.local_devices())
   return (f"P1: {config.plan['summary']}\nP1: {model} measured peak {peak / 2**30:.2f} GiB per "

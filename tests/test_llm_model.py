@@ -12,7 +12,7 @@ import pytest
 
 from thickets_jax import population, rng
 from thickets_jax.errors import InputError
-from thickets_jax.llm import assets, generate, model as M, registry, weights
+from thickets_jax.llm import assets, chunk, generate, model as M, registry, weights
 from thickets_jax.perturb import PerturbSpec, member_factors, rebuild_member
 
 import toys
@@ -500,5 +500,5 @@ def test_vmapped_members_decode_without_rewriting_the_cache_each_step(tmp_path, 
   cache_selects = lambda fn: len(re.findall(
       rf"\[[0-9,]*\b{slots},{gen.config.head_dim}\][^ ]* select\(",
       fn.lower(*args).compile().as_text()))
-  assert cache_selects(generate.materialised_population_fn(run, gen.perturb)) == 0
+  assert cache_selects(chunk.materialised_population_fn(run, gen.perturb)) == 0
   assert cache_selects(population.population_fn(run, member_axis="vmap", spec=gen.perturb)) > 0

@@ -1,7 +1,7 @@
 """Dry runs: a run's generation program compiled ahead of time on abstract inputs.
 
 `report(config)` lowers and compiles the call that generates one chunk of members, exactly as
-the run would build it (`generate.population_program` on the plan's mesh, dtype and member
+the run would build it (`chunk.population_program` on the plan's mesh, dtype and member
 axis), on `jax.ShapeDtypeStruct`s carrying the plan's shardings, so no weights are read and
 nothing is allocated. XLA's `memory_analysis()` then gives the bytes one device holds: the
 arguments (the base's shard), the outputs and the temporaries (member copies, noise, KV cache,
@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from thickets_jax.llm import generate, plan as llm_plan, registry, runs, sharding
+from thickets_jax.llm import chunk, generate, plan as llm_plan, registry, runs, sharding
 from thickets_jax.llm import model as llm_model
 from thickets_jax.population import POPULATION_AXIS
 
@@ -46,7 +46,7 @@ def compile_population(config: runs.ScoringConfig, name: str) -> dict:
   shapes = registry.MODELS.get(name).config.replace(dtype=runs.DTYPES[config.dtype])
   sampling = generate.Sampling(max_new_tokens=config.max_new_tokens)
   run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0, layer_loop="scan")
-  program = generate.population_program(run, config.perturb_spec(),
+  program = chunk.population_program(run, config.perturb_spec(),
                                         member_axis=config.member_axis,
                                         factored=config.noise == "lowrank")
   mesh = config.mesh()
@@ -96,11 +96,11 @@ def corrected_total(config: runs.ScoringConfig, name: str,
   params = _abstract_params(shapes, mesh)
   inputs = _prompt_inputs(config, sampling, mesh)
   if config.member_axis == "vmap":
-    axes = generate.member_axes(params)
+    axes = chunk.member_axes(params)
     members = {k: jax.tree.map(lambda leaf, a=axes[k]: _stacked(leaf, a, config.members_per_batch,
                                                                  mesh), tree)
                for k, tree in params.items()}
-    program = jax.jit(lambda m, *a: run(None, *a, members=generate.MaterialisedMembers(m)))
+    program = jax.jit(lambda m, *a: run(None, *a, members=chunk.MaterialisedMembers(m)))
   else:
     members, program = params, jax.jit(run)
   temporaries = program.lower(members, *inputs).compile().memory_analysis().temp_size_in_bytes

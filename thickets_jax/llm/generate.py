@@ -14,21 +14,20 @@ generated and are never stored.
 """
 
 import dataclasses
-import functools
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
-import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh
 
-from thickets_jax import distributed, population, rng
+from thickets_jax import distributed, population
 from thickets_jax.errors import InputError
+from thickets_jax.llm import chunk
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.codec import PromptCodec
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.perturb import PerturbSpec, member_factors, perturb_member
+from thickets_jax.perturb import PerturbSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,65 +79,12 @@ def _check_layer_loop(layer_loop: str) -> None:
     raise InputError(f"unknown layer loop {layer_loop!r}; known: {', '.join(LAYER_LOOPS)}.")
 
 
-@flax.struct.dataclass
-class MaterialisedMembers:
-  """M perturbed parameter trees of one chunk, stacked for one program: leaves [M, ...], the
-  stacked layer leaves [layers, M, ...] (`member_axes`), so the layer loop reads each layer's
-  members as they lie. Rows are M member-major groups, as under factored members."""
-  params: Any
-
-  @property
-  def count(self) -> int:
-    return jax.tree.leaves(self.params["embed"])[0].shape[0]
-
-
-def member_axes(params) -> dict:
-  """Where the member axis goes in each subtree of stacked members: after the layer axis."""
-  return {name: 1 if name == "layers" else 0 for name in params}
-
-
-def _count(members) -> int:
-  if members is None:
-    return 1
-  if isinstance(members, MaterialisedMembers):
-    return members.count
-  return llm_model.member_count(members)
-
-
-def _materialised_runner(config: ModelConfig, members: MaterialisedMembers,
-                         layer_loop: str) -> Callable:
-  """`Transformer.apply` of each of M materialised members on its own rows [M * b, ...] (and
-  cache rows), vmapped over the members inside one call: the decode loop that calls it stays
-  outside the vmap, so no per-member predicate selects over (and rewrites) the KV cache every
-  step, as a vmapped `while_loop` does."""
-  model = llm_model.Transformer(config)
-  count, axes = members.count, member_axes(members.params)
-  rows = 1 if layer_loop == "scan" else 0  # the row axis of a stacked / per-layer cache
-
-  def one(params, tokens, positions, cache, cache_mask, token_mask, write_index, last_only):
-    layers = llm_model.layer_list(params) if layer_loop == "unrolled" else None
-    return model.apply({"params": params}, tokens, positions, cache, write_index, cache_mask,
-                       token_mask, last_only=last_only, layers=layers)
-
-  def run(tokens, positions, cache, write_index, cache_mask, token_mask, last_only=False):
-    split = lambda x, axis=0: x.reshape(*x.shape[:axis], count, -1, *x.shape[axis + 1:])
-    merge = lambda x, axis=0: x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2:])
-    mask_axis = None if cache_mask is None else 0
-    logits, cache = jax.vmap(functools.partial(one, write_index=write_index, last_only=last_only),
-                             in_axes=(axes, 0, 0, rows, mask_axis, 0), out_axes=(0, rows))(
-        members.params, split(tokens), split(positions),
-        jax.tree.map(lambda c: split(c, rows), cache),
-        None if cache_mask is None else split(cache_mask), split(token_mask))
-    return merge(logits), jax.tree.map(lambda c: merge(c, rows), cache)
-  return run
-
-
 def _runner(config: ModelConfig, params, members, layer_loop: str) -> Callable:
   """`Transformer.apply` over `params` (and factored or materialised `members`) with the layer
   loop's layers bound."""
   _check_layer_loop(layer_loop)
-  if isinstance(members, MaterialisedMembers):
-    return _materialised_runner(config, members, layer_loop)
+  if isinstance(members, chunk.MaterialisedMembers):
+    return chunk.runner(config, members, layer_loop)
   layers = llm_model.layer_list(params) if layer_loop == "unrolled" else None
   variables = {"params": params}
   if members is not None:
@@ -157,7 +103,7 @@ def prefill_prefix(config: ModelConfig, params, prefix: jax.Array, *,
   """Keys and values of a prefix [P] every prompt shares, under each of M members (M = 1
   without): the cache `generate_tokens` takes as `prefix_kv`, rows [M], P slots (stacked, or
   per layer when unrolled)."""
-  count = _count(members)
+  count = chunk.count(members)
   shared = prefix.shape[0]
   run = _runner(config, params, members, layer_loop)
   _, cache = run(jnp.broadcast_to(prefix, (count, shared)),
@@ -187,16 +133,15 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
       each member's keys and values are copied to its rows at slots [0, P), the prompts follow
       at [P, P + p). The same tokens as with the prefix inside the prompts (RoPE positions
       count real tokens), for P rows of prefill instead of b × P.
-    members: `model.members_collection` of M low-rank members (the base matmuls shared by all
-      of them), or `MaterialisedMembers`: every prompt row runs under each member (rows
-      [M * b], member-major).
+    members: a chunk of M members (`chunk`: factored low-rank, or `MaterialisedMembers`):
+      every prompt row runs under each member (rows [M * b], member-major).
 
   Returns:
     [M * b, max_new_tokens] int32 (M = 1 without members); every position after a stop token
     holds `pad_id` (`completion_mask` marks the generated tokens).
   """
   b, p = prompt.shape
-  count = _count(members)
+  count = chunk.count(members)
   rows = count * b
   shared = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-2]
   n = sampling.max_new_tokens
@@ -309,49 +254,6 @@ def token_generator(config: ModelConfig, sampling: Sampling, *, stop_ids: Sequen
       sampling=sampling, stop_ids=stop_ids, pad_id=pad_id, layer_loop=layer_loop)
 
 
-def _members_fn(run: Callable, build: Callable) -> Callable:
-  """`jit` of a `token_generator` function over a chunk of M members built inside the call by
-  `build(params, seeds, sigmas)`, all generated together as member-major rows: the signature
-  and outputs of `population.population_fn`, f(params, seeds [M], sigmas [M], prompts, masks,
-  keys, prefix) -> [M, batches, b, new]."""
-  def chunk(params, seeds, sigmas, prompts, masks, keys, prefix):
-    out = run(params, prompts, masks, keys, prefix, members=build(params, seeds, sigmas))
-    return out.reshape(out.shape[0], len(seeds), -1, out.shape[-1]).swapaxes(0, 1)
-  return jax.jit(chunk)
-
-
-def factored_population_fn(run: Callable, spec: PerturbSpec) -> Callable:
-  """Low-rank members run factored (`model.members_collection`): `_members_fn`."""
-  def build(params, seeds, sigmas):
-    factors = jax.vmap(lambda seed, sigma: member_factors(params, rng.member_key(seed), sigma,
-                                                          spec))(seeds, sigmas)
-    return llm_model.members_collection(factors)
-  return _members_fn(run, build)
-
-
-def materialised_population_fn(run: Callable, spec: PerturbSpec) -> Callable:
-  """Members materialised together (`MaterialisedMembers`, the member axis of the layer leaves
-  after the layer axis): `_members_fn`, with one decode loop for all of them."""
-  def build(params, seeds, sigmas):
-    perturbed = jax.vmap(lambda seed, sigma: perturb_member(params, seed, sigma, spec),
-                         out_axes=member_axes(params))(seeds, sigmas)
-    return MaterialisedMembers(perturbed)
-  return _members_fn(run, build)
-
-
-def population_program(run: Callable, spec: PerturbSpec, *, member_axis: str,
-                       factored: bool) -> Callable:
-  """The jitted call that generates a chunk of members: low-rank members factored
-  (`factored_population_fn`); else materialised together with `member_axis` "vmap"
-  (`materialised_population_fn`) or one after another with "map" (`population.population_fn`:
-  one member's copy in memory at a time)."""
-  if factored:
-    return factored_population_fn(run, spec)
-  if member_axis == "vmap":
-    return materialised_population_fn(run, spec)
-  return population.population_fn(run, member_axis=member_axis, spec=spec)
-
-
 def batch_keys(sampling: Sampling, key: Optional[jax.Array], batches: int) -> jax.Array:
   """One sampling key per prompt batch, `fold_in(key, batch)`. Greedy decoding draws nothing,
   so it needs no key; sampling with temperature > 0 requires one (`rng.key(seed, "sampling")`)."""
@@ -365,10 +267,10 @@ def batch_keys(sampling: Sampling, key: Optional[jax.Array], batches: int) -> ja
 class Generator:
   """Tokenise -> `token_generator` -> detokenise, for one loaded model, its base or members.
 
-  One call per chunk of members covers every prompt batch, so each member is perturbed once.
-  Low-rank members run factored (`factored_population_fn`: the chunk's members share every
-  base matmul); full-rank members are materialised one per member (`population_fn`). The
-  longest token prefix all prompts of a call share is prefilled once per member
+  One call per chunk of members covers every prompt batch, so each member is perturbed once
+  (`chunk.population_program`). Low-rank members run factored: the chunk's members share every
+  base matmul. Full-rank members are materialised: together under one decode loop with
+  `member_axis="vmap"`, one after another with "map". The longest token prefix all prompts of a call share is prefilled once per member
   (`shared_prefix`).
   """
 
@@ -392,8 +294,8 @@ class Generator:
                           pad_id=self.codec.pad_id, layer_loop=layer_loop)
     self._base = jax.jit(run)
     self.factored = factored and self.perturb.noise == "lowrank"
-    self._population = population_program(run, self.perturb, member_axis=member_axis,
-                                          factored=self.factored)
+    self._population = chunk.population_program(run, self.perturb, member_axis=member_axis,
+                                                factored=self.factored)
 
   def _encode(self, texts: Sequence[str], key: Optional[jax.Array]) -> tuple:
     """(prompts, masks, keys, prefix): the generation arguments of `texts`."""
