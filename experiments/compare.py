@@ -30,7 +30,8 @@ from thickets_jax.signals import compare as signals_compare
 
 DOMAINS = ("llm", "signals")
 flags.DEFINE_enum("domain", "llm", DOMAINS, "Compare on a language model or on the 1D signals.")
-flags.DEFINE_string("model", None, "Registered model name (default smollm2-135m-instruct).")
+flags.DEFINE_string("model", None, "Registered model name (default smollm2-135m-instruct; "
+                    "with --weights DIR alone, the checkpoint in DIR).")
 flags.DEFINE_string("task", None, "Registered task name (default arithmetic).")
 flags.DEFINE_list("methods", None, f"Subset of {','.join(compare.METHODS)} (default: all).")
 flags.DEFINE_integer("test_size", None, "Test examples (default 64).")

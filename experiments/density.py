@@ -19,7 +19,8 @@ from experiments import llm_common
 from thickets_jax import cli
 from thickets_jax.llm import runs
 
-flags.DEFINE_list("model", None, "Registered model names (default: the two offline models).")
+flags.DEFINE_list("model", None, "Registered model names (default: the two offline models; "
+                  "with --weights DIR alone, the checkpoint in DIR).")
 flags.DEFINE_string("task", None, "Registered task name (default arithmetic).")
 flags.DEFINE_list("margins", None, "Absolute margins m (default 0,0.05,0.1,0.2).")
 FLAGS = flags.FLAGS

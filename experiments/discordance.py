@@ -18,7 +18,8 @@ from experiments import llm_common
 from thickets_jax import cli
 from thickets_jax.llm import runs
 
-flags.DEFINE_list("model", None, "Registered model names (default: the two offline models).")
+flags.DEFINE_list("model", None, "Registered model names (default: the two offline models; "
+                  "with --weights DIR alone, the checkpoint in DIR).")
 flags.DEFINE_list("tasks", None, "Registered task names, M >= 2 (default: runs.DISCORDANCE_TASKS).")
 flags.DEFINE_integer("clusters", None, "k of the k-means clustering of performance vectors.")
 flags.DEFINE_integer("spectra_shown", None, "Seeds drawn in spectra_<model>.png.")

@@ -20,7 +20,8 @@ from experiments import llm_common
 from thickets_jax import cli
 from thickets_jax.llm import distill, sft
 
-flags.DEFINE_string("model", None, "Registered model name (default smollm2-135m-instruct).")
+flags.DEFINE_string("model", None, "Registered model name (default smollm2-135m-instruct; "
+                    "with --weights DIR alone, the checkpoint in DIR).")
 flags.DEFINE_string("task", None, "Registered task name (default arithmetic).")
 flags.DEFINE_integer("K", None, "Teachers: the top-K members that vote (default 4).")
 flags.DEFINE_integer("test_size", None, "Test examples (default 64).")

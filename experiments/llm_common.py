@@ -13,7 +13,7 @@ from absl import flags
 from experiments import common
 from thickets_jax import cli, distributed, population
 from thickets_jax.errors import InputError
-from thickets_jax.llm import dryrun, generate, plan, runs
+from thickets_jax.llm import dryrun, generate, plan, registry, runs
 from thickets_jax.perturb import MODES, NOISE_FAMILIES
 
 _DEFAULT = " (default: the experiment's config)"
@@ -104,7 +104,8 @@ def run_or_plan(run, config, workdir: Optional[str]):
 
 def config(cls, **own):
   """`cls` (a `runs.ScoringConfig`) from the shared flags that are set and the experiment's
-  own settings `own` (None: unset)."""
+  own settings `own` (None: unset). `--weights DIR` without `--model` runs the checkpoint in
+  DIR (`registry.CHECKPOINT`)."""
   shared = {}
   for field in dataclasses.fields(runs.ScoringConfig):
     if field.name == "plan":  # chosen by `ScoringConfig.planned`
@@ -112,4 +113,9 @@ def config(cls, **own):
     value = FLAGS[field.name].value
     if value is not None:
       shared[field.name] = _PARSERS[field.name](value, field.name) if field.name in _PARSERS else value
+  if shared.get("weights"):  # --weights DIR without --model: the checkpoint's own model
+    if own.get("model", "") is None:
+      own["model"] = registry.CHECKPOINT
+    if own.get("models", ()) is None:
+      own["models"] = (registry.CHECKPOINT,)
   return cls(**shared, **{k: v for k, v in own.items() if v is not None})

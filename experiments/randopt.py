@@ -24,7 +24,8 @@ from experiments import llm_common
 from thickets_jax import cli
 from thickets_jax.llm import runs
 
-flags.DEFINE_string("model", None, "Registered model name (default smollm2-135m-instruct).")
+flags.DEFINE_string("model", None, "Registered model name (default smollm2-135m-instruct; "
+                    "with --weights DIR alone, the checkpoint in DIR).")
 flags.DEFINE_string("task", None, "Registered task name (default countdown).")
 flags.DEFINE_list("K", None, "Top-K sizes, e.g. 1,4,8 (default 1,4).")
 flags.DEFINE_integer("test_size", None, "Test examples (0: all the test split has; default 32).")

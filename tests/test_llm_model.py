@@ -12,7 +12,7 @@ import pytest
 
 from thickets_jax import population, rng
 from thickets_jax.errors import InputError
-from thickets_jax.llm import assets, chunk, generate, model as M, registry, weights
+from thickets_jax.llm import architectures, assets, chunk, generate, model as M, registry, weights
 from thickets_jax.perturb import PerturbSpec, member_factors, rebuild_member
 
 import toys
@@ -276,8 +276,8 @@ def test_llama3_presets_have_the_published_sizes_and_rope(name, published):
   assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(M.abstract_params(config))) == (
       published) == config.num_params
   assert dict(config.rope_scaling)["rope_type"] == "llama3"
-  hf = transformers.LlamaConfig(**{k: v for k, v in config.to_hf().items() if k != "model_type"})
-  from thickets_jax.llm.config import from_hf_config  # pylint: disable=g-import-not-at-top
+  hf = transformers.LlamaConfig(**{k: v for k, v in architectures.to_hf(config).items() if k != "model_type"})
+  from thickets_jax.llm.architectures import from_hf_config  # pylint: disable=g-import-not-at-top
   assert from_hf_config(hf.to_dict()) == config  # the HF config reads back alike
 
 
@@ -415,7 +415,7 @@ def test_rope_scalings_match_hugging_face(tmp_path, kind, rope):
 @pytest.mark.parametrize("rope", [{"rope_type": "dynamic", "factor": 2.0},
                                   {"type": "longrope", "factor": 2.0}])
 def test_rope_scalings_we_do_not_implement_are_refused(tmp_path, rope):
-  from thickets_jax.llm.config import from_hf_config  # pylint: disable=g-import-not-at-top
+  from thickets_jax.llm.architectures import from_hf_config  # pylint: disable=g-import-not-at-top
   directory = str(tmp_path / "llama")
   transformers.LlamaForCausalLM(transformers.LlamaConfig(**TINY)).save_pretrained(directory)
   with open(os.path.join(directory, "config.json")) as f:
@@ -440,7 +440,8 @@ def test_sharded_loading_reads_each_shard_once_and_only_its_own(tmp_path):
   requests = []
   read = lambda name, index, shape: requests.append((name, index)) or inner(name, index, shape)
   mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
-  sharded = weights.build_params_sharded(config, read, sharding.leaf_sharding(mesh))
+  sharded = weights.build_params_sharded(config, weights.hf_names(config), read,
+                                         sharding.leaf_sharding(mesh))
   q = [index for name, index in requests if name == "model.layers.1.self_attn.q_proj.weight"]
   assert q == [(slice(0, 16), slice(None)), (slice(16, 32), slice(None))]  # HF rows = out
   norm = [index for name, index in requests if name == "model.layers.1.input_layernorm.weight"]
@@ -490,15 +491,22 @@ def test_two_processes_each_read_their_half_and_gather_nothing(tmp_path):
 def test_vmapped_members_decode_without_rewriting_the_cache_each_step(tmp_path, layer_loop):
   """Members generated together share one decode loop: the compiled program has no select
   over a KV-cache-sized buffer (a vmapped while_loop selects over every layer's cache every
-  step, to freeze the members that have finished)."""
+  step, to freeze the members that have finished), and no copy of one."""
   import re  # pylint: disable=g-import-not-at-top
   gen = _generator(tmp_path, generate.Sampling(max_new_tokens=7))
   run = generate.token_generator(gen.config, gen.sampling, stop_ids=gen.codec.stop_ids,
                                  pad_id=gen.codec.pad_id, layer_loop=layer_loop)
   args = (gen.params, jnp.arange(2), jnp.full((2,), 0.1), *gen._encode(["abc", "de"], None))  # pylint: disable=protected-access
   slots = args[3].shape[-1] + 7
-  cache_selects = lambda fn: len(re.findall(
-      rf"\[[0-9,]*\b{slots},{gen.config.head_dim}\][^ ]* select\(",
-      fn.lower(*args).compile().as_text()))
-  assert cache_selects(chunk.materialised_population_fn(run, gen.perturb)) == 0
-  assert cache_selects(population.population_fn(run, member_axis="vmap", spec=gen.perturb)) > 0
+  cache_ops = lambda fn, ops, fn_args=args: len(re.findall(
+      rf"\[[0-9,]*\b{slots},{gen.config.head_dim}\][^ ]* ({ops})\(",
+      fn.lower(*fn_args).compile().as_text()))
+  materialised = chunk.materialised_population_fn(run, gen.perturb)
+  assert cache_ops(materialised, "select") == 0
+  assert cache_ops(population.population_fn(run, member_axis="vmap", spec=gen.perturb),
+                   "select") > 0
+  # Nor copies or transposes of it beyond those of base generation (none under the scan): the
+  # cache is member-split and written outside the vmap.
+  base_copies = cache_ops(jax.jit(run), "copy|transpose", args[:1] + args[3:])
+  assert cache_ops(materialised, "copy|transpose") == base_copies
+  assert base_copies == 0 or layer_loop == "unrolled"

@@ -104,7 +104,8 @@ def _dry_run(*args):
 
 
 @pytest.mark.parametrize("model, mesh", [("qwen2.5-7b-instruct", "8 members × 1 model-parallel"),
-                                         ("qwen2.5-32b-instruct", "2 members × 4 model-parallel")])
+                                         ("qwen2.5-32b-instruct", "2 members × 4 model-parallel"),
+                                         ("olmo-3-7b-instruct", "8 members × 1 model-parallel")])
 def test_the_readme_scale_up_line_dry_runs_on_8_simulated_gpus(model, mesh):
   """The README's command with --dry_run: a bf16 plan over all 8 devices that fits, and the
   real population program compiled for them on abstract inputs (no weights exist here)."""

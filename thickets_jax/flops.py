@@ -1,8 +1,8 @@
 """Training and test-time FLOPs of RandOpt, ES and GRPO, counted from the tokens processed.
 
 Convention (the paper's, made exact): a forward pass costs 2·P FLOPs per token (P the model's
-published parameter count, tied embeddings once) plus causal attention, 4·layers·heads·head_dim
-FLOPs per (token, visible key) pair; a backward pass costs two forwards. Tokens are the real
+published parameter count, tied embeddings once) plus causal attention, 4·heads·head_dim FLOPs
+per layer and (token, visible key) pair (a sliding-window layer sees at most its window); a backward pass costs two forwards. Tokens are the real
 ones of each row, prompt plus generated (up to and including the stop token), never the
 max-token limit or padding. What each method costs:
 
@@ -24,11 +24,20 @@ import numpy as np
 from thickets_jax.llm.config import ModelConfig
 
 
+def visible_pairs(t: np.ndarray, window: int) -> np.ndarray:
+  """(query, key) pairs of a causal pass over t tokens when each query sees its last `window`
+  positions (itself included): Σ_i min(i, window)."""
+  seen = np.minimum(t, window)
+  return seen * (seen + 1) / 2 + (t - seen) * window
+
+
 def sequence_flops(config: ModelConfig, lengths: Sequence[int]) -> float:
-  """One causal forward over rows of `lengths` real tokens each: Σ 2·P·t + attention."""
+  """One causal forward over rows of `lengths` real tokens each: Σ 2·P·t + attention, each
+  layer over the keys its window lets it see."""
   t = np.asarray(lengths, np.float64)
-  attention = 4.0 * config.num_layers * config.num_heads * config.head_dim
-  return float(np.sum(2.0 * config.num_params * t + attention * t * (t + 1) / 2))
+  per_pair = 4.0 * config.num_heads * config.head_dim
+  attention = sum(per_pair * visible_pairs(t, w) for w in config.layer_windows)
+  return float(np.sum(2.0 * config.num_params * t + attention))
 
 
 def es_update_flops(num_params: int, population: int) -> float:

@@ -157,6 +157,24 @@ def _perturbed_leaves(params: PyTree, spec: PerturbSpec):
   return treedef, leaves
 
 
+def keyed_leaves(params: PyTree) -> list[str]:
+  """The leaf path names in rank order: under the independent mode leaf `names[i]` draws its
+  noise from `fold_in(member_key, i)`. A run records them (`topk.json`), so a renamed or added
+  leaf cannot silently give its members other noise."""
+  return sorted(tree.leaf_names(params))
+
+
+def check_keyed_leaves(recorded: Optional[list], params: PyTree, where: str) -> None:
+  """Refuses to rebuild members whose recorded `keyed_leaves` differ from `params`' (None: a
+  record written before they were kept)."""
+  if recorded is None or list(recorded) == keyed_leaves(params):
+    return
+  changed = sorted(set(recorded) ^ set(keyed_leaves(params)))
+  raise InputError(f"{where} drew its members' noise over other parameter names than this "
+                   f"model has ({', '.join(changed[:3]) or 'a different order'}), so they "
+                   "cannot be rebuilt bit for bit.")
+
+
 def perturb(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec = PerturbSpec()) -> PyTree:
   """Returns θ + σ·ε for one member.
 

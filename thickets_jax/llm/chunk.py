@@ -46,29 +46,35 @@ def count(members) -> int:
 
 
 def runner(config: ModelConfig, members: MaterialisedMembers, layer_loop: str) -> Callable:
-  """`Transformer.apply` of each of M materialised members on its own rows [M * b, ...] (and
-  cache rows), vmapped over the members inside one call: the decode loop that calls it stays
-  outside the vmap, so no per-member predicate selects over (and rewrites) the KV cache every
-  step, as a vmapped `while_loop` does."""
+  """`Transformer.apply` of each of M materialised members on its own rows [M * b, ...],
+  vmapped over the members inside one call: the decode loop that calls it stays outside the
+  vmap, so no per-member predicate selects over (and rewrites) the KV cache every step, as a
+  vmapped `while_loop` does.
+
+  The cache is member-split, [layers, M, b, ...] (per layer [M, b, ...]; `generate._cache`):
+  each member reads its rows where they lie, and the members' new keys and values are written
+  after the vmap, in place. Splitting merged rows inside the call, or writing inside the vmap
+  (where the update becomes a scatter on a member-major transpose), made XLA copy the whole
+  cache every decode step.
+  """
   model = llm_model.Transformer(config)
   count, axes = members.count, member_axes(members.params)
-  rows = 1 if layer_loop == "scan" else 0  # the row axis of a stacked / per-layer cache
+  axis = 1 if layer_loop == "scan" else 0  # the member axis of a stacked / per-layer cache
 
-  def one(params, tokens, positions, cache, cache_mask, token_mask, write_index, last_only):
+  def one(params, tokens, positions, cache, cache_positions, token_mask, last_only):
     layers = llm_model.layer_list(params) if layer_loop == "unrolled" else None
-    return model.apply({"params": params}, tokens, positions, cache, write_index, cache_mask,
-                       token_mask, last_only=last_only, layers=layers)
+    return model.apply({"params": params}, tokens, positions, cache, None, cache_positions,
+                       token_mask, last_only=last_only, layers=layers)  # new keys/values
 
-  def run(tokens, positions, cache, write_index, cache_mask, token_mask, last_only=False):
-    split = lambda x, axis=0: x.reshape(*x.shape[:axis], count, -1, *x.shape[axis + 1:])
-    merge = lambda x, axis=0: x.reshape(*x.shape[:axis], -1, *x.shape[axis + 2:])
-    mask_axis = None if cache_mask is None else 0
-    logits, cache = jax.vmap(functools.partial(one, write_index=write_index, last_only=last_only),
-                             in_axes=(axes, 0, 0, rows, mask_axis, 0), out_axes=(0, rows))(
-        members.params, split(tokens), split(positions),
-        jax.tree.map(lambda c: split(c, rows), cache),
-        None if cache_mask is None else split(cache_mask), split(token_mask))
-    return merge(logits), jax.tree.map(lambda c: merge(c, rows), cache)
+  def run(tokens, positions, cache, write_index, cache_positions, token_mask, last_only=False):
+    split = lambda x: x.reshape(count, -1, *x.shape[1:])  # member-major rows [M * b, ...]
+    positions_axis = None if cache_positions is None else 0
+    logits, new_kv = jax.vmap(functools.partial(one, last_only=last_only),
+                              in_axes=(axes, 0, 0, axis, positions_axis, 0), out_axes=(0, axis))(
+        members.params, split(tokens), split(positions), cache,
+        None if cache_positions is None else split(cache_positions), split(token_mask))
+    cache = jax.tree.map(lambda c, new: llm_model.write_slots(c, new, write_index), cache, new_kv)
+    return logits.reshape(-1, *logits.shape[2:]), cache
   return run
 
 

@@ -9,7 +9,10 @@ from thickets_jax.errors import InputError
 
 BUCKET_STEP, LONGEST_PROMPT = 16, 4096  # prompts are padded to a multiple of 16 tokens
 PREFIX_MULTIPLE = 8  # shared prefixes are cut to a multiple of this many tokens
-_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>")
+_END_TOKENS = ("<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<end_of_turn>")  # + the EOS
+# A pretrained-only model (no chat template) is asked the question as a document to continue,
+# and its text is cut where it starts writing the next question.
+BASE_TEMPLATE, BASE_STOP = "Question: {}\nAnswer:", "\nQuestion:"
 
 
 class PromptCodec:
@@ -20,10 +23,14 @@ class PromptCodec:
   rows), so a run compiles once per bucket.
   """
 
-  def __init__(self, tokenizer, *, batch_size: int, chat: bool, stop_strings: Sequence[str] = ()):
+  def __init__(self, tokenizer, *, batch_size: int, chat: bool, stop_strings: Sequence[str] = (),
+               base_template: str = "{}"):
+    """`chat`: wrap prompts in the tokenizer's chat template; else in `base_template` (its
+    `{}` is the prompt), the tokenizer adding its special tokens (BOS) itself."""
     if batch_size <= 0:
       raise InputError(f"the prompt batch size must be positive, got {batch_size}.")
     self.tokenizer, self.batch_size, self.chat = tokenizer, batch_size, chat
+    self.base_template = base_template
     self.stop_strings = tuple(stop_strings)
     self.pad_id = (tokenizer.pad_token_id if tokenizer.pad_token_id is not None
                    else tokenizer.eos_token_id)
@@ -32,14 +39,15 @@ class PromptCodec:
     self.stop_ids = tuple(sorted(i for i in ends if i is not None))
 
   def prompt_text(self, user_text: str) -> str:
-    """The model's input text: the chat template around `user_text` for chat models."""
+    """The model's input text: the chat template around `user_text` for chat models, else
+    `base_template`."""
     if not self.chat:
-      return user_text
+      return self.base_template.format(user_text)
     return self.tokenizer.apply_chat_template([{"role": "user", "content": user_text}],
                                               tokenize=False, add_generation_prompt=True)
 
   def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
-    return [self.tokenizer(self.prompt_text(t), add_special_tokens=False)["input_ids"]
+    return [self.tokenizer(self.prompt_text(t), add_special_tokens=not self.chat)["input_ids"]
             for t in texts]
 
   def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:

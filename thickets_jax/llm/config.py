@@ -1,18 +1,42 @@
-"""Decoder-only transformer shapes (Qwen2/Qwen2.5 and Llama/SmolLM2, RoPE scaling included),
-from HF configs or GGUF."""
+"""The shapes and block options of one decoder-only transformer (`llm.model.Transformer`).
+
+Every architecture we load (`llm.architectures`: Llama, Qwen2, Qwen3, OLMo-2, OLMo-3, Gemma-3)
+is this one transformer with its options set: where the norms sit, q/k norms, the activation,
+embedding and attention scales, and per-layer sliding windows with their own RoPE.
+"""
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any
 
 import jax.numpy as jnp
 
 from thickets_jax.errors import InputError
-from thickets_jax.llm import rope
+
+QK_NORMS = ("none", "head", "full")  # per head over head_dim (Qwen3, Gemma-3); whole width (OLMo)
+NORM_PLACEMENTS = ("pre", "post", "sandwich")  # Llama; OLMo-2/3; Gemma-3 (pre and post)
+ACTIVATIONS = ("silu", "gelu_tanh")
+LAYER_TYPES = ("full", "sliding")
+FULL_WINDOW = 1 << 30  # the window of a full-attention layer: every earlier position
 
 
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
-  """Shapes and constants of one model; `dtype` is the parameter and activation dtype."""
+  """Shapes, constants and block options of one model; `dtype` is the parameter and
+  activation dtype.
+
+  Block options (defaults: Llama):
+    architecture: the `llm.architectures` module that reads and writes its checkpoints.
+    qk_norm: RMSNorm on queries and keys before RoPE, per head ("head") or over the whole
+      projection ("full").
+    norm_placement: "pre" norms each branch's input; "post" its output (OLMo-2/3);
+      "sandwich" both (Gemma-3: four norms per block).
+    norm_offset: an RMSNorm multiplies by (norm_offset + w) (Gemma: 1).
+    activation: of the gated MLP.
+    embed_scale: embeddings × √hidden_size (Gemma), rounded to `dtype` as Hugging Face does.
+    query_pre_attn_scalar: scores are q·k / √(this); 0 means head_dim.
+    sliding_window, layer_types: a "sliding" layer attends to the last `sliding_window`
+      positions only and uses `local_rope_theta` / `local_rope_scaling`; () is all "full".
+  """
   vocab_size: int
   hidden_size: int
   intermediate_size: int
@@ -26,9 +50,48 @@ class ModelConfig:
   tie_embeddings: bool
   rope_scaling: tuple = ()  # `rope.scaling_from_hf`: () is plain RoPE
   dtype: Any = jnp.float32
+  architecture: str = "llama"
+  qk_norm: str = "none"
+  norm_placement: str = "pre"
+  norm_offset: float = 0.0
+  activation: str = "silu"
+  embed_scale: bool = False
+  query_pre_attn_scalar: float = 0
+  sliding_window: int = 0
+  layer_types: tuple = ()
+  local_rope_theta: float = 0.0
+  local_rope_scaling: tuple = ()
+
+  def __post_init__(self):
+    for field, value, known in (("qk_norm", self.qk_norm, QK_NORMS),
+                                ("norm_placement", self.norm_placement, NORM_PLACEMENTS),
+                                ("activation", self.activation, ACTIVATIONS)):
+      if value not in known:
+        raise InputError(f"{field} {value!r} is not implemented; known: {', '.join(known)}.")
+    if self.layer_types:
+      if len(self.layer_types) != self.num_layers or set(self.layer_types) - set(LAYER_TYPES):
+        raise InputError(f"layer_types must give one of {', '.join(LAYER_TYPES)} for each of "
+                         f"the {self.num_layers} layers, got {list(self.layer_types)}.")
+      if "sliding" in self.layer_types and self.sliding_window <= 0:
+        raise InputError("sliding-window layers need a positive sliding_window.")
 
   def replace(self, **changes) -> "ModelConfig":
     return dataclasses.replace(self, **changes)
+
+  @property
+  def has_sliding_layers(self) -> bool:
+    return "sliding" in self.layer_types
+
+  @property
+  def layer_windows(self) -> tuple[int, ...]:
+    """Per layer, how many positions back a query sees (itself included)."""
+    types = self.layer_types or ("full",) * self.num_layers
+    return tuple(self.sliding_window if t == "sliding" else FULL_WINDOW for t in types)
+
+  @property
+  def attention_scalar(self):
+    """Scores are divided by √(this): `query_pre_attn_scalar`, else head_dim."""
+    return self.query_pre_attn_scalar or self.head_dim
 
   @property
   def num_params(self) -> int:
@@ -36,41 +99,13 @@ class ModelConfig:
     d, f, hd = self.hidden_size, self.intermediate_size, self.head_dim
     q, kv = self.num_heads * hd, self.num_kv_heads * hd
     attn = d * q + 2 * d * kv + q * d + ((q + 2 * kv) if self.qkv_bias else 0)
-    layer = attn + 3 * d * f + 2 * d
+    attn += {"none": 0, "head": 2 * hd, "full": q + kv}[self.qk_norm]
+    norms = (4 if self.norm_placement == "sandwich" else 2) * d
+    layer = attn + 3 * d * f + norms
     head = 0 if self.tie_embeddings else d * self.vocab_size
     return self.vocab_size * d + self.num_layers * layer + d + head
-
-  def to_hf(self) -> dict[str, Any]:
-    """The Hugging Face config fields of these shapes: `model_type` ("qwen2" with q/k/v
-    biases, else "llama") and the keyword arguments of its config class."""
-    return {"model_type": "qwen2" if self.qkv_bias else "llama",
-            "vocab_size": self.vocab_size, "hidden_size": self.hidden_size,
-            "intermediate_size": self.intermediate_size, "num_hidden_layers": self.num_layers,
-            "num_attention_heads": self.num_heads, "num_key_value_heads": self.num_kv_heads,
-            "head_dim": self.head_dim, "rope_theta": self.rope_theta,
-            "rms_norm_eps": self.rms_norm_eps, "tie_word_embeddings": self.tie_embeddings,
-            "max_position_embeddings": 32768, **rope.scaling_to_hf(self.rope_scaling)}
 
   @property
   def flops_per_token(self) -> int:
     """2 × parameters: the model-FLOP convention of docs/benchmarks.md (attention scores excluded)."""
     return 2 * self.num_params
-
-
-def from_hf_config(hf: Mapping[str, Any], dtype=jnp.float32) -> ModelConfig:
-  """From a Hugging Face `config.json` of a Qwen2 or Llama model, its RoPE scaling included
-  (`rope.scaling_from_hf`: one we do not implement is refused, never ignored)."""
-  model_type = hf.get("model_type")
-  if model_type not in ("qwen2", "llama"):
-    raise InputError(f"unsupported model_type {model_type!r} in config.json; supported: qwen2, llama.")
-  heads = hf["num_attention_heads"]
-  return ModelConfig(
-      vocab_size=hf["vocab_size"], hidden_size=hf["hidden_size"],
-      intermediate_size=hf["intermediate_size"], num_layers=hf["num_hidden_layers"],
-      num_heads=heads, num_kv_heads=hf.get("num_key_value_heads", heads),
-      head_dim=hf.get("head_dim") or hf["hidden_size"] // heads,
-      rope_theta=float(hf.get("rope_theta", (hf.get("rope_parameters") or {}).get("rope_theta", 10000.0))),
-      rms_norm_eps=float(hf["rms_norm_eps"]),
-      qkv_bias=model_type == "qwen2" or bool(hf.get("attention_bias", False)),
-      tie_embeddings=bool(hf.get("tie_word_embeddings", False)),
-      rope_scaling=rope.scaling_from_hf(hf), dtype=dtype)

@@ -43,7 +43,7 @@ def _prompt_inputs(config: runs.ScoringConfig, sampling: generate.Sampling, mesh
 def compile_population(config: runs.ScoringConfig, name: str) -> dict:
   """Per-device bytes of the compiled population call of `config` (planned) for model `name`:
   arguments, outputs, temporaries, their total, and the compile time in seconds."""
-  shapes = registry.MODELS.get(name).config.replace(dtype=runs.DTYPES[config.dtype])
+  shapes = registry.entry(name, config.weights).config.replace(dtype=runs.DTYPES[config.dtype])
   sampling = generate.Sampling(max_new_tokens=config.max_new_tokens)
   run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0, layer_loop="scan")
   program = chunk.population_program(run, config.perturb_spec(),
@@ -89,7 +89,7 @@ def corrected_total(config: runs.ScoringConfig, name: str,
   buffers removed (module docstring); None for factored low-rank members."""
   if config.noise == "lowrank":
     return None
-  shapes = registry.MODELS.get(name).config.replace(dtype=jnp.float32)
+  shapes = registry.entry(name, config.weights).config.replace(dtype=jnp.float32)
   sampling = generate.Sampling(max_new_tokens=config.max_new_tokens)
   run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0, layer_loop="scan")
   mesh = config.mesh()

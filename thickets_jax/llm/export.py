@@ -2,9 +2,10 @@
 
 The member is rebuilt from its run's `topk.json` (`(seed, sigma)` and the `PerturbSpec`) on the
 base weights the run used, in the run's dtype, so its bits are the ones that were scored; it is
-then written as `model.safetensors` (Hugging Face tensor names and layout, float32 or bfloat16),
-`config.json`, `generation_config.json` (greedy, stopping at the tokens our generator stops at),
-the tokenizer files and `thickets_member.json` (where it came from).
+then written as `model.safetensors` (Hugging Face tensor names and layout of its architecture,
+float32 or bfloat16), `config.json` (`architectures.to_hf`), `generation_config.json` (greedy,
+stopping at the tokens our generator stops at), the tokenizer files and `thickets_member.json`
+(where it came from).
 """
 
 import os
@@ -16,8 +17,9 @@ import jax.numpy as jnp
 from thickets_jax import workdir
 from thickets_jax.errors import InputError
 from thickets_jax.llm import model as llm_model
-from thickets_jax.llm import registry, runs, weights
+from thickets_jax.llm import architectures, registry, runs, weights
 from thickets_jax.llm.codec import PromptCodec
+from thickets_jax.llm.config import ModelConfig
 from thickets_jax.perturb import rebuild_member
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -45,7 +47,8 @@ def export_member(run_dir: str, out: str, member: str = "top1", dtype: str = "fl
   saved = runs.load_topk(run_dir)
   rank, record = pick_member(saved, member)
   spec = saved["perturbation"]
-  if spec.stacked != llm_model.STACKED_LEAVES or saved["model"] not in registry.MODELS:
+  known = saved["model"] in registry.MODELS or saved["model"] == registry.CHECKPOINT
+  if spec.stacked != llm_model.STACKED_LEAVES or not known:
     raise InputError(f"{run_dir}/topk.json names a model or perturbation this version cannot "
                      f"rebuild ({saved['model']}, stacked={spec.stacked!r}).")
   if saved["dtype"] not in runs.DTYPES:
@@ -53,6 +56,7 @@ def export_member(run_dir: str, out: str, member: str = "top1", dtype: str = "fl
   if os.path.exists(out) and os.listdir(out):
     raise InputError(f"--out {out} exists and is not empty; give a new directory.")
   loaded = registry.load(saved["model"], saved["weights"], runs.DTYPES[saved["dtype"]])
+  runs.check_rebuildable(saved, loaded, run_dir)
   params = rebuild_member(loaded.params, record["seed"], record["sigma"], spec)
   provenance = {"run_dir": os.path.abspath(run_dir), "model": saved["model"],
                 "task": saved["task"], "rank": rank, **record,
@@ -71,18 +75,25 @@ def export_member(run_dir: str, out: str, member: str = "top1", dtype: str = "fl
   return provenance
 
 
-def _write(directory: str, loaded: registry.LoadedModel, params, dtype, provenance: dict) -> None:
+def write_model(directory: str, config: ModelConfig, params, dtype, **token_ids) -> None:
+  """`model.safetensors` and `config.json` of `params` in the Hugging Face layout of
+  `config`'s architecture (the text model), stored in `dtype`; `token_ids` (bos_token_id,
+  eos_token_id, pad_token_id) go into the config."""
   import transformers  # pylint: disable=g-import-not-at-top
   from safetensors import flax as safetensors_flax  # pylint: disable=g-import-not-at-top
-  tensors = {name: jnp.asarray(t, dtype) for name, t in weights.hf_tensors(loaded.config, params)}
+  tensors = {name: jnp.asarray(t, dtype) for name, t in weights.hf_tensors(config, params)}
   safetensors_flax.save_file(tensors, os.path.join(directory, "model.safetensors"),
                              metadata={"format": "pt"})
+  transformers.AutoConfig.for_model(**architectures.to_hf(config), dtype=jnp.dtype(dtype).name,
+                                    **token_ids).save_pretrained(directory)
+
+
+def _write(directory: str, loaded: registry.LoadedModel, params, dtype, provenance: dict) -> None:
+  import transformers  # pylint: disable=g-import-not-at-top
   codec = PromptCodec(loaded.tokenizer, batch_size=1, chat=loaded.entry.instruct)
   tokenizer = loaded.tokenizer
-  config = transformers.AutoConfig.for_model(
-      **loaded.config.to_hf(), dtype=provenance["dtype"], bos_token_id=tokenizer.bos_token_id,
-      eos_token_id=tokenizer.eos_token_id, pad_token_id=codec.pad_id)
-  config.save_pretrained(directory)
+  write_model(directory, loaded.config, params, dtype, bos_token_id=tokenizer.bos_token_id,
+              eos_token_id=tokenizer.eos_token_id, pad_token_id=codec.pad_id)
   transformers.GenerationConfig(eos_token_id=list(codec.stop_ids), pad_token_id=codec.pad_id,
                                 do_sample=False).save_pretrained(directory)
   tokenizer.save_pretrained(directory)

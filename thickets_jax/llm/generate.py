@@ -93,8 +93,13 @@ def _runner(config: ModelConfig, params, members, layer_loop: str) -> Callable:
   return lambda *args, **kwargs: model.apply(variables, *args, layers=layers, **kwargs)
 
 
-def _cache(config: ModelConfig, rows: int, slots: int, layer_loop: str):
+def _cache(config: ModelConfig, rows: int, slots: int, layer_loop: str, members=None):
+  """An empty cache of `rows` rows, [layers, rows, kv, slots, hd] (or per layer); under
+  materialised members the rows are split member-major, [layers, M, rows / M, ...]
+  (`chunk.runner` reads each member's rows where they lie)."""
   cache = llm_model.init_cache(config, rows, slots)
+  if isinstance(members, chunk.MaterialisedMembers):
+    cache = jax.tree.map(lambda c: c.reshape(c.shape[0], members.count, -1, *c.shape[2:]), cache)
   return llm_model.cache_list(cache) if layer_loop == "unrolled" else cache
 
 
@@ -108,7 +113,7 @@ def prefill_prefix(config: ModelConfig, params, prefix: jax.Array, *,
   run = _runner(config, params, members, layer_loop)
   _, cache = run(jnp.broadcast_to(prefix, (count, shared)),
                  jnp.broadcast_to(jnp.arange(shared), (count, shared)),
-                 _cache(config, count, shared, layer_loop), 0, None,
+                 _cache(config, count, shared, layer_loop, members), 0, None,
                  jnp.ones((count, shared), bool), last_only=True)
   return cache
 
@@ -147,18 +152,21 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   n = sampling.max_new_tokens
   run = _runner(config, params, members, layer_loop)
   prompt, prompt_mask = jnp.tile(prompt, (count, 1)), jnp.tile(prompt_mask, (count, 1))
-  cache = _cache(config, rows, shared + p + n, layer_loop)
+  cache = _cache(config, rows, shared + p + n, layer_loop, members)
   positions = shared + jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [rows, p]
   prompt_len = shared + prompt_mask.sum(axis=1)  # [rows]
   if shared:
     rows_of = lambda kv: jnp.repeat(kv, b, axis=kv.ndim - 4)  # each member's prefix to its b rows
+    # (the row axis is the fourth from last, member-split or not)
     cache = jax.tree.map(lambda c, kv: llm_model.write_slots(c, rows_of(kv), 0), cache, prefix_kv)
-    logits, cache = run(prompt, positions, cache, shared, jnp.ones((rows, shared), bool),
+    logits, cache = run(prompt, positions, cache, shared,
+                        jnp.broadcast_to(jnp.arange(shared, dtype=jnp.int32), (rows, shared)),
                         prompt_mask, last_only=True)
   else:
     logits, cache = run(prompt, positions, cache, 0, None, prompt_mask, last_only=True)
-  cache_valid = jnp.concatenate([jnp.ones((rows, shared), bool), prompt_mask,
-                                 jnp.zeros((rows, n), bool)], axis=1)  # [rows, P + p + n]
+  cache_positions = jnp.concatenate(  # [rows, P + p + n], -1 on padding and future slots
+      [jnp.broadcast_to(jnp.arange(shared), (rows, shared)),
+       jnp.where(prompt_mask, positions, -1), jnp.full((rows, n), -1)], axis=1).astype(jnp.int32)
   stop = jnp.asarray(stop_ids, jnp.int32)
 
   def next_token(logits, step):
@@ -177,15 +185,16 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
     return (step < n) & ~jnp.all(done)
 
   def body(state):
-    step, cache, cache_valid, out, done = state
+    step, cache, cache_positions, out, done = state
     slot = shared + p + step - 1  # where the previous token goes
-    logits, cache = run(out[:, step - 1, None], (prompt_len + step - 1)[:, None], cache, slot,
-                        cache_valid, jnp.ones((rows, 1), bool))
-    cache_valid = cache_valid.at[:, slot].set(True)
+    position = prompt_len + step - 1
+    logits, cache = run(out[:, step - 1, None], position[:, None], cache, slot,
+                        cache_positions, jnp.ones((rows, 1), bool))
+    cache_positions = cache_positions.at[:, slot].set(position)
     out, done = emit(out, done, step, next_token(logits[:, 0], step))
-    return step + 1, cache, cache_valid, out, done
+    return step + 1, cache, cache_positions, out, done
 
-  _, _, _, out, _ = jax.lax.while_loop(cond, body, (1, cache, cache_valid, out, done))
+  _, _, _, out, _ = jax.lax.while_loop(cond, body, (1, cache, cache_positions, out, done))
   return out
 
 
@@ -278,11 +287,12 @@ class Generator:
                batch_size: int, chat: bool, stop_strings: Sequence[str] = (),
                member_axis: str = "map", perturb: Optional[PerturbSpec] = None,
                layer_loop: Optional[str] = None, shared_prefix: bool = True,
-               factored: bool = True):
+               factored: bool = True, base_template: str = "{}"):
     """`perturb` defaults to independent noise over every leaf and layer of the model;
-    `factored=False` materialises low-rank members too (tests, benchmarks)."""
+    `factored=False` materialises low-rank members too (tests, benchmarks); `chat`,
+    `stop_strings` and `base_template` as `PromptCodec`."""
     self.codec = PromptCodec(tokenizer, batch_size=batch_size, chat=chat,
-                             stop_strings=stop_strings)
+                             stop_strings=stop_strings, base_template=base_template)
     self.perturb = PerturbSpec(stacked=llm_model.STACKED_LEAVES) if perturb is None else perturb
     if self.perturb.stacked != llm_model.STACKED_LEAVES:
       raise ValueError(f"a language model's PerturbSpec needs stacked="

@@ -66,6 +66,7 @@ def run_landscape(config: LandscapeConfig, workdir: str) -> dict:
                  "run": run.identity()})
   with run_dir.session("landscape", dataclasses.asdict(config)):
     loaded = run.load(run.model)
+    runs.check_rebuildable(saved, loaded, config.run_dir)
     gen = run.generator(loaded, saved["perturbation"])
     spec = saved["perturbation"]
     if config.directions == "members":

@@ -1,14 +1,17 @@
-"""One decoder-only transformer for Qwen2/Qwen2.5 and Llama (SmolLM2) in Flax linen.
+"""One decoder-only transformer, in Flax linen, for every architecture `llm.architectures` loads.
 
-GQA attention with RoPE (`rope`: rotate-half as Hugging Face, with its scalings), RMSNorm, SwiGLU
-MLP, optional q/k/v biases, tied or untied embeddings. Layer parameters are stacked `[layers, ...]`
-under `layers/` (`STACKED_LEAVES`, the pattern a `PerturbSpec` needs to give every layer its
-own noise); the layers run in a scan or unrolled through the same layer step.
+GQA attention with RoPE (`rope`: rotate-half as Hugging Face, with its scalings), RMSNorm, gated
+MLP, tied or untied embeddings, and the block options of `ModelConfig`: q/k biases or norms, norm
+placement, Gemma's (1 + w) norms and scales, and sliding-window layers with their own RoPE base
+(masked by RoPE position, so a shared prefix or left padding never widens a window). Layer
+parameters are stacked `[layers, ...]` under `layers/` (`STACKED_LEAVES`, the pattern a
+`PerturbSpec` needs to give every layer its own noise); the layers run in a scan or unrolled
+through the same layer step.
 
 The KV cache is passed in and returned (no mutable collections): `(k, v)`, each
 `[layers, batch, kv_heads, slots, head_dim]` (heads-major, so attention is plain batched
 matmuls over `batch × kv_heads`). Inside the layer scan the cache is read-only: a call's `T`
-new tokens attend to the valid cached slots (`cache_mask`) and causally to each other, the scan
+new tokens attend to the valid cached slots (`cache_positions`) and causally to each other, the scan
 returns only their keys/values, and one update writes them at slot `write_index` afterwards.
 (Carrying or re-emitting the whole cache through the scan makes XLA rewrite all of it for
 every layer of every decode step.)
@@ -76,6 +79,10 @@ def _low_rank_term(x: jax.Array, factors: dict) -> jax.Array:
   return out.reshape(*x.shape[:-1], b.shape[1])
 
 
+def _norm(config: ModelConfig, name: str) -> "RMSNorm":
+  return RMSNorm(config.rms_norm_eps, config.dtype, config.norm_offset, name=name)
+
+
 def _plus_member_vector(y: jax.Array, delta: jax.Array) -> jax.Array:
   """y [M * b, ..., n] plus each row's member vector delta [M, n]."""
   return (_by_member(y, delta.shape[0]) + delta[:, None, :].astype(y.dtype)).reshape(y.shape)
@@ -120,17 +127,22 @@ class Embed(nn.Embed):
 
 
 class RMSNorm(nn.Module):
+  """RMSNorm over the last axis, times (offset + scale): Gemma stores w for x·(1 + w)."""
   eps: float
   dtype: jnp.dtype
+  offset: float = 0.0
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:  # [..., d]
     """The norm in float32 times the float32 scale (the member's, under `members`), rounded to
     `dtype` once, at the end."""
-    scale = self.param("scale", nn.initializers.ones, (x.shape[-1],), jnp.float32)
+    init = nn.initializers.zeros if self.offset else nn.initializers.ones
+    scale = self.param("scale", init, (x.shape[-1],), jnp.float32)
     x32 = x.astype(jnp.float32)
     normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
     scale = jnp.asarray(scale, jnp.float32)
+    if self.offset:
+      scale = scale + self.offset
     if not self.has_variable(MEMBERS, "scale"):
       return (scale * normed).astype(self.dtype)
     delta = self.get_variable(MEMBERS, "scale")  # [M, d]
@@ -138,20 +150,43 @@ class RMSNorm(nn.Module):
             ).reshape(normed.shape).astype(self.dtype)
 
 
+def _rope(config: ModelConfig, layer) -> tuple[jax.Array, Any]:
+  """(inverse frequencies, attention factor) of `layer` (an int, or traced inside the layer
+  scan): sliding-window layers use the local RoPE base and scaling."""
+  c = config
+  inv_freq, factor = rope.frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
+  if not c.has_sliding_layers:
+    return inv_freq, factor
+  local_freq, local_factor = rope.frequencies(c.head_dim, c.local_rope_theta, c.local_rope_scaling)
+  sliding = jnp.asarray([t == "sliding" for t in c.layer_types])[layer]
+  if local_factor != factor:
+    factor = jnp.where(sliding, local_factor, factor)
+  return jnp.where(sliding, local_freq, inv_freq), factor
+
+
+def _within_window(config: ModelConfig, layer, query_positions, key_positions):
+  """[b, keys, queries] bool: each key no further back than `layer`'s window from each query
+  (all True for models without sliding-window layers). positions: [b, t] and [b, keys]."""
+  window = jnp.asarray(config.layer_windows, jnp.int32)[layer]
+  return query_positions[:, None, :] - key_positions[:, :, None] < window
+
+
 class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, layer_k, layer_v, cache_mask, token_mask):
+  def __call__(self, x, positions, layer_k, layer_v, cache_positions, token_mask, layer):
     """Self-attention over cached slots and the new tokens.
 
     Args:
       x: [b, t, d] new tokens. positions: [b, t].
       layer_k, layer_v: [b, kv, S, hd] this layer's cache (read only).
-      cache_mask: [b, s] valid slots among the first s ≤ S of the cache (the later ones are
-        not read: a prefill after a shared prefix reads only the prefix), or None when the
-        cache holds nothing yet (prefill: the cached slots are skipped, not masked).
+      cache_positions: [b, s] int32 RoPE positions of the first s ≤ S slots of the cache, -1
+        on slots not to attend to (the later slots are not read: a prefill after a shared
+        prefix reads only the prefix), or None when the cache holds nothing yet (prefill: the
+        cached slots are skipped, not masked).
       token_mask: [b, t] real new tokens.
+      layer: this layer's index (sliding window and RoPE base).
 
     Returns:
       out [b, t, d], and the new keys and values, each [b, kv, t, hd].
@@ -163,16 +198,23 @@ class Attention(nn.Module):
     dense = lambda n, bias, name: Dense(n, use_bias=bias, dtype=c.dtype, param_dtype=c.dtype,
                                         precision=precision, name=name)
     heads_major = lambda a: a.transpose(0, 2, 1, 3)  # [b, t, h, hd] -> [b, h, t, hd]
-    q = dense(c.num_heads * c.head_dim, c.qkv_bias, "q")(x).reshape(b, t, c.num_heads, c.head_dim)
-    k = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, "k")(x).reshape(b, t, c.num_kv_heads, c.head_dim)
+    q = dense(c.num_heads * c.head_dim, c.qkv_bias, "q")(x)
+    k = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, "k")(x)
     v = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, "v")(x).reshape(b, t, c.num_kv_heads, c.head_dim)
-    inv_freq, attention_factor = rope.frequencies(c.head_dim, c.rope_theta, c.rope_scaling)
+    if c.qk_norm == "full":  # over all heads together (OLMo)
+      q, k = _norm(c, "q_norm")(q), _norm(c, "k_norm")(k)
+    q = q.reshape(b, t, c.num_heads, c.head_dim)
+    k = k.reshape(b, t, c.num_kv_heads, c.head_dim)
+    if c.qk_norm == "head":  # each head over head_dim (Qwen3, Gemma-3)
+      q, k = _norm(c, "q_norm")(q), _norm(c, "k_norm")(k)
+    inv_freq, attention_factor = _rope(c, layer)
     q = rope.apply(q, positions, inv_freq, attention_factor)
     k = heads_major(rope.apply(k, positions, inv_freq, attention_factor))
     v = heads_major(v)
     # Query heads of one kv group side by side: [b, kv, group * t, hd].
     q = q.reshape(b, t, c.num_kv_heads, group, c.head_dim).transpose(0, 2, 3, 1, 4)
-    q = q.reshape(b, c.num_kv_heads, group * t, c.head_dim) / jnp.sqrt(c.head_dim).astype(c.dtype)
+    scale = jnp.sqrt(c.attention_scalar).astype(c.dtype)
+    q = q.reshape(b, c.num_kv_heads, group * t, c.head_dim) / scale
     # Scores against the cached and the new keys separately: concatenating the keys would copy
     # the whole layer cache every call; concatenating the scores copies only [s + t, group * t].
     # Scores are keys-major, [b, kv, keys, group * t]: XLA's CPU backend ran the queries-major
@@ -182,19 +224,23 @@ class Attention(nn.Module):
     mix = lambda p, values: jnp.einsum("bksq,bksd->bkqd", p.astype(c.dtype), values,
                                        precision=precision, preferred_element_type=jnp.float32)
     mask = jnp.tril(jnp.ones((t, t), bool)).T[None] & token_mask[:, :, None]  # [b, keys t, t]
+    if c.has_sliding_layers:
+      mask = mask & _within_window(c, layer, positions, positions)
     scores = score(k)
-    if cache_mask is not None:
-      slots = cache_mask.shape[1]
+    if cache_positions is not None:
+      slots = cache_positions.shape[1]
       layer_k, layer_v = layer_k[:, :, :slots], layer_v[:, :, :slots]
-      mask = jnp.concatenate([jnp.broadcast_to(cache_mask[:, :, None], (b, slots, t)),
-                              mask], axis=1)  # [b, s + t, t]
+      cached = jnp.broadcast_to((cache_positions >= 0)[:, :, None], (b, slots, t))
+      if c.has_sliding_layers:
+        cached = cached & _within_window(c, layer, positions, cache_positions)
+      mask = jnp.concatenate([cached, mask], axis=1)  # [b, s + t, t]
       scores = jnp.concatenate([score(layer_k), scores], axis=2)
     bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)[:, None, :, None]  # over kv, group
     keys = scores.shape[2]
     scores = (scores.reshape(b, c.num_kv_heads, keys, group, t) + bias).reshape(scores.shape)
     probs = jax.nn.softmax(scores, axis=2)
     out = mix(probs[:, :, -t:], v)  # [b, kv, group * t, hd]
-    if cache_mask is not None:
+    if cache_positions is not None:
       out = out + mix(probs[:, :, :-t], layer_v)
     out = out.astype(c.dtype).reshape(b, c.num_kv_heads, group, t, c.head_dim).transpose(0, 3, 1, 2, 4)
     out = dense(c.hidden_size, False, "o")(out.reshape(b, t, c.num_heads * c.head_dim))
@@ -209,22 +255,27 @@ class MLP(nn.Module):
     c = self.config
     dense = lambda n, name: Dense(n, use_bias=False, dtype=c.dtype, param_dtype=c.dtype,
                                   precision=matmul_precision(c), name=name)
-    hidden = nn.silu(dense(c.intermediate_size, "gate")(x)) * dense(c.intermediate_size, "up")(x)
+    activation = {"silu": nn.silu,
+                  "gelu_tanh": lambda a: nn.gelu(a, approximate=True)}[c.activation]
+    hidden = activation(dense(c.intermediate_size, "gate")(x)) * dense(c.intermediate_size, "up")(x)
     return dense(c.hidden_size, "down")(hidden)
 
 
 class Block(nn.Module):
-  """Pre-norm residual block: (x, this layer's cache) -> (x, new keys/values)."""
+  """Residual block: (x, this layer's cache) -> (x, new keys/values). Each branch (attention,
+  MLP) is normed at its input ("pre"), its output ("post") or both ("sandwich")."""
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, cache_mask, token_mask):
+  def __call__(self, x, layer_cache, positions, cache_positions, token_mask, layer):
     c = self.config
-    h, k, v = Attention(c, name="attn")(
-        RMSNorm(c.rms_norm_eps, c.dtype, name="attn_norm")(x), positions, *layer_cache,
-        cache_mask, token_mask)
-    x = x + h
-    x = x + MLP(c, name="mlp")(RMSNorm(c.rms_norm_eps, c.dtype, name="mlp_norm")(x))
+    pre, post = c.norm_placement in ("pre", "sandwich"), c.norm_placement in ("post", "sandwich")
+    branch_in = lambda h, name: _norm(c, name)(h) if pre else h
+    branch_out = lambda h, name: _norm(c, name)(h) if post else h
+    h, k, v = Attention(c, name="attn")(branch_in(x, "attn_norm"), positions, *layer_cache,
+                                        cache_positions, token_mask, layer)
+    x = x + branch_out(h, "attn_post_norm")
+    x = x + branch_out(MLP(c, name="mlp")(branch_in(x, "mlp_norm")), "mlp_post_norm")
     return x, (k, v)
 
 
@@ -235,7 +286,7 @@ def _stacked_block_init(config: ModelConfig):
     cache = jnp.zeros((1, config.num_kv_heads, 1, config.head_dim), config.dtype)
     ones = jnp.ones((1, 1), bool)
     one_layer = lambda k: Block(config).init(k, x, (cache, cache), jnp.zeros((1, 1), jnp.int32),
-                                             None, ones)["params"]
+                                             None, ones, 0)["params"]
     return jax.vmap(one_layer)(jax.random.split(key, config.num_layers))
   return init
 
@@ -255,23 +306,24 @@ class Transformer(nn.Module):
     c = self.config
     self.embed = Embed(c.vocab_size, c.hidden_size, dtype=c.dtype, param_dtype=c.dtype)
     self.layers = self.param("layers", _stacked_block_init(c))
-    self.final_norm = RMSNorm(c.rms_norm_eps, c.dtype)
+    self.final_norm = RMSNorm(c.rms_norm_eps, c.dtype, c.norm_offset)
     if not c.tie_embeddings:
       self.lm_head = Dense(c.vocab_size, use_bias=False, dtype=c.dtype, param_dtype=c.dtype,
                            precision=matmul_precision(c))
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, cache,
-               write_index: jax.Array, cache_mask: Optional[jax.Array], token_mask: jax.Array,
+               write_index: jax.Array, cache_positions: Optional[jax.Array], token_mask: jax.Array,
                last_only: bool = False, layers: Optional[list] = None):
     """Logits for `tokens` and the cache with their keys/values written at `write_index`.
 
     Args:
       tokens, positions: [b, t] int32 (RoPE positions, padding excluded from the count).
       cache: (k, v), each [layers, b, kv, s, hd]; with `layers`, `cache_list` of it.
-      write_index: slot of this call's first token.
-      cache_mask: [b, s] which of the first s cached slots the new tokens may attend to (all
-        earlier than them; later slots are not read), or None when the cache is still empty
-        (prefill).
+      write_index: slot of this call's first token; None returns the new keys and values
+        instead of the written cache (`chunk.runner` writes them itself, outside its vmap).
+      cache_positions: [b, s] RoPE positions of the first s cached slots (all earlier than
+        the new tokens; later slots are not read), -1 where the new tokens may not attend, or
+        None when the cache is still empty (prefill).
       token_mask: [b, t] real tokens among the new ones (left padding is False).
       last_only: project only the last position to the vocabulary (prefill).
       layers: None scans the stacked layer parameters; `layer_list(params)` (or a member's)
@@ -281,32 +333,38 @@ class Transformer(nn.Module):
     member-major.
 
     Returns:
-      logits [b, t or 1, vocab] float32, the new cache (stacked or listed, as given).
+      logits [b, t or 1, vocab] float32, the new cache (stacked or listed, as given), or with
+      `write_index` None the new keys and values (each [layers, b, kv, t, hd], or listed).
     """
-    step = lambda x, layer: self._layer_step(x, layer, positions, cache_mask, token_mask)
+    step = lambda x, layer: self._layer_step(x, layer, positions, cache_positions, token_mask)
     x = self.embed(tokens)
+    if self.config.embed_scale:  # √d rounded to the model's dtype, as Hugging Face
+      x = x * jnp.asarray(self.config.hidden_size ** 0.5, self.config.dtype)
     members = (self.get_variable(MEMBERS, "layers") if self.has_variable(MEMBERS, "layers")
                else None)  # leaves [layers, M, ...]
     if layers is None:
-      x, new_kv = jax.lax.scan(step, x, (self.layers, members, cache))
+      index = jnp.arange(self.config.num_layers)
+      x, new_kv = jax.lax.scan(step, x, (self.layers, members, cache, index))
     else:
       new_kv = []
       for l, (layer, layer_cache) in enumerate(zip(layers, cache)):
         layer_members = None if members is None else jax.tree.map(lambda a: a[l], members)
-        x, kv = step(x, (layer, layer_members, layer_cache))
+        x, kv = step(x, (layer, layer_members, layer_cache, l))
         new_kv.append(kv)
+    if write_index is None:
+      return self.logits(x, last_only), new_kv
     cache = jax.tree.map(lambda c, new: write_slots(c, new, write_index), cache, new_kv)
     return self.logits(x, last_only), cache
 
-  def _layer_step(self, x, layer, positions, cache_mask, token_mask):
-    """One layer: (x [b, t, d], (its parameters, its members or None, its (k, v) cache)) ->
-    (x, new (k, v))."""
-    layer_params, layer_members, layer_cache = layer
+  def _layer_step(self, x, layer, positions, cache_positions, token_mask):
+    """One layer: (x [b, t, d], (its parameters, its members or None, its (k, v) cache, its
+    index)) -> (x, new (k, v))."""
+    layer_params, layer_members, layer_cache, index = layer
     variables = {"params": layer_params}
     if layer_members is not None:
       variables[MEMBERS] = layer_members
-    return Block(self.config, parent=None).apply(variables, x, layer_cache, positions, cache_mask,
-                                                 token_mask)
+    return Block(self.config, parent=None).apply(variables, x, layer_cache, positions,
+                                                 cache_positions, token_mask, index)
 
   def logits(self, x: jax.Array, last_only: bool = False) -> jax.Array:
     """[b, t, d] last hidden states -> [b, t or 1, vocab] float32."""

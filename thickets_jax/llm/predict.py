@@ -103,6 +103,7 @@ def predict(config: PredictConfig) -> dict:
   store = randopt.CandidateStore(
       f"{config.out}.{_fingerprint(config, saved, scoring.max_new_tokens)}.partial.jsonl")
   loaded = scoring.load(saved["model"])
+  runs.check_rebuildable(saved, loaded, config.run_dir)
   gen = scoring.generator(loaded, saved["perturbation"])
   members = saved["members"][:K]
   seeds = np.asarray([m["seed"] for m in members], np.int64)

@@ -117,13 +117,14 @@ def _yarn(head_dim: int, theta: float, s: dict) -> tuple[jax.Array, float]:
 
 
 def apply(x: jax.Array, positions: jax.Array, inv_freq: jax.Array,
-          attention_factor: float = 1.0) -> jax.Array:
-  """Rotary embedding, rotate-half convention. x [b, t, heads, hd], positions [b, t]."""
+          attention_factor=1.0) -> jax.Array:
+  """Rotary embedding, rotate-half convention. x [b, t, heads, hd], positions [b, t];
+  `attention_factor` a float or a traced scalar (a layer's, inside the layer scan)."""
   half = x.shape[-1] // 2
   freqs = positions[..., None].astype(jnp.float32) * inv_freq  # [b, t, hd/2]
   angles = jnp.concatenate([freqs, freqs], axis=-1)[:, :, None, :]  # [b, t, 1, hd]
   cos, sin = jnp.cos(angles), jnp.sin(angles)
-  if attention_factor != 1.0:
+  if not isinstance(attention_factor, float) or attention_factor != 1.0:  # traced per layer
     cos, sin = cos * attention_factor, sin * attention_factor
   cos, sin = cos.astype(x.dtype), sin.astype(x.dtype)
   rotated = jnp.concatenate([-x[..., half:], x[..., :half]], axis=-1)

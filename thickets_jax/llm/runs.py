@@ -23,9 +23,9 @@ import numpy as np
 from absl import logging
 from scipy.cluster import vq
 
-from thickets_jax import halving, metrics, plotting, population, randopt
+from thickets_jax import halving, metrics, perturb, plotting, population, randopt
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate, registry, scoring, sharding
+from thickets_jax.llm import codec, generate, registry, scoring, sharding
 from thickets_jax.llm import plan as llm_plan
 from thickets_jax.llm import model as llm_model
 from thickets_jax.perturb import PerturbSpec
@@ -131,7 +131,8 @@ class ScoringConfig:
     with this config's settings; a planned config gets its own plan back, per model."""
     machine = machine or llm_plan.Machine(**self.plan["machine"])
     return llm_plan.choose(
-        {name: registry.MODELS.get(name).config for name in models}, machine, dtype=self.dtype,
+        {name: registry.entry(name, self.weights).config for name in models}, machine,
+        dtype=self.dtype,
         model_parallel=self.model_parallel, member_axis=self.member_axis,
         members_per_batch=self.members_per_batch, rows=self.batch_size,
         slots=llm_plan.PROMPT_TOKENS + self.max_new_tokens, dtypes=DTYPES,
@@ -162,7 +163,7 @@ class ScoringConfig:
     if not models:
       raise InputError("give at least one model.")
     for name in models:
-      entry = registry.MODELS.get(name)
+      entry = registry.entry(name, self.weights)
       if not self.dry_run:  # a dry run reads no weights
         registry.find_weights(entry, self.weights)
     dataset_tasks = [name for name in tasks if TASKS.get(name).needs_data]
@@ -206,11 +207,14 @@ class ScoringConfig:
   def generator(self, loaded: registry.LoadedModel, perturb: Optional[PerturbSpec] = None,
                 temperature: float = 0.0) -> generate.Generator:
     """Greedy decoding (the RandOpt protocol) unless `temperature` > 0, with this config's
-    noise (or `perturb`)."""
+    noise (or `perturb`); a pretrained-only model gets the codec's question-answer prompt."""
+    instruct = loaded.entry.instruct
     return generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
                               generate.Sampling(max_new_tokens=self.max_new_tokens,
                                                 temperature=temperature),
-                              batch_size=self.batch_size, chat=loaded.entry.instruct,
+                              batch_size=self.batch_size, chat=instruct,
+                              base_template="{}" if instruct else codec.BASE_TEMPLATE,
+                              stop_strings=() if instruct else (codec.BASE_STOP,),
                               member_axis=self.member_axis,
                               perturb=perturb or self.perturb_spec(), layer_loop=self.layer_loop)
 
@@ -400,7 +404,8 @@ def run_randopt(config: RandOptConfig, workdir: str) -> dict:
     run_dir.write("topk", {
         "model": config.model, "weights": config.weights,
         "weights_source": loaded.source.describe(), "dtype": config.dtype, "task": config.task,
-        "perturbation": gen.perturb.to_json(), "members": members})
+        "perturbation": gen.perturb.to_json(),
+        "keyed_leaves": perturb.keyed_leaves(loaded.params), "members": members})
     result = {
         **config.identity(), "weights_source": loaded.source.describe(),
         "execution_plan": config.plan, "train_size": len(train), "test_size": len(test),
@@ -473,6 +478,11 @@ def load_topk(run_dir: str) -> dict:
   return {**saved, "perturbation": PerturbSpec.from_json(saved["perturbation"])}
 
 
+def check_rebuildable(saved: dict, loaded: registry.LoadedModel, run_dir: str) -> None:
+  """`load_topk`'s members can be rebuilt on `loaded`: the same leaves key their noise."""
+  perturb.check_keyed_leaves(saved.get("keyed_leaves"), loaded.params, f"{run_dir}/topk.json")
+
+
 def _noise_settings(spec: PerturbSpec) -> dict:
   """The `_NOISE_FIELDS` of a config that rebuilds members drawn under `spec`."""
   return {field: getattr(spec, field) for field in _NOISE_FIELDS}
@@ -513,6 +523,7 @@ def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str) -> di
   with run_dir.session("randopt", {**dataclasses.asdict(config), "reevaluated": topk_dir}):
     logging.info("%s", config.plan["summary"])
     loaded = config.load(config.model)
+    check_rebuildable(saved, loaded, topk_dir)
     gen = config.generator(loaded, saved["perturbation"])
     test_set = scoring.TaskSet(TASKS.get(config.task), test)
     result = {"reevaluated": topk_dir, "members": saved["members"], "test_size": len(test),

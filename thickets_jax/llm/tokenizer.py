@@ -31,7 +31,8 @@ def from_directory(directory: str):
 
 
 def from_gguf(path: str, cache: str):
-  """The tokenizer (with chat template) described by a GGUF file, cached under `cache`."""
+  """The tokenizer (with chat template, and BOS first when the file says llama.cpp adds it)
+  described by a GGUF file, cached under `cache`."""
   from transformers import PreTrainedTokenizerFast  # pylint: disable=g-import-not-at-top
   if os.path.isdir(cache):
     return PreTrainedTokenizerFast.from_pretrained(cache)
@@ -49,7 +50,9 @@ def from_gguf(path: str, cache: str):
   tokens = tokenizer_dict["tokens"]
   specials = {name: tokens[value(f"tokenizer.ggml.{key}")] for name, key in _SPECIAL.items()
               if value(f"tokenizer.ggml.{key}") is not None}
-  tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, chat_template=value("tokenizer.chat_template"),
+  tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend,
+                                      chat_template=value("tokenizer.chat_template"),
+                                      add_bos_token=bool(value("tokenizer.ggml.add_bos_token")),
                                       **specials)
   parent = os.path.dirname(cache)
   os.makedirs(parent, exist_ok=True)

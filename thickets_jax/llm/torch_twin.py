@@ -5,7 +5,7 @@ Needs torch (the `test` extra); nothing else in the package imports this module.
 
 import numpy as np
 
-from thickets_jax.llm import weights
+from thickets_jax.llm import architectures, weights
 from thickets_jax.llm.config import ModelConfig
 
 
@@ -20,9 +20,9 @@ def state_dict(config: ModelConfig, params) -> dict:
 
 
 def transformers_model(config: ModelConfig, params):
-  """A Qwen2ForCausalLM / LlamaForCausalLM (eval mode) holding exactly `params`."""
+  """The architecture's transformers `...ForCausalLM` (eval mode) holding exactly `params`."""
   import transformers  # pylint: disable=g-import-not-at-top
-  hf_config = transformers.AutoConfig.for_model(**config.to_hf())
+  hf_config = transformers.AutoConfig.for_model(**architectures.to_hf(config))
   model = transformers.AutoModelForCausalLM.from_config(hf_config)
   model.load_state_dict(state_dict(config, params), strict=True)
   return model.eval()

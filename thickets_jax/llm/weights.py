@@ -15,7 +15,6 @@ dequantised whole, then cut into its device's shards the same way.
 
 import json
 import os
-import re
 from typing import Any, Callable, Iterator, Optional
 
 import jax
@@ -23,60 +22,34 @@ import numpy as np
 
 from thickets_jax.errors import InputError
 from thickets_jax.llm import model as llm_model
-from thickets_jax.llm.config import ModelConfig, from_hf_config
+from thickets_jax.llm import architectures
+from thickets_jax.llm.config import ModelConfig
 from thickets_jax.tree import path_name
 
 PyTree = Any
 Placer = Callable[[str, np.ndarray], jax.Array]
 
-# Our leaf path -> (HF tensor name with {i} for the layer, whether HF stores it transposed).
-_HF_NAMES = {
-    "embed/embedding": ("model.embed_tokens.weight", False),
-    "final_norm/scale": ("model.norm.weight", False),
-    "lm_head/kernel": ("lm_head.weight", True),
-    "layers/attn_norm/scale": ("model.layers.{i}.input_layernorm.weight", False),
-    "layers/mlp_norm/scale": ("model.layers.{i}.post_attention_layernorm.weight", False),
-    "layers/attn/q/kernel": ("model.layers.{i}.self_attn.q_proj.weight", True),
-    "layers/attn/k/kernel": ("model.layers.{i}.self_attn.k_proj.weight", True),
-    "layers/attn/v/kernel": ("model.layers.{i}.self_attn.v_proj.weight", True),
-    "layers/attn/o/kernel": ("model.layers.{i}.self_attn.o_proj.weight", True),
-    "layers/attn/q/bias": ("model.layers.{i}.self_attn.q_proj.bias", False),
-    "layers/attn/k/bias": ("model.layers.{i}.self_attn.k_proj.bias", False),
-    "layers/attn/v/bias": ("model.layers.{i}.self_attn.v_proj.bias", False),
-    "layers/mlp/gate/kernel": ("model.layers.{i}.mlp.gate_proj.weight", True),
-    "layers/mlp/up/kernel": ("model.layers.{i}.mlp.up_proj.weight", True),
-    "layers/mlp/down/kernel": ("model.layers.{i}.mlp.down_proj.weight", True),
-}
+def transposed(leaf: str) -> bool:
+  """Kernels are [in, out] here and [out, in] in Hugging Face and GGUF files."""
+  return leaf.endswith("/kernel")
 
-# HF tensor name -> llama.cpp GGUF tensor name.
-_GGUF_NAMES = {
-    "model.embed_tokens.weight": "token_embd.weight",
-    "model.norm.weight": "output_norm.weight",
-    "lm_head.weight": "output.weight",
-    "model.layers.{i}.input_layernorm.weight": "blk.{i}.attn_norm.weight",
-    "model.layers.{i}.post_attention_layernorm.weight": "blk.{i}.ffn_norm.weight",
-    "model.layers.{i}.self_attn.q_proj.weight": "blk.{i}.attn_q.weight",
-    "model.layers.{i}.self_attn.k_proj.weight": "blk.{i}.attn_k.weight",
-    "model.layers.{i}.self_attn.v_proj.weight": "blk.{i}.attn_v.weight",
-    "model.layers.{i}.self_attn.o_proj.weight": "blk.{i}.attn_output.weight",
-    "model.layers.{i}.self_attn.q_proj.bias": "blk.{i}.attn_q.bias",
-    "model.layers.{i}.self_attn.k_proj.bias": "blk.{i}.attn_k.bias",
-    "model.layers.{i}.self_attn.v_proj.bias": "blk.{i}.attn_v.bias",
-    "model.layers.{i}.mlp.gate_proj.weight": "blk.{i}.ffn_gate.weight",
-    "model.layers.{i}.mlp.up_proj.weight": "blk.{i}.ffn_up.weight",
-    "model.layers.{i}.mlp.down_proj.weight": "blk.{i}.ffn_down.weight",
-}
+
+def hf_names(config: ModelConfig, prefix: str = "model.") -> dict[str, str]:
+  """Our leaf path -> Hugging Face tensor name (`{i}` for the layer) of `config`'s architecture."""
+  return {leaf: name.replace("{p}", prefix)
+          for leaf, name in architectures.get(config.architecture).hf_names.items()}
 
 
 def hf_tensors(config: ModelConfig, params: PyTree) -> Iterator[tuple[str, jax.Array]]:
-  """Our parameter tree as Hugging Face tensors, one at a time: (name, [out, in] array), one
-  per layer for stacked leaves; a tied head is not repeated (it is the embedding)."""
+  """Our parameter tree as Hugging Face tensors (the architecture's text-model layout), one at
+  a time: (name, [out, in] array), one per layer for stacked leaves; a tied head is not
+  repeated (it is the embedding)."""
+  names = hf_names(config)
   for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]:
     name = path_name(path)
-    hf_name, transposed = _HF_NAMES[name]
     for i in range(config.num_layers) if name.startswith("layers/") else [None]:
       tensor = leaf if i is None else leaf[i]
-      yield hf_name.format(i=i), tensor.T if transposed else tensor
+      yield names[name].format(i=i), tensor.T if transposed(name) else tensor
 
 
 Sharder = Callable[[str, tuple[int, ...]], jax.sharding.Sharding]  # leaf name, shape ->
@@ -96,11 +69,12 @@ def placer(sharding_of: Optional[Sharder]) -> Placer:
       leaf.shape, sharding_of(name, leaf.shape), lambda index: leaf[index])
 
 
-def build_params(config: ModelConfig, read: Callable[[str], np.ndarray],
+def build_params(config: ModelConfig, names: dict[str, str], read: Callable[[str], np.ndarray],
                  place: Placer = default_placer) -> PyTree:
-  """Fills every leaf of the model from `read(hf_tensor_name) -> [out, in]-layout array`.
+  """Fills every leaf of the model from `read(tensor_name) -> [out, in]-layout array`.
 
   Args:
+    names: our leaf path -> the checkpoint's tensor name, `{i}` for the layer (`hf_names`).
     read: returns one tensor in Hugging Face layout (any float dtype).
     place: puts a finished host leaf on device(s), e.g. with a sharding; the host copy is then
       dropped before the next leaf is built.
@@ -109,30 +83,31 @@ def build_params(config: ModelConfig, read: Callable[[str], np.ndarray],
 
   def fill(path, spec):
     name = path_name(path)
-    hf_name, transposed = _HF_NAMES[name]
+    hf_name, flip = names[name], transposed(name)
     dtype = np.dtype(spec.dtype)  # jnp.bfloat16 is ml_dtypes' numpy bfloat16
     leaf = np.empty(spec.shape, dtype)
     layers = range(config.num_layers) if name.startswith("layers/") else [None]
     for i in layers:
       tensor = np.asarray(read(hf_name.format(i=i)))
-      tensor = tensor.T if transposed else tensor
+      tensor = tensor.T if flip else tensor
       target = leaf if i is None else leaf[i]
       if tensor.shape != target.shape:
-        raise InputError(f"tensor {hf_name.format(i=i)} has shape {tensor.shape[::-1] if transposed else tensor.shape}, "
-                         f"but the config implies {target.shape[::-1] if transposed else target.shape}.")
+        raise InputError(f"tensor {hf_name.format(i=i)} has shape {tensor.shape[::-1] if flip else tensor.shape}, "
+                         f"but the config implies {target.shape[::-1] if flip else target.shape}.")
       target[...] = tensor.astype(dtype)
     return place(name, leaf)
 
   return jax.tree_util.tree_map_with_path(fill, abstract)
 
 
-def build_params_sharded(config: ModelConfig,
+def build_params_sharded(config: ModelConfig, names: dict[str, str],
                          read_slice: Callable[[str, tuple, tuple], np.ndarray],
                          sharding_of: Sharder) -> PyTree:
   """Every leaf of the model as a global array sharded by `sharding_of`, built from only the
   slices this process's devices hold.
 
   Args:
+    names: as `build_params`.
     read_slice: `(hf_tensor_name, index, shape)` -> that slice of the tensor in Hugging Face
       layout, `index` a tuple of slices over its axes, `shape` the whole tensor's shape as the
       config implies it.
@@ -142,7 +117,7 @@ def build_params_sharded(config: ModelConfig,
 
   def fill(path, spec):
     name = path_name(path)
-    hf_name, transposed = _HF_NAMES[name]
+    hf_name, flip = names[name], transposed(name)
     dtype = np.dtype(spec.dtype)
     stacked = name.startswith("layers/")
     shards = {}  # devices of one process that hold the same slice read it once
@@ -155,9 +130,9 @@ def build_params_sharded(config: ModelConfig,
         whole = spec.shape[1:] if stacked else spec.shape
         parts = []
         for i in layers:
-          tensor = np.asarray(read_slice(hf_name.format(i=i), core[::-1] if transposed else core,
-                                         whole[::-1] if transposed else whole))
-          parts.append((tensor.T if transposed else tensor).astype(dtype))
+          tensor = np.asarray(read_slice(hf_name.format(i=i), core[::-1] if flip else core,
+                                         whole[::-1] if flip else whole))
+          parts.append((tensor.T if flip else tensor).astype(dtype))
         shards[key] = np.stack(parts) if stacked else parts[0]
       return shards[key]
 
@@ -181,7 +156,7 @@ def hf_config(directory: str, dtype) -> ModelConfig:
   if not isinstance(record, dict):
     raise InputError(f"{path} holds a JSON {type(record).__name__}, not a model config object.")
   try:
-    config = from_hf_config(record, dtype)
+    config = architectures.from_hf_config(record, dtype)
   except InputError as e:  # before ValueError, its base
     raise InputError(f"{path}: {e}") from None
   except KeyError as e:
@@ -251,9 +226,10 @@ def load_safetensors(directory: str, config: ModelConfig,
   whole tensors on the default device, or with `sharding_of` each process's shards only."""
   from safetensors import SafetensorError, safe_open  # pylint: disable=g-import-not-at-top
   files = _safetensors_files(directory)
+  names = hf_names(config, _model_prefix(config, files, directory))
   handles = {}
   if sharding_of is not None:
-    return build_params_sharded(config, _slice_reader(directory, files), sharding_of)
+    return build_params_sharded(config, names, _slice_reader(directory, files), sharding_of)
 
   def read(name):
     if name not in files:
@@ -266,7 +242,18 @@ def load_safetensors(directory: str, config: ModelConfig,
     except (SafetensorError, OSError) as e:
       raise InputError(f"cannot read {name} from {file}: {e}.") from None
 
-  return build_params(config, read)
+  return build_params(config, names, read)
+
+
+def _model_prefix(config: ModelConfig, files: dict[str, str], directory: str) -> str:
+  """The prefix the checkpoint's model tensors carry, among its architecture's (a multimodal
+  Gemma-3 keeps its text model under a language-model prefix)."""
+  prefixes = architectures.get(config.architecture).hf_prefixes
+  found = next((p for p in prefixes if f"{p}embed_tokens.weight" in files), None)
+  if found is None:
+    raise InputError(f"the checkpoint in {directory} has no {prefixes[0]}embed_tokens.weight "
+                     f"(looked under the prefixes {', '.join(prefixes)}).")
+  return found
 
 
 def _slice_reader(directory: str, files: dict[str, str]):
@@ -295,8 +282,9 @@ def _slice_reader(directory: str, files: dict[str, str]):
 # ---------------------------------------------------------------- GGUF (llama.cpp)
 
 def gguf_config(reader, dtype) -> ModelConfig:
-  """ModelConfig from a GGUF file's metadata (architectures `llama` and `qwen2`)."""
-  fields = {name: field for name, field in reader.fields.items()}
+  """ModelConfig from a GGUF file's metadata, read as the `config.json` it stands for
+  (architectures with `gguf_arch`: llama, qwen2, qwen3, olmo2, gemma3)."""
+  fields = dict(reader.fields)
 
   def value(key, default=None):
     if key not in fields:
@@ -306,8 +294,10 @@ def gguf_config(reader, dtype) -> ModelConfig:
     return fields[key].contents()
 
   arch = value("general.architecture")
-  if arch not in ("llama", "qwen2"):
-    raise InputError(f"unsupported GGUF architecture {arch!r}; supported: llama, qwen2.")
+  readable = {a.gguf_arch: a for a in architectures.ARCHITECTURES.values() if a.gguf_arch}
+  if arch not in readable:
+    raise InputError(f"unsupported GGUF architecture {arch!r}; supported: "
+                     f"{', '.join(sorted(readable))}.")
   scaling = str(value(f"{arch}.rope.scaling.type", "none"))
   if scaling != "none":
     raise InputError(f"the GGUF file asks for RoPE scaling {scaling!r}, which its loader does not "
@@ -315,17 +305,24 @@ def gguf_config(reader, dtype) -> ModelConfig:
   tensors = {t.name for t in reader.tensors}
   hidden = int(value(f"{arch}.embedding_length"))
   heads = int(value(f"{arch}.attention.head_count"))
-  return ModelConfig(
-      vocab_size=len(value("tokenizer.ggml.tokens")) if f"{arch}.vocab_size" not in fields
-      else int(value(f"{arch}.vocab_size")),
-      hidden_size=hidden, intermediate_size=int(value(f"{arch}.feed_forward_length")),
-      num_layers=int(value(f"{arch}.block_count")), num_heads=heads,
-      num_kv_heads=int(value(f"{arch}.attention.head_count_kv", heads)),
-      head_dim=int(value(f"{arch}.rope.dimension_count", hidden // heads)),
-      rope_theta=float(value(f"{arch}.rope.freq_base", 10000.0)),
-      rms_norm_eps=float(value(f"{arch}.attention.layer_norm_rms_epsilon")),
-      qkv_bias="blk.0.attn_q.bias" in tensors, tie_embeddings="output.weight" not in tensors,
-      dtype=dtype)
+  head_dim = int(value(f"{arch}.attention.key_length",
+                       value(f"{arch}.rope.dimension_count", hidden // heads)))
+  hf = {"model_type": readable[arch].model_types[0],
+        "vocab_size": int(value(f"{arch}.vocab_size") if f"{arch}.vocab_size" in fields
+                          else len(value("tokenizer.ggml.tokens"))),
+        "hidden_size": hidden, "intermediate_size": int(value(f"{arch}.feed_forward_length")),
+        "num_hidden_layers": int(value(f"{arch}.block_count")), "num_attention_heads": heads,
+        "num_key_value_heads": int(value(f"{arch}.attention.head_count_kv", heads)),
+        "head_dim": head_dim, "rope_theta": float(value(f"{arch}.rope.freq_base", 10000.0)),
+        "rms_norm_eps": float(value(f"{arch}.attention.layer_norm_rms_epsilon")),
+        "tie_word_embeddings": "output.weight" not in tensors}
+  if arch == "gemma3":  # llama.cpp fixes what config.json would say: 1/√head_dim, a window
+    hf.update(query_pre_attn_scalar=head_dim,  # every sixth layer full, local base 10000
+              sliding_window=int(value(f"{arch}.attention.sliding_window")))
+  config = architectures.from_hf_config(hf, dtype)
+  if arch == "qwen2" and "blk.0.attn_q.bias" not in tensors:
+    raise InputError("the qwen2 GGUF file has no q/k/v biases, which Qwen2 has.")
+  return config
 
 
 def _undo_llama_qk_permutation(weight: np.ndarray, heads: int) -> np.ndarray:
@@ -348,21 +345,20 @@ def load_gguf(path: str, dtype, place: Placer = default_placer) -> tuple[ModelCo
   from gguf import quants  # pylint: disable=g-import-not-at-top
   reader = open_gguf(path)
   config = gguf_config(reader, dtype)
-  arch = reader.fields["general.architecture"].contents()
+  arch = architectures.get(config.architecture)
   tensors = {t.name: t for t in reader.tensors}
 
-  def read(hf_name):
-    template = re.sub(r"\.\d+\.", ".{i}.", hf_name)
-    layer = re.search(r"\.(\d+)\.", hf_name)
-    gguf_name = _GGUF_NAMES[template].format(i=layer.group(1) if layer else "")
+  def read(gguf_name):
     if gguf_name not in tensors:
       raise InputError(f"{path} has no tensor {gguf_name}.")
     tensor = tensors[gguf_name]
     weight = quants.dequantize(tensor.data, tensor.tensor_type)
     weight = weight.reshape([int(n) for n in reversed(tensor.shape)])
-    if arch == "llama" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
+    if arch.gguf_arch == "llama" and gguf_name.endswith(("attn_q.weight", "attn_k.weight")):
       heads = config.num_heads if "attn_q" in gguf_name else config.num_kv_heads
       weight = _undo_llama_qk_permutation(weight, heads)
+    if arch.gguf_norm_shift and gguf_name.endswith("norm.weight"):
+      weight = weight - arch.gguf_norm_shift
     return weight
 
-  return config, build_params(config, read, place)
+  return config, build_params(config, dict(arch.gguf_names), read, place)
