@@ -77,7 +77,7 @@ flags.DEFINE_string("b7_seeds", "0-2", "B7: 1D seeds.")
 flags.DEFINE_string("b7_llm", "smollm2-135m-instruct", "B7: offline model of the LLM part ('' skips it).")
 flags.DEFINE_integer("b7_llm_N", 32, "B7: LLM members.")
 flags.DEFINE_string("b7_workdir", None, "B7: keep the runs here (default: a temporary directory).")
-flags.DEFINE_list("p1_models", ["qwen2.5-7b-instruct", "qwen2.5-32b-instruct"],
+flags.DEFINE_list("p1_models", ["qwen2.5-7b-instruct", "qwen2.5-32b-instruct", "olmo-3-7b-instruct"],
                   "P1: models planned (accelerators: the first one runs).")
 flags.DEFINE_string("p1_device_memory", "80GB", "P1 on CPU: memory of each simulated device.")
 flags.DEFINE_integer("p1_new_tokens", 128, "P1 on accelerators: new tokens of the short run.")

@@ -12,8 +12,8 @@ import pytest
 
 from thickets_jax import flops, population, rng
 from thickets_jax.errors import InputError
-from thickets_jax.llm import architectures, chunk, export, generate, model as M, registry
-from thickets_jax.llm import torch_twin, weights
+from thickets_jax.llm import architectures, assets, chunk, export, generate, model as M
+from thickets_jax.llm import registry, tokenizer, torch_twin, weights
 from thickets_jax.perturb import PerturbSpec, member_factors, rebuild_member
 
 torch = pytest.importorskip("torch")
@@ -53,8 +53,11 @@ def checkpoint(request, tmp_path_factory):
       p.add_(0.1 * torch.randn_like(p))
   directory = str(tmp_path_factory.mktemp(request.param))
   hf.save_pretrained(directory)
-  config = weights.hf_config(directory, jnp.float32)
-  return request.param, hf, config, weights.load_safetensors(directory, config)
+  tokenizer.from_gguf(assets.gguf_path(assets.SMOLLM2_135M_INSTRUCT),  # any tokenizer will do
+                      os.path.join(assets.cache_dir(), "smollm2-135m-instruct-tokenizer")
+                      ).save_pretrained(directory)
+  loaded = registry.load_checkpoint(directory)  # the architecture from config.json alone
+  return request.param, hf, loaded.config, loaded.params
 
 
 def _hf_greedy(hf, ids, new_tokens=SAMPLING.max_new_tokens):
