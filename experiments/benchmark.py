@@ -37,11 +37,11 @@ import numpy as np
 from absl import flags, logging
 
 from experiments import common
-from thickets_jax import bench, cli, halving, population, workdir
+from thickets_jax import bench, cli, flops, halving, population, workdir
 from thickets_jax.baselines import es
 from thickets_jax.errors import InputError
 from thickets_jax.llm import chunk, dryrun, generate, model as llm_model, plan, registry, runs
-from thickets_jax.llm import sharding
+from thickets_jax.llm import roofline, sharding
 from thickets_jax.perturb import PerturbSpec, perturb_member, rebuild_member
 from thickets_jax.signals import families, model as signal_model
 from thickets_jax.signals import runs as signal_runs
@@ -175,13 +175,15 @@ def bench_b3() -> str:
                         min_new_tokens=FLAGS.new_tokens, do_sample=False, pad_token_id=gen.codec.pad_id)
     hf_s += time.perf_counter() - start
     same_rows += int(np.sum(np.all(out[:, width:].numpy() == ours[m], axis=1)))
-  flops = FLAGS.members * (prompt_tokens + FLAGS.prompts * FLAGS.new_tokens) * loaded.config.flops_per_token
-  rate = flops / ours_s
+  tokens = FLAGS.members * (prompt_tokens + FLAGS.prompts * FLAGS.new_tokens)
+  model_flops = tokens * flops.token_flops(loaded.config.num_params)
+  rate = model_flops / ours_s
   logging.info("B3: %d members x %d prompts (%d prompt tokens) x %d new tokens; compile %.1f s; "
                "ours %.2f s/member (perturbation included), HF generate %.2f s/member; "
                "%d/%d rows token-identical to HF; HF %.0f GFLOP/s", FLAGS.members, FLAGS.prompts,
                prompt_tokens, FLAGS.new_tokens, compile_s, ours_s / FLAGS.members,
-               hf_s / FLAGS.members, same_rows, FLAGS.members * FLAGS.prompts, flops / hf_s / 1e9)
+               hf_s / FLAGS.members, same_rows, FLAGS.members * FLAGS.prompts,
+               model_flops / hf_s / 1e9)
   return (f"B3: {hf_s / ours_s:.2f}x HF generate ({ours_s:.1f} s vs {hf_s:.1f} s for "
           f"{FLAGS.members} members), {rate / 1e9:.0f} GFLOP/s = {100 * rate / peak:.0f}% of "
           f"measured peak {peak / 1e9:.0f} GFLOP/s")
@@ -213,7 +215,7 @@ def bench_b4() -> str:
 def es_workload(n: int) -> None:
   """One ES update of SmolLM2-135M's shapes (fp32, random weights) from N members' scores."""
   config = registry.MODELS.get(SMOLLM2).config
-  params = bench.random_params(config, jax.random.key(0))
+  params = roofline.random_params(config, jax.random.key(0))
   es_config = es.ESConfig(population=n)
   step = es.make_step(es_config, PerturbSpec(stacked=llm_model.STACKED_LEAVES))
   seeds, sigmas = es.iteration_members(0, 0, es_config)
@@ -241,7 +243,7 @@ def bench_b5() -> str:
   backend = jax.devices()[0]
   flops_rate = bench.peak_matmul_flops(FLAGS.repeats, n=FLAGS.b5_matmul_size, dtype=jnp.bfloat16)
   bandwidth = bench.peak_copy_bandwidth(FLAGS.repeats, FLAGS.b5_copy_gib)
-  params = bench.random_params(config, jax.random.key(0))
+  params = roofline.random_params(config, jax.random.key(0))
   rng = np.random.default_rng(0)
   rows, bucket, n = FLAGS.b5_prompts, FLAGS.b5_prompt_len, FLAGS.b5_new_tokens
   lengths = rng.integers(3 * bucket // 4, bucket + 1, rows)
@@ -272,7 +274,7 @@ def bench_b5() -> str:
   phases["prefill"] = bench.median_seconds(prefill, params, *args, repeats=3)
   phases["decode"] = bench.median_seconds(jax.jit(run), params, *args, repeats=3) - phases["prefill"]
 
-  roof = bench.roofline(config, params, mask, n)
+  roof = roofline.roofline(config, params, mask, n)
   floors = roof.seconds(flops_rate, bandwidth)
   for phase, floor in floors.items():
     logging.info("B5 %-8s %8.1f ms, roofline floor %8.1f ms (%3.0f%%)", phase,
@@ -494,7 +496,7 @@ def _p1_measured() -> str:
                       batch_size=16)
   shapes = registry.MODELS.get(model).config.replace(dtype=runs.DTYPES[config.dtype])
   mesh = config.mesh()
-  params = jax.device_put(bench.random_params(shapes, jax.random.key(0)),
+  params = jax.device_put(roofline.random_params(shapes, jax.random.key(0)),
                           sharding.param_shardings(shapes, mesh))
   sampling = generate.Sampling(max_new_tokens=config.max_new_tokens, ignore_eos=True)
   run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0)

@@ -7,8 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from thickets_jax import bench, checkpoint, population, randopt
-from thickets_jax.llm import distill, generate, scoring, sft
+from thickets_jax import checkpoint, population, randopt
+from thickets_jax.llm import distill, generate, roofline, scoring, sft
 from thickets_jax.tasks import TASKS, Example, Task
 
 import toys
@@ -18,7 +18,7 @@ TARGETS = np.array([[4, 5, 6, 1], [7, 7, 1, 0], [9, 1, 0, 0]], np.int32)  # 1 = 
 
 
 def _generator(params=None, new_tokens=4):
-  params = bench.random_params(toys.TINY_CONFIG, jax.random.key(0)) if params is None else params
+  params = roofline.random_params(toys.TINY_CONFIG, jax.random.key(0)) if params is None else params
   return generate.Generator(toys.TINY_CONFIG, params, toys.CharTokenizer(),
                             generate.Sampling(max_new_tokens=new_tokens), batch_size=4,
                             chat=False)
@@ -36,7 +36,7 @@ def test_lora_starts_at_the_base_and_adapts_only_layer_kernels():
 
 @pytest.mark.parametrize("finetune, learning_rate", [("full", 3e-2), ("lora", 1e-2)])
 def test_fine_tuning_teaches_the_targets(finetune, learning_rate):
-  params = bench.random_params(toys.TINY_CONFIG, jax.random.key(0))
+  params = roofline.random_params(toys.TINY_CONFIG, jax.random.key(0))
   # Tied embeddings of std 0.02 bound every logit near 0; a LoRA of the layers alone needs room.
   gen = _generator({**params, "embed": {"embedding": params["embed"]["embedding"] * 50}})
   rows = generate.training_rows(gen.codec, PROMPTS, TARGETS)

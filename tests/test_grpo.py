@@ -5,10 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from thickets_jax import bench, checkpoint
+from thickets_jax import checkpoint
 from thickets_jax.baselines import grpo
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate
+from thickets_jax.llm import generate, roofline
 from thickets_jax.tasks import Example, Task
 
 import toys
@@ -36,7 +36,7 @@ def test_k3_kl_by_hand():
 
 
 def _params(seed=0):
-  return bench.random_params(toys.TINY_CONFIG, jax.random.key(seed))
+  return roofline.random_params(toys.TINY_CONFIG, jax.random.key(seed))
 
 
 def _batch(micro_batch, rows=4, prompt=3, completion=4, seed=0):

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from thickets_jax import halving, randopt, workdir
+from thickets_jax import halving, randopt, storage, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.llm import runs as llm_runs
 from thickets_jax.signals import runs as signal_runs
@@ -46,7 +46,7 @@ def test_search_ranks_survivors_by_their_mean_over_all_examples(tmp_path):
   seeds, sigmas = np.arange(32), np.full(32, 0.1)
   rungs = halving.schedule(32, 16, eta=2, min_examples=2, keep=4)
   calls = []
-  stores = [randopt.CandidateStore(str(tmp_path / f"r{r.index}.jsonl")) for r in rungs]
+  stores = [storage.CandidateStore(str(tmp_path / f"r{r.index}.jsonl")) for r in rungs]
   out = halving.search(_score_slice(table, calls), seeds, sigmas, rungs, stores)
   last = out["order"]
   assert len(last) == rungs[-1].members == 4
@@ -59,7 +59,7 @@ def test_search_ranks_survivors_by_their_mean_over_all_examples(tmp_path):
 
   # Resumed: every rung is in its store, nothing is scored again, same answer.
   calls.clear()
-  stores = [randopt.CandidateStore(str(tmp_path / f"r{r.index}.jsonl")) for r in rungs]
+  stores = [storage.CandidateStore(str(tmp_path / f"r{r.index}.jsonl")) for r in rungs]
   again = halving.search(_score_slice(table, calls), seeds, sigmas, rungs, stores)
   assert calls == [] and list(again["order"]) == list(last)
 
@@ -68,7 +68,7 @@ def test_one_rung_is_full_scoring(tmp_path):
   table = _scores(n=12, examples=6, seed=1)
   rungs = halving.schedule(12, 6, eta=3, min_examples=6, keep=3)
   out = halving.search(_score_slice(table, []), np.arange(12), np.full(12, 0.1), rungs,
-                       [randopt.CandidateStore(str(tmp_path / "r0.jsonl"))])
+                       [storage.CandidateStore(str(tmp_path / "r0.jsonl"))])
   assert list(out["order"]) == list(randopt.rank(table.mean(1)))
 
 
@@ -98,7 +98,7 @@ def test_signals_run_with_halving_scores_a_fraction(tmp_path):
   assert halved["selection"]["rows_scored"] == 16 * 1 + 4 * 3 + 2 * 12
   assert halved["selection"]["flops"] < full["selection"]["flops"] / 3
   assert halved["density"] is None and full["density"] is not None
-  scored = randopt.CandidateStore(str(tmp_path / "f" / "candidates.jsonl")).records
+  scored = storage.CandidateStore(str(tmp_path / "f" / "candidates.jsonl")).records
   for member in halved["top_members"]:  # fully scored: the MSE full scoring gave it
     assert member["train_mse"] == pytest.approx(
         scored[(member["seed"], member["sigma"])]["mse"], rel=1e-4)

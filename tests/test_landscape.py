@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from thickets_jax import landscape, randopt
+from thickets_jax import landscape, storage
 from thickets_jax.errors import InputError
 from thickets_jax.llm import landscape as llm_landscape
 from thickets_jax.llm import runs
@@ -60,7 +60,7 @@ def test_a_killed_grid_scores_only_the_missing_points(tmp_path):
     scored.extend(map(tuple, ab))
     return [{"score": float(a + 10 * b)} for a, b in ab]
   coordinates = landscape.grid(1.0, 3)
-  store = randopt.CandidateStore(str(tmp_path / "plane.jsonl"), key=landscape.point_key)
+  store = storage.CandidateStore(str(tmp_path / "plane.jsonl"), key=landscape.point_key)
   store.append([{"a": -1.0, "b": -1.0, "score": 99.0}])  # scored before the kill
   scores = landscape.score_plane(score_points, coordinates, store, chunk_size=4)
   assert len(scored) == 8 and (-1.0, -1.0) not in scored

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from thickets_jax import randopt
+from thickets_jax import randopt, storage
 from thickets_jax.errors import InputError
 
 
@@ -70,16 +70,16 @@ def test_scoring_resumes_without_rescoring(tmp_path):
       yield item
 
   with pytest.raises(KeyboardInterrupt):
-    randopt.score_candidates(killed_after_two_chunks, seeds, sigmas, randopt.CandidateStore(path))
+    randopt.score_candidates(killed_after_two_chunks, seeds, sigmas, storage.CandidateStore(path))
   assert calls == list(range(9))  # the third chunk was scored but never persisted
   with open(path) as f:
     assert len(f.readlines()) == 6
   calls.clear()
-  records = randopt.score_candidates(_chunks(calls), seeds, sigmas, randopt.CandidateStore(path))
+  records = randopt.score_candidates(_chunks(calls), seeds, sigmas, storage.CandidateStore(path))
   assert calls == [6, 7, 8, 9]
   assert [r["score"] for r in records] == [0.5 * s + 0.25 for s in range(10)]
   calls.clear()
-  randopt.score_candidates(_chunks(calls), seeds, sigmas, randopt.CandidateStore(path))
+  randopt.score_candidates(_chunks(calls), seeds, sigmas, storage.CandidateStore(path))
   assert calls == []
 
 
@@ -87,10 +87,10 @@ def test_store_drops_a_cut_last_line_and_refuses_a_corrupt_file(tmp_path):
   path = tmp_path / "candidates.jsonl"
   good = json.dumps({"seed": 1, "sigma": 0.1, "score": 2.0})
   path.write_text(good + "\n" + '{"seed": 2, "sig')
-  assert list(randopt.CandidateStore(str(path)).records) == [(1, 0.1)]
+  assert list(storage.CandidateStore(str(path)).records) == [(1, 0.1)]
   path.write_text('{"seed": 2, "sig\n' + good + "\n")
   with pytest.raises(InputError, match="candidates.jsonl line 1"):
-    randopt.CandidateStore(str(path))
+    storage.CandidateStore(str(path))
 
 
 @pytest.mark.parametrize("damage", ["torn", "lost newline"])
@@ -98,16 +98,16 @@ def test_a_damaged_last_record_is_repaired_and_resumes_twice_identically(tmp_pat
   seeds, sigmas = np.arange(10), np.full(10, 0.25)
   path = tmp_path / "candidates.jsonl"
   calls = []
-  full = randopt.score_candidates(_chunks(calls), seeds, sigmas, randopt.CandidateStore(str(path)))
+  full = randopt.score_candidates(_chunks(calls), seeds, sigmas, storage.CandidateStore(str(path)))
   lines = path.read_text().splitlines(keepends=True)
   kept = "".join(lines[:6])
   path.write_text(kept + (lines[6][:17] if damage == "torn" else lines[6].rstrip("\n")))
   calls.clear()
-  again = randopt.score_candidates(_chunks(calls), seeds, sigmas, randopt.CandidateStore(str(path)))
+  again = randopt.score_candidates(_chunks(calls), seeds, sigmas, storage.CandidateStore(str(path)))
   assert calls == ([6, 7, 8, 9] if damage == "torn" else [7, 8, 9])  # each scored once more
   assert again == full
   calls.clear()
-  third = randopt.score_candidates(_chunks(calls), seeds, sigmas, randopt.CandidateStore(str(path)))
+  third = randopt.score_candidates(_chunks(calls), seeds, sigmas, storage.CandidateStore(str(path)))
   assert calls == [] and third == full  # the file stays readable: nothing re-scored twice
   records = [json.loads(line) for line in path.read_text().splitlines()]
   assert sorted(r["seed"] for r in records) == list(range(10))
@@ -127,7 +127,7 @@ def test_search_ranks_members_and_resumes_from_its_store(tmp_path):
   x, params, predict, score = _toy()
   path = str(tmp_path / "candidates.jsonl")
   result = randopt.search(params, score, 3, N=40, sigmas=[0.1, 0.2], K=5,
-                          store=randopt.CandidateStore(path))
+                          store=storage.CandidateStore(path))
   best_seed, best_sigma = result.top[0]
   member = rebuild_member(params, best_seed, best_sigma, PerturbSpec())
   assert float(score(member)) == pytest.approx(result.top_scores[0], rel=1e-5)
@@ -135,7 +135,7 @@ def test_search_ranks_members_and_resumes_from_its_store(tmp_path):
   with open(path) as f:
     assert len(f.read().splitlines()) == 40
   again = randopt.search(params, lambda p: 1 / 0, 3, N=40, sigmas=[0.1, 0.2], K=5,
-                         store=randopt.CandidateStore(path))  # nothing is scored again
+                         store=storage.CandidateStore(path))  # nothing is scored again
   np.testing.assert_array_equal(again.scores, result.scores)
   outputs = randopt.member_outputs(params, predict, result, x)
   assert outputs.shape == (5, 32)

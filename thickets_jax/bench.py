@@ -1,11 +1,10 @@
-"""Measuring tools the benchmarks share: the machine's peak rates, model rooflines, random
-weights of a registered shape, and peak memory of a workload in a fresh process.
+"""Measuring tools the benchmarks share: the machine's peak rates and the peak memory of a
+workload in a fresh process (language-model rooflines and random weights: `llm.roofline`).
 
 Every figure a benchmark prints is a ratio measured in one run (docs/benchmarks.md): ours
 against a peer, or against the peak this module measures in the same process.
 """
 
-import dataclasses
 import multiprocessing
 import os
 import resource
@@ -17,8 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 
 from thickets_jax import population
-from thickets_jax.llm import model as llm_model
-from thickets_jax.tree import path_name
 
 
 def median_seconds(fn, *args, repeats: int) -> float:
@@ -55,62 +52,6 @@ def peak_copy_bandwidth(repeats: int, gib: float = 4.0) -> float:
   """Measured device-memory bytes/s (read + written) of `x + 1` over `gib` GiB of bf16."""
   x = jax.random.normal(jax.random.key(0), (int(gib * 2**30) // 2,), jnp.bfloat16)
   return 2 * x.nbytes / median_seconds(jax.jit(lambda a: a + 1), x, repeats=repeats)
-
-
-def random_params(config, key: jax.Array):
-  """Random weights of `config`'s shapes and dtype (std 0.02; norm scales 1), made on device."""
-  abstract = llm_model.abstract_params(config)
-  paths, treedef = jax.tree_util.tree_flatten_with_path(abstract)
-
-  def make(key):
-    leaves = [jnp.ones(leaf.shape, leaf.dtype) if path_name(path).endswith("scale") else
-              0.02 * jax.random.normal(jax.random.fold_in(key, i), leaf.shape, leaf.dtype)
-              for i, (path, leaf) in enumerate(paths)]
-    return jax.tree_util.tree_unflatten(treedef, leaves)
-
-  return jax.jit(make)(key)
-
-
-@dataclasses.dataclass(frozen=True)
-class Roofline:
-  """Model FLOPs and the fewest device-memory bytes of one member's scoring, by phase."""
-  perturb_bytes: float  # read θ, write θ + σε
-  prefill_flops: float
-  prefill_bytes: float  # weights once, keys/values written
-  decode_flops: np.ndarray  # [steps]
-  decode_bytes: np.ndarray  # [steps]: weights (the embedding is only gathered) + valid cache
-
-  def seconds(self, flops_rate: float, bandwidth: float) -> dict[str, float]:
-    """The floor of each phase: the larger of its FLOP time and its byte time."""
-    return {"perturb": self.perturb_bytes / bandwidth,
-            "prefill": max(self.prefill_flops / flops_rate, self.prefill_bytes / bandwidth),
-            "decode": float(np.sum(np.maximum(self.decode_flops / flops_rate,
-                                              self.decode_bytes / bandwidth)))}
-
-  @property
-  def flops(self) -> float:
-    return self.prefill_flops + float(self.decode_flops.sum())
-
-  @property
-  def bytes(self) -> float:
-    return self.perturb_bytes + self.prefill_bytes + float(self.decode_bytes.sum())
-
-
-def roofline(config, params, mask: np.ndarray, new_tokens: int) -> Roofline:
-  """Counts for one member generating `new_tokens` after prompts `mask` [rows, bucket]."""
-  rows, bucket = mask.shape
-  itemsize = jnp.dtype(config.dtype).itemsize
-  total = sum(x.nbytes for x in jax.tree.leaves(params))
-  embed = config.vocab_size * config.hidden_size * itemsize
-  weights = total if config.tie_embeddings else total - embed
-  kv_per_token = 2 * config.num_layers * config.num_kv_heads * config.head_dim * itemsize
-  steps = np.arange(1, new_tokens)  # the first new token comes out of prefill
-  return Roofline(
-      perturb_bytes=2 * total,
-      prefill_flops=config.flops_per_token * float(mask.sum()),
-      prefill_bytes=weights + rows * bucket * kv_per_token,
-      decode_flops=np.full(len(steps), config.flops_per_token * rows, np.float64),
-      decode_bytes=weights + rows * kv_per_token * (bucket + steps).astype(np.float64))
 
 
 def _report_peak_rss(fn: Callable, args: tuple, xla_flags: str, queue) -> None:

@@ -21,7 +21,11 @@ from typing import Sequence
 
 import numpy as np
 
-from thickets_jax.llm.config import ModelConfig
+
+
+def token_flops(num_params: int) -> float:
+  """One token through a model of `num_params` parameters: 2·P (attention scores aside)."""
+  return 2.0 * num_params
 
 
 def visible_pairs(t: np.ndarray, window: int) -> np.ndarray:
@@ -31,13 +35,14 @@ def visible_pairs(t: np.ndarray, window: int) -> np.ndarray:
   return seen * (seen + 1) / 2 + (t - seen) * window
 
 
-def sequence_flops(config: ModelConfig, lengths: Sequence[int]) -> float:
+def sequence_flops(config, lengths: Sequence[int]) -> float:
   """One causal forward over rows of `lengths` real tokens each: Σ 2·P·t + attention, each
-  layer over the keys its window lets it see."""
+  layer over the keys its window lets it see. `config`: a language model's shapes
+  (`llm.config.ModelConfig`; only its counts are read, so this module stays below `llm`)."""
   t = np.asarray(lengths, np.float64)
   per_pair = 4.0 * config.num_heads * config.head_dim
   attention = sum(per_pair * visible_pairs(t, w) for w in config.layer_windows)
-  return float(np.sum(2.0 * config.num_params * t + attention))
+  return float(np.sum(token_flops(config.num_params) * t + attention))
 
 
 def es_update_flops(num_params: int, population: int) -> float:
@@ -45,7 +50,7 @@ def es_update_flops(num_params: int, population: int) -> float:
   return 2.0 * population * num_params
 
 
-def grpo_step_flops(config: ModelConfig, lengths: Sequence[int], *, old_logprob_pass: bool,
+def grpo_step_flops(config, lengths: Sequence[int], *, old_logprob_pass: bool,
                     reference_pass: bool) -> dict:
   """FLOPs of one GRPO step over its B·G rollouts of `lengths` tokens, by part and in total."""
   forward = sequence_flops(config, lengths)

@@ -19,7 +19,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 from absl import logging
 
-from thickets_jax import randopt
+from thickets_jax import randopt, storage
 from thickets_jax.errors import InputError
 
 
@@ -54,7 +54,7 @@ def schedule(n: int, num_examples: int, *, eta: float, min_examples: int,
 
 
 def search(score_slice: Callable[[Rung], Callable], seeds: np.ndarray, sigmas: np.ndarray,
-           rungs: Sequence[Rung], stores: Sequence[randopt.CandidateStore]) -> dict:
+           rungs: Sequence[Rung], stores: Sequence[storage.CandidateStore]) -> dict:
   """Runs (or resumes) the rungs.
 
   Args:

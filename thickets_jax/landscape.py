@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thickets_jax import perturb, randopt, rng
+from thickets_jax import perturb, rng, storage
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec
 
@@ -41,7 +41,7 @@ def validate_grid(directions: str, points: int, extent: float) -> None:
 
 def filter_normalized(direction: PyTree, params: PyTree, spec: PerturbSpec) -> PyTree:
   """`direction` with each filter rescaled to the norm of θ's filter (module docstring)."""
-  treedef, leaves = perturb._perturbed_leaves(params, spec)  # pylint: disable=protected-access
+  treedef, leaves = perturb.perturbed_leaves(params, spec)
   out = []
   for d, (leaf, _, is_stacked) in zip(jax.tree_util.tree_leaves(direction), leaves):
     if is_stacked is None or leaf.ndim - bool(is_stacked) < 2:
@@ -96,7 +96,7 @@ def grid(extent: float, points: int) -> np.ndarray:
 
 
 def score_plane(score_points: Callable[[np.ndarray], Iterable[dict]], coordinates: np.ndarray,
-                store: randopt.CandidateStore, chunk_size: int) -> np.ndarray:
+                store: storage.CandidateStore, chunk_size: int) -> np.ndarray:
   """Scores every grid point the store lacks, persisting each chunk as it finishes.
 
   Args:
@@ -109,7 +109,7 @@ def score_plane(score_points: Callable[[np.ndarray], Iterable[dict]], coordinate
   """
   pairs = [(float(a), float(b)) for b in coordinates for a in coordinates]
   pending = [p for p in pairs if p not in store]
-  progress = randopt.Progress(len(pairs), done=len(pairs) - len(pending), what="grid points")
+  progress = storage.Progress(len(pairs), done=len(pairs) - len(pending), what="grid points")
   for start in range(0, len(pending), chunk_size):
     chunk = pending[start:start + chunk_size]
     store.append({"a": a, "b": b, **record}

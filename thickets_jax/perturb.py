@@ -144,8 +144,9 @@ def _leaf_std(leaf: jax.Array, is_stacked: bool) -> jax.Array:
   return jnp.std(leaf.astype(jnp.float32), axis=axes, keepdims=True)
 
 
-def _perturbed_leaves(params: PyTree, spec: PerturbSpec):
-  """(treedef, [(leaf, index, is_stacked or None when the leaf is not perturbed)])."""
+def perturbed_leaves(params: PyTree, spec: PerturbSpec):
+  """How `spec` treats each leaf of `params`: (treedef, [(leaf, its noise index, whether it
+  stacks layers, or None when the spec leaves it alone)]), in flattening order."""
   flat, treedef = jax.tree_util.tree_flatten_with_path(params)
   leaves = []
   for index, (path, leaf) in zip(tree.stable_leaf_indices(params), flat):
@@ -188,7 +189,7 @@ def perturb(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec = PerturbSp
   Returns:
     A pytree like `params`, each leaf in its own dtype (noise is added in float32).
   """
-  treedef, leaves = _perturbed_leaves(params, spec)
+  treedef, leaves = perturbed_leaves(params, spec)
   out = []
   for leaf, index, is_stacked in leaves:
     if is_stacked is None:
@@ -204,7 +205,7 @@ def direction(params: PyTree, key: jax.Array, spec: PerturbSpec = PerturbSpec())
   """The member's unit-σ direction d, float32, so that `perturb(θ, key, σ) = θ + σ·d` (up to
   the rounding of the leaf dtype): ε, times each leaf's std when `spec.relative`; zeros on
   leaves the spec leaves alone. Evolution strategies regenerate it from the seed."""
-  treedef, leaves = _perturbed_leaves(params, spec)
+  treedef, leaves = perturbed_leaves(params, spec)
   out = []
   for leaf, index, is_stacked in leaves:
     if is_stacked is None:
@@ -230,7 +231,7 @@ def member_factors(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec) -> 
   if spec.noise != "lowrank":
     raise ValueError("member_factors needs low-rank noise; full-rank members are materialised.")
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
-  _, leaves = _perturbed_leaves(params, spec)
+  _, leaves = perturbed_leaves(params, spec)
   dtype = jnp.dtype(spec.noise_dtype)
   out = {}
   for (path, _), (leaf, index, is_stacked) in zip(flat, leaves):

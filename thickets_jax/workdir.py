@@ -34,7 +34,7 @@ from typing import Any, Callable, Hashable, Iterator
 
 from absl import logging
 
-from thickets_jax import distributed, randopt
+from thickets_jax import distributed, storage
 from thickets_jax.errors import InputError
 
 FILES = {
@@ -146,10 +146,10 @@ class RunDir:
     return value
 
   def store(self, name: str = "candidates",
-            key: Callable[[dict], Hashable] = randopt.member_key) -> randopt.CandidateStore:
+            key: Callable[[dict], Hashable] = storage.member_key) -> storage.CandidateStore:
     """The append-only JSONL `name` (a key of `FILES`, else `<name>.jsonl`), keyed by `key`."""
     path = self.file(name) if name in FILES else os.path.join(self.path, f"{name}.jsonl")
-    return randopt.CandidateStore(path, key)
+    return storage.CandidateStore(path, key)
 
   @property
   def checkpoints(self) -> str:

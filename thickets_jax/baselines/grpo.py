@@ -28,8 +28,7 @@ import optax
 
 from thickets_jax import checkpoint, flops, rng
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate
-from thickets_jax.llm import model as llm_model
+from thickets_jax.llm import generate, teacher_forcing
 from thickets_jax.llm.config import ModelConfig
 from thickets_jax.tasks import Example, Task
 
@@ -93,19 +92,6 @@ def group_advantages(rewards: jax.Array, eps: float = 1e-6) -> jax.Array:
   return (rewards - mean) / (rewards.std(axis=1, ddof=1, keepdims=True) + eps)
 
 
-def token_logprobs(config: ModelConfig, params: PyTree, tokens: jax.Array, mask: jax.Array,
-                   prompt_len: int) -> jax.Array:
-  """log π(token) of each completion position from one teacher-forced forward.
-
-  tokens, mask: [n, p + T] (left-padded prompt of width `prompt_len` = p, then the completion);
-  returns [n, T] float32 (garbage where the completion is masked).
-  """
-  logits = llm_model.forward(config, params, tokens, mask)[:, prompt_len - 1:-1]  # [n, T, V]
-  targets = tokens[:, prompt_len:]
-  logp = jax.nn.log_softmax(logits, axis=-1)
-  return jnp.take_along_axis(logp, targets[..., None], axis=-1)[..., 0]
-
-
 def clipped_objective(logp: jax.Array, old_logp: jax.Array, advantages: jax.Array,
                       clip_eps: float) -> tuple[jax.Array, jax.Array]:
   """Per-token loss −min(ρA, clip(ρ)A) and whether the clip was active. [n, T], [n] -> [n, T]."""
@@ -121,23 +107,6 @@ def k3_kl(logp: jax.Array, ref_logp: jax.Array) -> jax.Array:
   return jnp.exp(r) - r - 1
 
 
-def summed_gradients(micro_loss: Callable, params: PyTree, batch: dict,
-                     stats: dict) -> tuple[PyTree, jax.Array, dict]:
-  """Σ over the micro-batches of `batch` ([micro_batches, ...] arrays) of
-  `micro_loss(params, micro) -> (loss, stats)` and of its gradient, in one `lax.scan`
-  (float32 sums; gradients returned in the params' dtypes). `stats` gives the zeros of the
-  summed stats. -> (grads, loss, stats)"""
-  def accumulate(carry, micro):
-    grads, loss, totals = carry
-    (value, part), g = jax.value_and_grad(micro_loss, has_aux=True)(params, micro)
-    return (jax.tree.map(jnp.add, grads, g), loss + value,
-            jax.tree.map(jnp.add, totals, part)), None
-
-  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
-  (grads, loss, stats), _ = jax.lax.scan(accumulate, (zeros, jnp.float32(0), stats), batch)
-  return jax.tree.map(lambda g, p: g.astype(p.dtype), grads, params), loss, stats
-
-
 def make_update(model_config: ModelConfig, config: GRPOConfig, prompt_len: int) -> Callable:
   """The jitted optimiser step on one mini-batch.
 
@@ -150,13 +119,14 @@ def make_update(model_config: ModelConfig, config: GRPOConfig, prompt_len: int) 
   on_policy = config.updates_per_step == 1
 
   def micro_loss(params, ref_params, micro, total_tokens):
-    logp = token_logprobs(model_config, params, micro["tokens"], micro["mask"], prompt_len)
+    logp = teacher_forcing.token_logprobs(model_config, params, micro["tokens"], micro["mask"],
+                                          prompt_len)
     old = jax.lax.stop_gradient(logp) if on_policy else micro["old_logp"]
     loss, clipped = clipped_objective(logp, old, micro["advantages"], config.clip_eps)
     kl = jnp.zeros_like(loss)
     if config.kl_coef > 0:
-      ref = jax.lax.stop_gradient(token_logprobs(model_config, ref_params, micro["tokens"],
-                                                 micro["mask"], prompt_len))
+      ref = jax.lax.stop_gradient(teacher_forcing.token_logprobs(
+          model_config, ref_params, micro["tokens"], micro["mask"], prompt_len))
       kl = k3_kl(logp, ref)
     where = micro["completion"]
     total = jnp.sum(jnp.where(where, loss + config.kl_coef * kl, 0.0)) / total_tokens
@@ -167,7 +137,7 @@ def make_update(model_config: ModelConfig, config: GRPOConfig, prompt_len: int) 
   @jax.jit
   def update(params, opt_state, ref_params, batch):
     total_tokens = jnp.maximum(batch["completion"].sum(), 1).astype(jnp.float32)
-    grads, loss, stats = summed_gradients(
+    grads, loss, stats = teacher_forcing.summed_gradients(
         lambda p, micro: micro_loss(p, ref_params, micro, total_tokens), params, batch,
         {"kl": jnp.float32(0), "clipped": jnp.int32(0)})
     updates, opt_state = transform.update(grads, opt_state, params)
@@ -226,7 +196,7 @@ class Trainer:
     self.generator, self.task, self.examples = generator, task, list(examples)
     self.config, self.seed = config, seed
     self._updates: dict[int, Callable] = {}  # per prompt width
-    self._logprobs = jax.jit(token_logprobs, static_argnums=(0, 4))
+    self._logprobs = jax.jit(teacher_forcing.token_logprobs, static_argnums=(0, 4))
 
   def init(self, params: PyTree) -> PyTree:
     return self.config.transform().init(params)

@@ -104,8 +104,3 @@ class ModelConfig:
     layer = attn + 3 * d * f + norms
     head = 0 if self.tie_embeddings else d * self.vocab_size
     return self.vocab_size * d + self.num_layers * layer + d + head
-
-  @property
-  def flops_per_token(self) -> int:
-    """2 × parameters: the model-FLOP convention of docs/benchmarks.md (attention scores excluded)."""
-    return 2 * self.num_params

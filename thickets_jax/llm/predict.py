@@ -24,7 +24,7 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from thickets_jax import randopt, workdir
+from thickets_jax import randopt, storage, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.llm import runs
 from thickets_jax.tasks import TASKS, Example, Task
@@ -100,7 +100,7 @@ def predict(config: PredictConfig) -> dict:
   records, examples = read_prompts(config.prompts, task)
   if os.path.dirname(config.out):
     os.makedirs(os.path.dirname(config.out), exist_ok=True)
-  store = randopt.CandidateStore(
+  store = storage.CandidateStore(
       f"{config.out}.{_fingerprint(config, saved, scoring.max_new_tokens)}.partial.jsonl")
   loaded = scoring.load(saved["model"])
   runs.check_rebuildable(saved, loaded, config.run_dir)

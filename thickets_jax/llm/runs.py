@@ -23,7 +23,7 @@ import numpy as np
 from absl import logging
 from scipy.cluster import vq
 
-from thickets_jax import halving, metrics, perturb, plotting, population, randopt
+from thickets_jax import halving, metrics, perturb, plotting, population, randopt, storage
 from thickets_jax.errors import InputError
 from thickets_jax.llm import codec, generate, registry, scoring, sharding
 from thickets_jax.llm import plan as llm_plan
@@ -457,7 +457,7 @@ def _halving(config: RandOptConfig, loaded: registry.LoadedModel, gen: generate.
   correct = {}
   for records in out["records"]:
     for record in records:
-      key = randopt.member_key(record)
+      key = storage.member_key(record)
       correct[key] = correct.get(key, 0.0) + record["correct_sum"]
   members = [{"seed": int(seeds[i]), "sigma": float(sigmas[i]),
               "train_score": float(out["scores"][i]),

@@ -11,7 +11,7 @@ from typing import Iterator, Optional, Sequence
 import numpy as np
 from jax.sharding import Mesh
 
-from thickets_jax import flops, randopt
+from thickets_jax import flops, randopt, storage
 from thickets_jax.llm.generate import Generator, completion_mask
 from thickets_jax.tasks import Example, Task
 
@@ -116,7 +116,7 @@ def member_chunks(generator: Generator, task_sets: Sequence[TaskSet], *, members
 
 
 def score_members(generator: Generator, task_sets: Sequence[TaskSet], seeds: np.ndarray,
-                  sigmas: np.ndarray, store: randopt.CandidateStore, *, members_per_batch: int,
+                  sigmas: np.ndarray, store: storage.CandidateStore, *, members_per_batch: int,
                   mesh: Optional[Mesh] = None, params=None, **summary_kwargs) -> list[dict]:
   """Scores (or resumes scoring) every member of `params` (default: the generator's); records
   in member order."""

@@ -1,9 +1,10 @@
 """Supervised fine-tuning on (prompt, completion) token rows: full parameters or a LoRA adapter.
 
 The loss is the token mean of −log π(completion token) under teacher forcing
-(`grpo.token_logprobs`, the GRPO baseline's pass), over the completion tokens of a whole
-optimiser step; gradients are summed over micro-batches in one jitted `lax.scan`
-(`grpo.summed_gradients`, the GRPO update's), so the mean is exact whatever the micro-batch. The optimiser is optax AdamW with global-norm clipping.
+(`teacher_forcing.token_logprobs`, the pass GRPO uses too), over the completion tokens of a
+whole optimiser step; gradients are summed over micro-batches in one jitted `lax.scan`
+(`teacher_forcing.summed_gradients`), so the mean is exact whatever the micro-batch. The
+optimiser is optax AdamW with global-norm clipping.
 
 LoRA (Hu et al. 2021) is a reparametrisation, not a model change: every perturbable 2-D kernel
 W [.., in, out] of the layers gets A [.., in, r] (Gaussian, std 1/√in) and B [.., r, out]
@@ -21,7 +22,7 @@ import numpy as np
 import optax
 
 from thickets_jax import checkpoint, tree
-from thickets_jax.baselines import grpo
+from thickets_jax.llm import teacher_forcing
 from thickets_jax.errors import InputError
 from thickets_jax.llm.config import ModelConfig
 
@@ -102,14 +103,14 @@ def make_update(model_config: ModelConfig, config: SFTConfig, prompt_len: int,
     return trainable if config.finetune == "full" else merge(base, trainable, scale)
 
   def micro_loss(trainable, micro, total_tokens):
-    logp = grpo.token_logprobs(model_config, model_params(trainable), micro["tokens"],
+    logp = teacher_forcing.token_logprobs(model_config, model_params(trainable), micro["tokens"],
                                micro["mask"], prompt_len)
     return -jnp.sum(jnp.where(micro["completion"], logp, 0.0)) / total_tokens, {}
 
   @jax.jit
   def update(trainable, opt_state, batch):
     total_tokens = jnp.maximum(batch["completion"].sum(), 1).astype(jnp.float32)
-    grads, loss, _ = grpo.summed_gradients(
+    grads, loss, _ = teacher_forcing.summed_gradients(
         lambda t, micro: micro_loss(t, micro, total_tokens), trainable, batch, {})
     updates, opt_state = transform.update(grads, opt_state, trainable)
     return optax.apply_updates(trainable, updates), opt_state, {
