@@ -128,6 +128,7 @@ def main(argv):
   if FLAGS.inputs <= 0 or FLAGS.max_chars <= 0 or FLAGS.slow_s <= 0:
     raise InputError("--inputs, --max_chars and --slow_s must be positive.")
   run_dir = RunDir.prepare(FLAGS.workdir)
+  run_dir.claim({"experiment": "fuzz_graders"})  # never another experiment's workdir
   rng = random.Random(FLAGS.seed)
   results = {}
   for name in sorted(TASKS.names()):

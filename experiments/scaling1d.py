@@ -64,6 +64,7 @@ def main(argv):
   margins = cli.floats(FLAGS.margins, "margins")
   _validate(widths, margins)
   root = workdir.RunDir.prepare(FLAGS.workdir)
+  root.claim({"experiment": "scaling1d"})  # never another experiment's workdir
   with root.session("scaling1d", common.key_flag_values()):
     points = _sweep(widths, margins, root)
     root.write("results", {"experiment": "scaling1d", "margins": margins, "points": points})

@@ -84,6 +84,7 @@ def main(argv):
   if FLAGS.chunk_size <= 0:
     raise InputError(f"--chunk_size must be positive, got {FLAGS.chunk_size}.")
   root = workdir.RunDir.prepare(FLAGS.workdir)
+  root.claim({"experiment": "signals1d"})  # never another experiment's workdir
   runs_by_seed = [[(dataclasses.replace(spec, seed=seed), root.child(f"{spec.name}_seed{seed}"))
                    for seed in seeds] for spec in specs]
   for spec, run_dir in (run for per_seed in runs_by_seed for run in per_seed):

@@ -125,6 +125,20 @@ def test_signals1d_bad_input_is_one_sentence_before_any_compute(tmp_path, args, 
   assert not os.path.exists(workdir)
 
 
+@pytest.mark.parametrize("module, flags", [
+    ("signals1d", ["--regime", "approximation"]), ("scaling1d", []), ("fuzz_graders", [])])
+def test_another_experiments_workdir_is_refused_untouched(tiny_randopt_run, module, flags):
+  """Pointed at a finished RandOpt workdir, a 1D experiment writes nothing there."""
+  _, workdir, _ = tiny_randopt_run
+  before = {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)}
+  out = subprocess.run([sys.executable, "-m", f"experiments.{module}", "--workdir", workdir,
+                        *flags], cwd=ROOT, capture_output=True, text=True, timeout=300)
+  assert out.returncode == 2, out.stderr[-2000:]
+  assert f"holds a RandOptConfig run, not a {module} run; use a new --workdir." in out.stderr
+  assert "Traceback" not in out.stderr
+  assert {f: os.path.getmtime(os.path.join(workdir, f)) for f in os.listdir(workdir)} == before
+
+
 def test_unwritable_workdir_is_one_sentence(tmp_path):
   blocker = tmp_path / "a_file"
   blocker.write_text("")

@@ -78,6 +78,17 @@ def test_bad_prompts_and_K_are_one_sentence(tmp_path, tiny_run, records, K, sent
     predict.predict(predict.PredictConfig(workdir, prompts, str(tmp_path / "a.jsonl"), K=K))
 
 
+def test_an_out_path_that_would_overwrite_the_prompts_is_refused(tmp_path, tiny_run):
+  _, workdir, _ = tiny_run
+  prompts = _prompts_file(tmp_path / "p.jsonl", [{"prompt": "What is 3 + 5?"}])
+  before = open(prompts).read()
+  for out, sentence in ((prompts, "is the --prompts file: the answers would replace the prompts"),
+                        (str(tmp_path), "is a directory")):
+    with pytest.raises(InputError, match=sentence):
+      predict.predict(predict.PredictConfig(workdir, prompts, out, K=1))
+  assert open(prompts).read() == before and sorted(os.listdir(tmp_path)) == ["p.jsonl"]
+
+
 def test_task_records_round_trip():
   for name in ("countdown", "arithmetic", "multiplication"):
     task = TASKS.get(name)

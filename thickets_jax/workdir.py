@@ -161,6 +161,9 @@ class RunDir:
     spec = json.loads(json.dumps(spec))  # as it reads back: tuples become lists
     if self.exists("spec"):
       held = self.read("spec")
+      if "experiment" in held and "experiment" in spec and held["experiment"] != spec["experiment"]:
+        raise InputError(f"{self.path} holds a {held['experiment']} run, not a "
+                         f"{spec['experiment']} run; use a new --workdir.")
       changed = _changed(held, spec)
       if changed:
         raise InputError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "

@@ -83,9 +83,20 @@ def _fingerprint(config: PredictConfig, saved: dict, max_new_tokens: int) -> str
   return digest.hexdigest()[:12]
 
 
+def check_out(config: PredictConfig) -> None:
+  """Refuses an `--out` that would overwrite the prompts or that names a directory."""
+  if os.path.exists(config.prompts) and os.path.realpath(config.out) == os.path.realpath(
+      config.prompts):
+    raise InputError(f"--out {config.out} is the --prompts file: the answers would replace "
+                     "the prompts; give another path.")
+  if os.path.isdir(config.out):
+    raise InputError(f"--out {config.out} is a directory; give the path of the answers file.")
+
+
 def predict(config: PredictConfig) -> dict:
   """Answers every prompt with the top-K vote; writes `config.out` and returns a summary
   (prompts, K, how many got an answer, and the accuracy when the records carry answers)."""
+  check_out(config)
   execution = dict(batch_size=config.batch_size, members_per_batch=config.members_per_batch,
                    member_axis=config.member_axis)
   if config.max_new_tokens:
