@@ -34,14 +34,10 @@ def from_hf_config(hf: Mapping[str, Any], dtype=jnp.float32) -> ModelConfig:
   """A Hugging Face `config.json` (as a dict) -> `ModelConfig`, through its architecture's
   module; a setting the shared transformer does not implement is refused in one sentence."""
   arch = for_model_type(hf.get("model_type"))
-  if arch is gemma3.ARCHITECTURE:
-    hf = gemma3.text_config(hf)
-  fields = base.shape_fields(hf, default_theta=_DEFAULT_THETA.get(arch.name, 1e4))
+  hf = arch.text_config(hf)
+  fields = base.shape_fields(hf, default_theta=arch.default_theta)
   return ModelConfig(**{**fields, "architecture": arch.name, **arch.read_options(hf)},
                      dtype=dtype)
-
-
-_DEFAULT_THETA = {"olmo3": olmo3.DEFAULT_THETA, "gemma3": gemma3.GLOBAL_THETA}
 
 
 def to_hf(config: ModelConfig) -> dict:

@@ -62,6 +62,9 @@ class Architecture:
     hf_prefixes: model prefixes a Hugging Face checkpoint may use, tried in order.
     gguf_arch: `general.architecture` of its GGUF files, or None when GGUF is not read.
     gguf_norm_shift: llama.cpp stores Gemma's norm weights as 1 + w; subtracted on reading.
+    default_theta: the RoPE θ a `config.json` without one means.
+    text_config: `config.json` -> the settings of the language model it holds (a multimodal
+      file keeps them apart).
     write_options: `ModelConfig` -> the `config.json` fields beyond `shape_fields_to_hf`.
   """
   name: str
@@ -73,6 +76,8 @@ class Architecture:
   gguf_names: Mapping[str, str] = dataclasses.field(default_factory=dict)
   gguf_arch: Optional[str] = None
   gguf_norm_shift: float = 0.0
+  default_theta: float = 10000.0
+  text_config: Callable[[Mapping[str, Any]], dict] = dict
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,7 +120,7 @@ def shape_fields_to_hf(c: ModelConfig) -> dict:
           **rope.scaling_to_hf(c.rope_scaling)}
 
 
-def _per_layer_type(hf: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
+def per_layer_type(hf: Mapping[str, Any]) -> Optional[Mapping[str, Any]]:
   """transformers ≥ 5 writes models with several layer types as `rope_parameters` keyed by
   layer type; None when the file keeps one flat setting."""
   params = hf.get("rope_parameters")
@@ -133,7 +138,7 @@ def rope_for(hf: Mapping[str, Any], layer_type: str, default_theta: float,
   layers, and to sliding ones only when `flat_applies` (OLMo-3 and Gemma-3 keep their sliding
   layers on plain RoPE).
   """
-  by_type = _per_layer_type(hf)
+  by_type = per_layer_type(hf)
   if by_type is not None:
     settings = dict(by_type.get(layer_type) or {"rope_type": "default"})
     theta = settings.get("rope_theta", default_theta)

@@ -46,8 +46,7 @@ def read_options(hf) -> dict:
   pattern = hf.get("sliding_window_pattern") or 6
   types = base.layer_types(hf, lambda i: "sliding_attention" if (i + 1) % pattern
                            else "full_attention")
-  by_type = base._per_layer_type(hf)  # pylint: disable=protected-access
-  if by_type is None:  # transformers 4 files: the local base is its own field
+  if base.per_layer_type(hf) is None:  # transformers 4 files: the local base is its own field
     local_theta, local_scaling = hf.get("rope_local_base_freq", LOCAL_THETA), ()
   else:
     local_theta, local_scaling = base.rope_for(hf, "sliding_attention", LOCAL_THETA)
@@ -66,7 +65,8 @@ ARCHITECTURE = base.Architecture(
     name="gemma3", model_types=("gemma3_text", "gemma3"), read_options=read_options,
     hf_names=HF_NAMES, gguf_names=GGUF_NAMES, write_options=write_options,
     hf_prefixes=("model.", "model.language_model.", "language_model.model."),
-    gguf_arch="gemma3", gguf_norm_shift=1.0)
+    gguf_arch="gemma3", gguf_norm_shift=1.0, default_theta=GLOBAL_THETA,
+    text_config=text_config)
 
 
 def _gemma3(vocab, layers, hidden, mlp, heads, kv_heads, head_dim, scalar, window,

@@ -31,7 +31,7 @@ def write_options(c: ModelConfig) -> dict:
 
 ARCHITECTURE = base.Architecture(
     name="olmo3", model_types=("olmo3",), read_options=read_options, hf_names=olmo2.HF_NAMES,
-    write_options=write_options)
+    write_options=write_options, default_theta=DEFAULT_THETA)
 
 
 def _olmo3_7b() -> ModelConfig:

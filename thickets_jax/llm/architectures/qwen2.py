@@ -20,9 +20,9 @@ def windows(hf) -> dict:
   types = base.layer_types(hf, lambda i: "sliding_attention" if i >= start else "full_attention")
   if "sliding" not in types:
     return {}
+  local_theta, local_scaling = base.rope_for(hf, "sliding_attention", 1e4)
   return dict(layer_types=types, sliding_window=int(hf["sliding_window"]),
-              local_rope_theta=base.rope_for(hf, "sliding_attention", 1e4)[0],
-              local_rope_scaling=base.rope_for(hf, "sliding_attention", 1e4)[1])
+              local_rope_theta=local_theta, local_rope_scaling=local_scaling)
 
 
 def read_options(hf) -> dict:
