@@ -23,50 +23,23 @@ of a pretrained MLP, test MSE against FLOPs, over `--seeds`.
 from absl import flags
 
 from experiments import llm_common
-from thickets_jax import cli
+from thickets_jax import cli, configs
 from thickets_jax.errors import InputError
 from thickets_jax.llm import compare
 from thickets_jax.signals import compare as signals_compare
 
 DOMAINS = ("llm", "signals")
 flags.DEFINE_enum("domain", "llm", DOMAINS, "Compare on a language model or on the 1D signals.")
-flags.DEFINE_string("model", None, "Registered model name (default smollm2-135m-instruct; "
-                    "with --weights DIR alone, the checkpoint in DIR).")
-flags.DEFINE_string("task", None, "Registered task name (default arithmetic).")
-flags.DEFINE_list("methods", None, f"Subset of {','.join(compare.METHODS)} (default: all).")
-flags.DEFINE_integer("test_size", None, "Test examples (default 64).")
-flags.DEFINE_integer("vote_k", None, "K of every test-time vote: RandOpt's top-K members, K "
-                     "samples of the others (default 4).")
-flags.DEFINE_float("vote_temperature", None, "Temperature of the voted samples (default 0.7).")
-flags.DEFINE_integer("es_population", None, "ES members per iteration (default 8).")
-flags.DEFINE_integer("es_iterations", None, "ES iterations (default 4).")
-flags.DEFINE_float("es_sigma", None, "ES noise scale (default 1e-3).")
-flags.DEFINE_float("es_learning_rate", None, "ES step size alpha (default 5e-4).")
-flags.DEFINE_bool("es_antithetic", None, "ES antithetic pairs (default off).")
-flags.DEFINE_enum("es_fitness", None, ["zscore", "centered_rank"], "ES fitness shaping.")
-flags.DEFINE_enum("es_optimizer", None, ["sgd", "momentum", "adam", "adamw"], "ES optimiser.")
-flags.DEFINE_integer("grpo_steps", None, "GRPO steps (default 6).")
-flags.DEFINE_integer("group_size", None, "GRPO samples per prompt (default 4).")
-flags.DEFINE_integer("grpo_prompts", None, "GRPO prompts per step (default 8).")
-flags.DEFINE_integer("grpo_mini_batch", None, "GRPO prompts per optimiser step (default 8).")
-flags.DEFINE_integer("grpo_micro_batch", None, "GRPO sequences per forward/backward (default 8).")
-flags.DEFINE_float("grpo_learning_rate", None, "GRPO AdamW learning rate (default 1e-5).")
-flags.DEFINE_float("kl_coef", None, "GRPO k3 KL coefficient to the base policy (0: off).")
-flags.DEFINE_integer("eval_every", None, "ES iterations / GRPO steps between test evaluations.")
-flags.DEFINE_integer("checkpoint_every", None, "ES iterations / GRPO steps between checkpoints.")
+flags.adopt_module_key_flags(llm_common)
+configs.define_flags(compare.CompareConfig)
 flags.DEFINE_string("seeds", "0-2", "--domain signals: root seeds the comparison repeats over.")
 FLAGS = flags.FLAGS
-
-_OWN = ("model", "task", "test_size", "vote_k", "vote_temperature", "es_population",
-        "es_iterations", "es_sigma", "es_learning_rate", "es_antithetic", "es_fitness",
-        "es_optimizer", "grpo_steps", "group_size", "grpo_prompts", "grpo_mini_batch",
-        "grpo_micro_batch", "grpo_learning_rate", "kl_coef", "eval_every", "checkpoint_every")
 
 
 def main(argv):
   del argv
   if FLAGS.domain == "signals":
-    llm_set = [name for name in _OWN + ("methods", "N", "sigmas", "seed") if FLAGS[name].present]
+    llm_set = configs.present(compare.CompareConfig)
     if llm_set:
       raise InputError(f"--{llm_set[0]} is a language-model flag; --domain signals takes --seeds.")
     result = signals_compare.run_compare(
@@ -74,9 +47,7 @@ def main(argv):
     print(signals_compare.table(result))
     return
   llm_common.setup_devices()
-  config = llm_common.config(compare.CompareConfig,
-                             methods=tuple(FLAGS.methods) if FLAGS.methods else None,
-                             **{name: FLAGS[name].value for name in _OWN})
+  config = llm_common.config(compare.CompareConfig)
   result = llm_common.run_or_plan(compare.run_compare, config, FLAGS.workdir)
   if result is not None:
     print(table(result))

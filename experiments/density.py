@@ -16,22 +16,18 @@ intervals, next to the fractions strictly above and tied with the base. Writes
 from absl import flags
 
 from experiments import llm_common
-from thickets_jax import cli
+from thickets_jax import cli, configs
 from thickets_jax.llm import runs
 
-flags.DEFINE_list("model", None, "Registered model names (default: the two offline models; "
-                  "with --weights DIR alone, the checkpoint in DIR).")
-flags.DEFINE_string("task", None, "Registered task name (default arithmetic).")
-flags.DEFINE_list("margins", None, "Absolute margins m (default 0,0.05,0.1,0.2).")
-FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(llm_common)
+configs.define_flags(runs.DensityConfig)
+FLAGS = llm_common.FLAGS
 
 
 def main(argv):
   del argv
   llm_common.setup_devices()
-  config = llm_common.config(
-      runs.DensityConfig, models=tuple(FLAGS.model) if FLAGS.model else None, task=FLAGS.task,
-      margins=cli.floats(FLAGS.margins, "margins") if FLAGS.margins else None)
+  config = llm_common.config(runs.DensityConfig)
   result = llm_common.run_or_plan(runs.run_density, config, FLAGS.workdir)
   if result is not None:
     print(_table(result))

@@ -15,24 +15,18 @@ clusters; across models, D against parameters (`discordance_vs_size.png`). The r
 from absl import flags
 
 from experiments import llm_common
-from thickets_jax import cli
+from thickets_jax import cli, configs
 from thickets_jax.llm import runs
 
-flags.DEFINE_list("model", None, "Registered model names (default: the two offline models; "
-                  "with --weights DIR alone, the checkpoint in DIR).")
-flags.DEFINE_list("tasks", None, "Registered task names, M >= 2 (default: runs.DISCORDANCE_TASKS).")
-flags.DEFINE_integer("clusters", None, "k of the k-means clustering of performance vectors.")
-flags.DEFINE_integer("spectra_shown", None, "Seeds drawn in spectra_<model>.png.")
-FLAGS = flags.FLAGS
+flags.adopt_module_key_flags(llm_common)
+configs.define_flags(runs.DiscordanceConfig)
+FLAGS = llm_common.FLAGS
 
 
 def main(argv):
   del argv
   llm_common.setup_devices()
-  config = llm_common.config(
-      runs.DiscordanceConfig, models=tuple(FLAGS.model) if FLAGS.model else None,
-      tasks=tuple(FLAGS.tasks) if FLAGS.tasks else None, clusters=FLAGS.clusters,
-      spectra_shown=FLAGS.spectra_shown)
+  config = llm_common.config(runs.DiscordanceConfig)
   result = llm_common.run_or_plan(runs.run_discordance, config, FLAGS.workdir)
   for p in result["points"] if result is not None else ():
     d = p["discordance_reward"]

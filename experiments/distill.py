@@ -17,31 +17,18 @@ rerunning the same command resumes.
 from absl import flags
 
 from experiments import llm_common
-from thickets_jax import cli
-from thickets_jax.llm import distill, sft
+from thickets_jax import cli, configs
+from thickets_jax.llm import distill
 
-flags.DEFINE_string("model", None, "Registered model name (default smollm2-135m-instruct; "
-                    "with --weights DIR alone, the checkpoint in DIR).")
-flags.DEFINE_string("task", None, "Registered task name (default arithmetic).")
-flags.DEFINE_integer("K", None, "Teachers: the top-K members that vote (default 4).")
-flags.DEFINE_integer("test_size", None, "Test examples (default 64).")
-flags.DEFINE_integer("rounds", None, "Rounds of search -> distil (default 2).")
-flags.DEFINE_enum("finetune", None, sft.FINETUNES, "Full parameters or a LoRA adapter.")
-flags.DEFINE_integer("lora_rank", None, "LoRA rank r (default 8).")
-flags.DEFINE_float("learning_rate", None, "AdamW learning rate (default 1e-5).")
-flags.DEFINE_integer("epochs", None, "Passes over a round's targets (default 4).")
-flags.DEFINE_integer("sft_batch_size", None, "Sequences per optimiser step (default 8).")
-flags.DEFINE_integer("sft_micro_batch", None, "Sequences per forward/backward (default 8).")
-FLAGS = flags.FLAGS
-
-_OWN = ("model", "task", "K", "test_size", "rounds", "finetune", "lora_rank", "learning_rate",
-        "epochs", "sft_batch_size", "sft_micro_batch")
+flags.adopt_module_key_flags(llm_common)
+configs.define_flags(distill.DistillConfig)
+FLAGS = llm_common.FLAGS
 
 
 def main(argv):
   del argv
   llm_common.setup_devices()
-  config = llm_common.config(distill.DistillConfig, **{name: FLAGS[name].value for name in _OWN})
+  config = llm_common.config(distill.DistillConfig)
   result = llm_common.run_or_plan(distill.run_distill, config, FLAGS.workdir)
   if result is not None:
     print(table(result))

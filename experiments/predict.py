@@ -9,33 +9,15 @@ the answer are graded. Each output line holds the record, the voted answer, the 
 cast it, the vote counts and every member's answer (`thickets_jax.llm.predict`).
 """
 
-from absl import flags
-
-from thickets_jax import cli, population
-from thickets_jax.errors import InputError
+from thickets_jax import cli, configs
 from thickets_jax.llm import predict
 
-flags.DEFINE_string("run_dir", None, "A finished randopt run (holding topk.json).")
-flags.DEFINE_string("prompts", None, "JSONL prompts in the run task's record format.")
-flags.DEFINE_string("out", None, "JSONL answers, one line per prompt.")
-flags.DEFINE_integer("K", None, "Members voting, the K best saved (default: all saved).")
-flags.DEFINE_integer("max_new_tokens", None, "Generation limit (default: the run's).")
-flags.DEFINE_integer("batch_size", 16, "Prompts per generation batch.")
-flags.DEFINE_integer("members_per_batch", 1, "Members per compiled generation call.")
-flags.DEFINE_enum("member_axis", "map", population.MEMBER_AXES, "How members share a call.")
-flags.DEFINE_bool("keep_completions", True, "Write each member's completion.")
-FLAGS = flags.FLAGS
+configs.define_flags(predict.PredictConfig)
 
 
 def main(argv):
   del argv
-  if not FLAGS.run_dir or not FLAGS.prompts or not FLAGS.out:
-    raise InputError("--run_dir, --prompts and --out are required.")
-  summary = predict.predict(predict.PredictConfig(
-      run_dir=FLAGS.run_dir, prompts=FLAGS.prompts, out=FLAGS.out, K=FLAGS.K,
-      max_new_tokens=FLAGS.max_new_tokens, batch_size=FLAGS.batch_size,
-      members_per_batch=FLAGS.members_per_batch, member_axis=FLAGS.member_axis,
-      keep_completions=FLAGS.keep_completions))
+  summary = predict.predict(configs.from_flags(predict.PredictConfig))
   accuracy = "" if summary["accuracy"] is None else (
       f"; voted accuracy {summary['accuracy']:.3f} on {summary['graded']} graded")
   print(f"wrote {summary['out']}: {summary['prompts']} prompts, top-{summary['K']} vote, "

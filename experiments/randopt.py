@@ -21,17 +21,11 @@ list the rungs and the selection's example evaluations and forward FLOPs. The ru
 from absl import flags
 
 from experiments import llm_common
-from thickets_jax import cli
+from thickets_jax import cli, configs
 from thickets_jax.llm import runs
 
-flags.DEFINE_string("model", None, "Registered model name (default smollm2-135m-instruct; "
-                    "with --weights DIR alone, the checkpoint in DIR).")
-flags.DEFINE_string("task", None, "Registered task name (default countdown).")
-flags.DEFINE_list("K", None, "Top-K sizes, e.g. 1,4,8 (default 1,4).")
-flags.DEFINE_integer("test_size", None, "Test examples (0: all the test split has; default 32).")
-flags.DEFINE_float("halving_eta", None, "Successive halving: keep 1/eta per rung (default off).")
-flags.DEFINE_integer("halving_min_examples", None, "Successive halving: train examples of the "
-                     "first rung (default 4).")
+flags.adopt_module_key_flags(llm_common)
+configs.define_flags(runs.RandOptConfig)
 flags.DEFINE_string("resume_dir", None, "A finished run whose top-K is re-evaluated on this test set.")
 FLAGS = flags.FLAGS
 
@@ -39,13 +33,13 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   llm_common.setup_devices()
-  config = llm_common.config(runs.RandOptConfig, model=FLAGS.model, task=FLAGS.task,
-                             ks=cli.ints(FLAGS.K, "K") if FLAGS.K else None,
-                             test_size=FLAGS.test_size, halving_eta=FLAGS.halving_eta,
-                             halving_min_examples=FLAGS.halving_min_examples)
-  if FLAGS.resume_dir:
-    run = lambda c, workdir: runs.reevaluate_randopt(c, FLAGS.resume_dir, workdir)
+  if FLAGS.resume_dir:  # the saved run's settings, but the flags given
+    _, saved = runs.saved_config(FLAGS.resume_dir)
+    config = configs.from_flags(runs.RandOptConfig, base=saved)
+    overridden = configs.present(runs.RandOptConfig)
+    run = lambda c, workdir: runs.reevaluate_randopt(c, FLAGS.resume_dir, workdir, overridden)
   else:
+    config = llm_common.config(runs.RandOptConfig)
     run = runs.run_randopt
   result = llm_common.run_or_plan(run, config, FLAGS.workdir)
   if result is not None:

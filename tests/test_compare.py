@@ -8,8 +8,9 @@ import sys
 import jax
 import numpy as np
 import pytest
+from absl import flags
 
-from thickets_jax import checkpoint, population
+from thickets_jax import checkpoint, configs, population
 from thickets_jax.baselines import es
 from thickets_jax.errors import InputError
 from thickets_jax.llm import compare, scoring
@@ -75,15 +76,19 @@ def test_a_killed_run_resumes_to_the_same_parameters(tmp_path, tiny_weights, mon
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("overrides, sentence", [
-    ({"methods": ("ppo",)}, "unknown method 'ppo'"),
-    ({"vote_k": 9}, "K > N"),
-    ({"es_population": 3, "es_antithetic": True}, "even population"),
-    ({"grpo_prompts": 3, "grpo_mini_batch": 2}, "multiple of mini_batch"),
+@pytest.mark.parametrize("argv, sentence", [
+    (["--methods", "ppo"], "unknown method 'ppo'"),
+    (["--vote_k", "40"], "K > N"),
+    (["--es_population", "3", "--es_antithetic"], "even --es_population, got 3"),
+    (["--grpo_prompts", "3", "--grpo_mini_batch", "2"], "multiple of --grpo_mini_batch 2"),
+    (["--kl_coef", "-1"], "--kl_coef must be >= 0, got -1.0"),
 ])
-def test_bad_settings_are_one_sentence(tiny_weights, overrides, sentence):
+def test_bad_settings_are_one_sentence(tiny_weights, argv, sentence):
+  flag_values = flags.FlagValues()
+  configs.define_flags(compare.CompareConfig, flag_values)
+  flag_values(["compare", "--weights", tiny_weights, "--model", "tiny-random-llama"] + argv)
   with pytest.raises(InputError, match=sentence):
-    compare.CompareConfig.tiny(tiny_weights, **overrides).validate()
+    configs.from_flags(compare.CompareConfig, flag_values)
 
 
 def test_signals_flags_refuse_language_model_flags(tmp_path):

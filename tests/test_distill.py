@@ -126,8 +126,10 @@ def _any_answer(monkeypatch):
 def test_rounds_distil_and_resume(tmp_path, tiny_weights, any_answer):
   del any_answer
   workdir = str(tmp_path / "distill")
-  config = distill.DistillConfig.tiny(tiny_weights, task="any_answer", finetune="lora",
-                                      learning_rate=1e-2, sigmas=(0.05,))
+  config = distill.DistillConfig.tiny(
+      tiny_weights, task="any_answer", sigmas=(0.05,),
+      sft=sft.SFTConfig(finetune="lora", learning_rate=1e-2, batch_size=2, micro_batch=1,
+                        epochs=2))
   result = distill.run_distill(config, workdir)
   first, second = result["rounds"][1:]
   assert first["targets"] > 0 and first["flops"]["fine_tuning"] > 0

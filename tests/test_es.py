@@ -149,9 +149,10 @@ def test_killed_run_resumes_to_the_same_bits(tmp_path):
 
 
 def test_bad_settings_are_one_sentence():
-  with pytest.raises(InputError, match="even population"):
-    es.ESConfig(population=5, antithetic=True).validate()
-  with pytest.raises(InputError, match="sigma"):
-    es.ESConfig(sigma=0.0).validate()
-  with pytest.raises(InputError, match="optimiser"):
-    es.ESConfig(optimizer="lbfgs").validate()
+  """At construction, naming the flag."""
+  with pytest.raises(InputError, match="even --es_population, got 5"):
+    es.ESConfig(population=5, antithetic=True)
+  with pytest.raises(InputError, match="--es_sigma must be positive"):
+    es.ESConfig(sigma=0.0)
+  with pytest.raises(InputError, match="unknown --es_optimizer 'lbfgs'"):
+    es.ESConfig(optimizer="lbfgs")

@@ -155,7 +155,8 @@ def test_step_prompts_cover_each_epoch_once():
 
 
 def test_bad_settings_are_one_sentence():
-  with pytest.raises(InputError, match="multiple of mini_batch"):
-    grpo.GRPOConfig(prompts_per_step=10, mini_batch=4).validate()
-  with pytest.raises(InputError, match="at least 2 samples"):
-    grpo.GRPOConfig(group_size=1).validate()
+  """At construction, naming the flag."""
+  with pytest.raises(InputError, match="--grpo_prompts 10 must be a multiple of --grpo_mini_batch"):
+    grpo.GRPOConfig(prompts_per_step=10, mini_batch=4)
+  with pytest.raises(InputError, match="--group_size must be at least 2"):
+    grpo.GRPOConfig(group_size=1)

@@ -11,7 +11,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # Bottom to top; a module's layer is that of its longest listed prefix.
 LAYERS = (
     ("foundation", ("errors", "rng", "tree", "registry", "distributed", "checkpoint", "metrics",
-                    "cli")),
+                    "cli", "configs")),
     ("members and storage", ("perturb", "population", "storage", "workdir", "plotting", "flops",
                              "bench")),
     ("search methods", ("randopt", "halving", "landscape")),

@@ -4,14 +4,15 @@ import logging as std_logging
 import sys
 from typing import Callable, Sequence
 
-from absl import app
+from absl import app, flags
 
 from thickets_jax.errors import InputError
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`app.run(main)`, turning an `InputError` into `error: <sentence>` and exit status 2. JAX's
-  note that it found no TPU runtime (INFO, on every GPU and CPU machine) is kept off stderr."""
+  """`app.run(main)`, turning an `InputError` or a flag absl cannot parse into
+  `error: <sentence>` and exit status 2; `--help`/`--helpfull` exit 0. JAX's note that it found
+  no TPU runtime (INFO, on every GPU and CPU machine) is kept off stderr."""
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
 
   def checked(argv):
@@ -21,7 +22,21 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       main(argv)
     except InputError as e:
       _fail(str(e))
-  app.run(checked)
+  app.run(checked, flags_parser=_parse_flags)
+
+
+_HELP = ("--help", "--helpshort", "--helpfull", "--helpxml", "-?")
+
+
+def _parse_flags(argv: Sequence[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    _fail(f"{str(e).rstrip('.')}; see --helpfull.")
+  except SystemExit as e:  # absl prints the help asked for, then exits 1
+    if e.code == 1 and any(a.split("=")[0] in _HELP for a in argv[1:]):
+      sys.exit(0)
+    raise
 
 
 def _fail(sentence: str) -> None:

@@ -47,7 +47,11 @@ FILES = {
 # Settings added after run directories were first written, with the value every older run used:
 # a held spec that lacks one of them holds the same run when the new spec has that value.
 LATER_SETTINGS = {"noise": "full", "rank": 4, "vector_noise": True, "halving_eta": 0.0,
-                  "halving_min_examples": 4}
+                  "halving_min_examples": 4,
+                  # ES, GRPO and fine-tuning settings that became flags with their sub-configs
+                  "es_divide_by_sigma": False, "es_weight_decay": 0.0, "grpo_weight_decay": 0.01,
+                  "grpo_grad_clip": 1.0, "grpo_clip_eps": 0.2, "grpo_temperature": 1.0,
+                  "lora_alpha": 16.0, "weight_decay": 0.0, "max_grad_norm": 1.0}
 
 
 def _changed(held: dict, spec: dict) -> list[str]:

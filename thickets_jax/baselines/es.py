@@ -17,14 +17,14 @@ pairs, no weight decay, plain SGD).
 """
 
 import dataclasses
-from typing import Any, Callable
+from typing import Any, Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from thickets_jax import checkpoint, population, rng
+from thickets_jax import checkpoint, configs, population, rng
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec, direction
 
@@ -34,42 +34,43 @@ OPTIMIZERS = ("sgd", "momentum", "adam", "adamw")
 
 
 @dataclasses.dataclass(frozen=True)
-class ESConfig:
-  """Evolution-strategies hyperparameters.
-
-  Attributes:
-    population: members per iteration N (an even number with `antithetic`).
-    sigma: noise scale of every member.
-    learning_rate: α of the optimiser.
-    antithetic: members come in pairs (s, +σ), (s, −σ).
-    fitness: "zscore", (r − mean)/(std + 1e-8), or "centered_rank", ranks mapped to [−0.5, 0.5].
-    divide_by_sigma: the textbook gradient estimate g/σ (the reference omits it).
-    weight_decay: decoupled decay added to the update (optax `add_decayed_weights`).
-    optimizer: optax optimiser on the ascent direction: sgd, momentum (0.9), adam or adamw.
-  """
-  population: int = 30
-  sigma: float = 1e-3
-  learning_rate: float = 5e-4
-  antithetic: bool = False
-  fitness: str = "zscore"
-  divide_by_sigma: bool = False
-  weight_decay: float = 0.0
-  optimizer: str = "sgd"
+class ESConfig(configs.Config):
+  """Evolution-strategies hyperparameters (flags `--es_<field>`)."""
+  FLAG_PREFIX: ClassVar[str] = "es_"
+  population: int = configs.setting(
+      30, "ES members per iteration N (an even number with --es_antithetic).")
+  sigma: float = configs.setting(1e-3, "ES noise scale of every member.")
+  learning_rate: float = configs.setting(5e-4, "ES step size α of the optimiser.")
+  antithetic: bool = configs.setting(False, "ES members come in pairs (s, +σ), (s, −σ).")
+  fitness: str = configs.setting(
+      "zscore", "ES fitness shaping: zscore, (r − mean)/(std + 1e-8), or centered_rank, ranks "
+      "mapped to [−0.5, 0.5].", choices=FITNESS)
+  divide_by_sigma: bool = configs.setting(
+      False, "ES: the textbook gradient estimate g/σ (the reference omits it).")
+  weight_decay: float = configs.setting(
+      0.0, "ES: decoupled weight decay added to the update (optax add_decayed_weights).")
+  optimizer: str = configs.setting(
+      "sgd", "ES optimiser on the ascent direction: sgd, momentum (0.9), adam or adamw.",
+      choices=OPTIMIZERS)
 
   def validate(self) -> None:
+    flag = lambda field: configs.flag_name(self, field)
     if self.population < 2:
-      raise InputError(f"ES needs a population of at least 2, got {self.population}.")
+      raise InputError(f"{flag('population')} must be at least 2, got {self.population}.")
     if self.antithetic and self.population % 2:
-      raise InputError(f"antithetic pairs need an even population, got {self.population}.")
-    population.validate_sigmas([self.sigma])
+      raise InputError(f"{flag('antithetic')} pairs need an even {flag('population')}, got "
+                       f"{self.population}.")
+    if not self.sigma > 0:
+      raise InputError(f"{flag('sigma')} must be positive, got {self.sigma}.")
     if not self.learning_rate > 0:
-      raise InputError(f"the ES learning rate must be positive, got {self.learning_rate}.")
-    if self.weight_decay < 0:
-      raise InputError(f"weight decay must be >= 0, got {self.weight_decay}.")
+      raise InputError(f"{flag('learning_rate')} must be positive, got {self.learning_rate}.")
+    if not self.weight_decay >= 0:
+      raise InputError(f"{flag('weight_decay')} must be >= 0, got {self.weight_decay}.")
     if self.fitness not in FITNESS:
-      raise InputError(f"unknown fitness shaping {self.fitness!r}; known: {', '.join(FITNESS)}.")
+      raise InputError(f"unknown {flag('fitness')} {self.fitness!r}; known: "
+                       f"{', '.join(FITNESS)}.")
     if self.optimizer not in OPTIMIZERS:
-      raise InputError(f"unknown ES optimiser {self.optimizer!r}; known: "
+      raise InputError(f"unknown {flag('optimizer')} {self.optimizer!r}; known: "
                        f"{', '.join(OPTIMIZERS)}.")
 
   def transform(self) -> optax.GradientTransformation:
@@ -133,7 +134,6 @@ def init(params: PyTree, config: ESConfig) -> PyTree:
 def make_step(config: ESConfig, spec: PerturbSpec = PerturbSpec()) -> Callable:
   """The jitted ES step `(params, opt_state, seeds [N], sigmas [N], scores [N]) -> (params,
   opt_state)`; members as `iteration_members`, scores in their order."""
-  config.validate()
   transform = config.transform()
 
   @jax.jit

@@ -19,14 +19,14 @@ weight decay 0.01, global-norm clip 1.0, ε = 0.2, constant schedule.
 """
 
 import dataclasses
-from typing import Any, Callable, Optional, Sequence
+from typing import Any, Callable, ClassVar, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from thickets_jax import checkpoint, flops, rng
+from thickets_jax import checkpoint, configs, flops, rng
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, teacher_forcing
 from thickets_jax.llm.config import ModelConfig
@@ -36,44 +36,44 @@ PyTree = Any
 
 
 @dataclasses.dataclass(frozen=True)
-class GRPOConfig:
-  """GRPO hyperparameters.
-
-  Attributes:
-    group_size: samples per prompt G. prompts_per_step: B. mini_batch: prompts per optimiser
-      step (B / mini_batch updates per step, one epoch). micro_batch: sequences per forward and
-      backward (gradient accumulation; no effect on the numbers beyond float rounding).
-    learning_rate, weight_decay, grad_clip: AdamW with a global-norm clip, constant schedule.
-    clip_eps: ε of the clipped ratio. kl_coef: β of the k3 KL to the initial policy (0: off).
-    temperature: rollout sampling temperature.
-  """
-  group_size: int = 8
-  prompts_per_step: int = 1024
-  mini_batch: int = 64
-  micro_batch: int = 8
-  learning_rate: float = 1e-6
-  weight_decay: float = 0.01
-  grad_clip: float = 1.0
-  clip_eps: float = 0.2
-  kl_coef: float = 0.0
-  temperature: float = 1.0
+class GRPOConfig(configs.Config):
+  """GRPO hyperparameters (flags `--grpo_<field>`, `--group_size` and `--kl_coef`)."""
+  FLAG_PREFIX: ClassVar[str] = "grpo_"
+  group_size: int = configs.setting(8, "GRPO samples per prompt G.", flag="group_size")
+  prompts_per_step: int = configs.setting(1024, "GRPO prompts per step B.", flag="grpo_prompts")
+  mini_batch: int = configs.setting(
+      64, "GRPO prompts per optimiser step (B / mini_batch updates per step, one epoch).")
+  micro_batch: int = configs.setting(
+      8, "GRPO sequences per forward and backward (gradient accumulation; no effect on the "
+      "numbers beyond float rounding).")
+  learning_rate: float = configs.setting(1e-6, "GRPO AdamW learning rate (constant schedule).")
+  weight_decay: float = configs.setting(0.01, "GRPO AdamW weight decay.")
+  grad_clip: float = configs.setting(1.0, "GRPO global-norm gradient clip.")
+  clip_eps: float = configs.setting(0.2, "GRPO ε of the clipped ratio.")
+  kl_coef: float = configs.setting(
+      0.0, "GRPO β of the k3 KL to the initial policy (0: off).", flag="kl_coef")
+  temperature: float = configs.setting(1.0, "GRPO rollout sampling temperature.")
 
   def validate(self) -> None:
+    flag = lambda field: configs.flag_name(self, field)
     for name in ("group_size", "prompts_per_step", "mini_batch", "micro_batch"):
       if getattr(self, name) <= 0:
-        raise InputError(f"GRPO {name} must be positive, got {getattr(self, name)}.")
+        raise InputError(f"{flag(name)} must be positive, got {getattr(self, name)}.")
     if self.group_size < 2:
-      raise InputError(f"GRPO needs at least 2 samples per prompt, got {self.group_size}.")
+      raise InputError(f"{flag('group_size')} must be at least 2 (samples per prompt), got "
+                       f"{self.group_size}.")
     if self.prompts_per_step % self.mini_batch:
-      raise InputError(f"GRPO prompts_per_step {self.prompts_per_step} must be a multiple of "
-                       f"mini_batch {self.mini_batch}.")
+      raise InputError(f"{flag('prompts_per_step')} {self.prompts_per_step} must be a multiple "
+                       f"of {flag('mini_batch')} {self.mini_batch}.")
     if (self.mini_batch * self.group_size) % self.micro_batch:
-      raise InputError(f"GRPO micro_batch {self.micro_batch} must divide the "
+      raise InputError(f"{flag('micro_batch')} {self.micro_batch} must divide the "
                        f"{self.mini_batch * self.group_size} sequences of a mini-batch.")
-    if not self.learning_rate > 0:
-      raise InputError(f"the GRPO learning rate must be positive, got {self.learning_rate}.")
-    if self.kl_coef < 0 or self.clip_eps <= 0 or self.temperature <= 0:
-      raise InputError("GRPO needs kl_coef >= 0, clip_eps > 0 and temperature > 0.")
+    for name in ("learning_rate", "clip_eps", "temperature", "grad_clip"):
+      if not getattr(self, name) > 0:
+        raise InputError(f"{flag(name)} must be positive, got {getattr(self, name)}.")
+    for name in ("kl_coef", "weight_decay"):
+      if not getattr(self, name) >= 0:
+        raise InputError(f"{flag(name)} must be >= 0, got {getattr(self, name)}.")
 
   @property
   def updates_per_step(self) -> int:
@@ -189,7 +189,6 @@ class Trainer:
 
   def __init__(self, generator: generate.Generator, task: Task, examples: Sequence[Example],
                config: GRPOConfig, seed: int):
-    config.validate()
     if generator.sampling.temperature != config.temperature:
       raise ValueError(f"the rollout generator samples at temperature "
                        f"{generator.sampling.temperature}, GRPO asks for {config.temperature}")

@@ -23,19 +23,21 @@ from typing import Callable, ClassVar
 import numpy as np
 from absl import logging
 
-from thickets_jax import checkpoint, flops, metrics, plotting, population, randopt, rng
+from thickets_jax import checkpoint, configs, flops, metrics, plotting, population, randopt, rng
 from thickets_jax.baselines import es, grpo
+from thickets_jax.baselines.es import ESConfig
+from thickets_jax.baselines.grpo import GRPOConfig
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, scoring
-from thickets_jax.llm.runs import TINY_MODEL, ScoringConfig, model_task_run
+from thickets_jax.llm.runs import TINY, TINY_MODEL, OneModelConfig, model_task_run
 from thickets_jax.workdir import RunDir
 
 METHODS = ("base", "randopt", "es", "grpo")
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareConfig(ScoringConfig):
-  """The comparison. `N`, `sigmas` are RandOpt's; ES and GRPO settings are prefixed.
+class CompareConfig(OneModelConfig):
+  """The comparison. `N`, `sigmas` are RandOpt's; `es` and `grpo` the baselines' settings.
 
   The defaults are the offline job (docs/results.md): SmolLM2-135M-Instruct on `arithmetic`
   (base accuracy about 0.25), budgets of roughly equal training FLOPs for the three methods,
@@ -43,60 +45,44 @@ class CompareConfig(ScoringConfig):
   normalisation and AdamW, with lr 1e-5 (the reference's 1e-6 is tuned for batches of 1024×8
   prompts over hundreds of steps and does not move in six small steps).
   """
-  model: str = "smollm2-135m-instruct"
   task: str = "arithmetic"
-  methods: tuple[str, ...] = METHODS
+  methods: tuple[str, ...] = configs.setting(METHODS, f"Subset of {','.join(METHODS)}.")
   test_size: int = 64
-  vote_k: int = 4
-  vote_temperature: float = 0.7
+  vote_k: int = configs.setting(
+      4, "K of every test-time vote: RandOpt's top-K members, K samples of the others.")
+  vote_temperature: float = configs.setting(0.7, "Temperature of the voted samples.")
   N: int = 32
   sigmas: tuple[float, ...] = (5e-4, 1e-3)
   batch_size: int = 32
   OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (32, 32)  # (train_size, max_new_tokens)
   # ES, GRPO and fine-tuning steps of ~1e-6 would round away in bf16 weights.
   ACCELERATOR_DTYPE: ClassVar[str] = "float32"
-  es_population: int = 8
-  es_iterations: int = 4
-  es_sigma: float = 1e-3
-  es_learning_rate: float = 5e-4
-  es_antithetic: bool = False
-  es_fitness: str = "zscore"
-  es_optimizer: str = "sgd"
-  grpo_steps: int = 6
-  group_size: int = 4
-  grpo_prompts: int = 8
-  grpo_mini_batch: int = 8
-  grpo_micro_batch: int = 8
-  grpo_learning_rate: float = 1e-5
-  kl_coef: float = 0.0
-  eval_every: int = 2
-  checkpoint_every: int = 1
+  es: ESConfig = configs.setting(ESConfig(population=8), "Evolution strategies.")
+  es_iterations: int = configs.setting(4, "ES iterations.")
+  grpo: GRPOConfig = configs.setting(
+      GRPOConfig(group_size=4, prompts_per_step=8, mini_batch=8, learning_rate=1e-5),
+      "GRPO.")
+  grpo_steps: int = configs.setting(6, "GRPO steps.")
+  eval_every: int = configs.setting(2, "ES iterations / GRPO steps between test evaluations.")
+  checkpoint_every: int = configs.setting(1, "ES iterations / GRPO steps between checkpoints.")
 
   @classmethod
   def tiny(cls, weights: str, **overrides) -> "CompareConfig":
-    return cls(**{"weights": weights, "model": TINY_MODEL, "task": "countdown", "N": 4,
-                  "sigmas": (0.01, 0.05), "train_size": 2, "test_size": 3, "max_new_tokens": 8,
-                  "batch_size": 4, "members_per_batch": 2, "vote_k": 2, "es_population": 2,
-                  "es_iterations": 2, "es_sigma": 0.01, "grpo_steps": 2, "group_size": 2,
-                  "grpo_prompts": 2, "grpo_mini_batch": 1, "grpo_micro_batch": 2,
-                  "eval_every": 1, **overrides})
+    return cls(**{**TINY, "weights": weights, "model": TINY_MODEL, "task": "countdown",
+                  "test_size": 3, "batch_size": 4, "vote_k": 2,
+                  "es": ESConfig(population=2, sigma=0.01), "es_iterations": 2,
+                  "grpo": GRPOConfig(group_size=2, prompts_per_step=2, mini_batch=1,
+                                          micro_batch=2, learning_rate=1e-5),
+                  "grpo_steps": 2, "eval_every": 1, **overrides})
 
-  def es_config(self) -> es.ESConfig:
-    return es.ESConfig(population=self.es_population, sigma=self.es_sigma,
-                       learning_rate=self.es_learning_rate, antithetic=self.es_antithetic,
-                       fitness=self.es_fitness, optimizer=self.es_optimizer)
-
-  def grpo_config(self) -> grpo.GRPOConfig:
-    return grpo.GRPOConfig(group_size=self.group_size, prompts_per_step=self.grpo_prompts,
-                           mini_batch=self.grpo_mini_batch, micro_batch=self.grpo_micro_batch,
-                           learning_rate=self.grpo_learning_rate, kl_coef=self.kl_coef)
-
-  def validate(self, *args) -> None:
-    del args
+  def validate(self) -> None:
+    super().validate()
     unknown = [m for m in self.methods if m not in METHODS]
     if unknown or not self.methods:
       raise InputError(f"unknown method {unknown[0] if unknown else ''!r}; known: "
                        f"{', '.join(METHODS)}.")
+    if len(set(self.methods)) != len(self.methods):
+      raise InputError(f"--methods names a method twice: {','.join(self.methods)}.")
     for name in ("test_size", "vote_k", "es_iterations", "grpo_steps", "eval_every",
                  "checkpoint_every"):
       if getattr(self, name) <= 0:
@@ -105,9 +91,6 @@ class CompareConfig(ScoringConfig):
       raise InputError(f"--vote_k {self.vote_k} exceeds the {self.N} RandOpt members (K > N).")
     if not self.vote_temperature > 0:
       raise InputError(f"--vote_temperature must be positive, got {self.vote_temperature}.")
-    self.es_config().validate()
-    self.grpo_config().validate()
-    super().validate([self.model], [self.task])
 
 
 class _Evaluator:
@@ -171,7 +154,7 @@ def _randopt(config, gen, train_set, test_set, run_dir: RunDir) -> list[dict]:
 
 def _es(config, gen, train_set, run_dir: RunDir, evaluate, params) -> list[dict]:
   """ES from the base; each iteration's members are scored greedily on the train split."""
-  es_config = config.es_config()
+  es_config = config.es
   history = run_dir.store("history", key=lambda r: r["iteration"])
   update_flops = flops.es_update_flops(gen.config.num_params, es_config.population)
 
@@ -199,7 +182,7 @@ def _es(config, gen, train_set, run_dir: RunDir, evaluate, params) -> list[dict]
 
 
 def _grpo(config, loaded, train_set, run_dir: RunDir, evaluate, params) -> list[dict]:
-  grpo_config = config.grpo_config()
+  grpo_config = config.grpo
   sampler = config.generator(loaded, temperature=grpo_config.temperature)
   trainer = grpo.Trainer(sampler, train_set.task, train_set.examples, grpo_config, config.seed)
   history = run_dir.store("history", key=lambda r: r["step"])

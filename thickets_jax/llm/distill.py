@@ -21,53 +21,41 @@ from typing import ClassVar
 import numpy as np
 from absl import logging
 
-from thickets_jax import checkpoint, flops, metrics, plotting, population, randopt
+from thickets_jax import checkpoint, configs, flops, metrics, plotting, population, randopt
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, runs, scoring, sft
+from thickets_jax.llm.sft import SFTConfig
 from thickets_jax.workdir import RunDir
 
 
 @dataclasses.dataclass(frozen=True)
-class DistillConfig(runs.ScoringConfig):
-  """`ScoringConfig` (the search) plus: model, task, K (teachers), test_size, rounds, and the
-  fine-tuning (`sft.SFTConfig` fields, prefixed `sft_` where they would clash)."""
-  model: str = "smollm2-135m-instruct"
+class DistillConfig(runs.OneModelConfig):
+  """The search (`OneModelConfig`) plus K teachers, rounds and the fine-tuning (`sft`)."""
   task: str = "arithmetic"
-  K: int = 4
+  K: int = configs.setting(4, "Teachers: the top-K members that vote.")
   test_size: int = 64
-  rounds: int = 2
+  rounds: int = configs.setting(2, "Rounds of search -> distil.")
   N: int = 16
   sigmas: tuple[float, ...] = (5e-4, 1e-3)
   batch_size: int = 32
   OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (32, 32)  # (train_size, max_new_tokens)
   # ES, GRPO and fine-tuning steps of ~1e-6 would round away in bf16 weights.
   ACCELERATOR_DTYPE: ClassVar[str] = "float32"
-  finetune: str = "full"
-  lora_rank: int = 8
-  learning_rate: float = 1e-5
-  epochs: int = 4
-  sft_batch_size: int = 8
-  sft_micro_batch: int = 8
+  sft: SFTConfig = configs.setting(SFTConfig(), "The fine-tuning of each round.")
 
   @classmethod
   def tiny(cls, weights: str, **overrides) -> "DistillConfig":
-    return cls(**{**runs._TINY, "weights": weights, "model": runs.TINY_MODEL,  # pylint: disable=protected-access
-                  "K": 2, "test_size": 3, "rounds": 2, "sft_batch_size": 2, "sft_micro_batch": 1,
-                  "epochs": 2, **overrides})
+    return cls(**{**runs.TINY, "weights": weights, "model": runs.TINY_MODEL, "K": 2,
+                  "test_size": 3, "rounds": 2,
+                  "sft": SFTConfig(batch_size=2, micro_batch=1, epochs=2), **overrides})
 
-  def sft(self) -> sft.SFTConfig:
-    return sft.SFTConfig(finetune=self.finetune, lora_rank=self.lora_rank,
-                         learning_rate=self.learning_rate, epochs=self.epochs,
-                         batch_size=self.sft_batch_size, micro_batch=self.sft_micro_batch)
-
-  def validate(self, *args) -> None:
-    del args
+  def validate(self) -> None:
+    super().validate()
     if self.rounds <= 0:
       raise InputError(f"--rounds must be positive, got {self.rounds}.")
     if self.test_size <= 0:
       raise InputError(f"--test_size must be positive, got {self.test_size}.")
-    self.sft().validate()
-    super().validate([self.model], [self.task], (self.K,))
+    randopt.validate_top_k((self.K,), self.N)
 
 
 def round_candidates(config: DistillConfig, round_: int) -> tuple[np.ndarray, np.ndarray]:
@@ -164,7 +152,7 @@ def _round(config: DistillConfig, round_: int, round_dir: RunDir, gen, train_set
   if targets:
     prompts = [train_set.examples[t["example"]].prompt for t in targets]
     rows = generate.training_rows(gen.codec, prompts, np.asarray([t["ids"] for t in targets]))
-    sft_config = config.sft()
+    sft_config = config.sft
     total_steps = sft.steps(len(targets), sft_config)
     params = sft.fine_tune(
         model_config, params, rows, sft_config, seed=config.seed * 1000 + round_,
@@ -172,7 +160,7 @@ def _round(config: DistillConfig, round_: int, round_dir: RunDir, gen, train_set
         checkpoint_every=total_steps,
         on_step=lambda step, stats: logging.info("round %d fine-tuning step %d/%d: loss %.4f",
                                                  round_, step, total_steps, stats["loss"]))
-    sft_flops = 3.0 * config.epochs * flops.sequence_flops(model_config, rows["mask"].sum(1))
+    sft_flops = 3.0 * config.sft.epochs * flops.sequence_flops(model_config, rows["mask"].sum(1))
   else:
     logging.warning("round %d: the top-%d vote is right on no train example; nothing to "
                     "distil, the base is kept", round_, config.K)

@@ -24,31 +24,39 @@ from typing import Optional
 import numpy as np
 from absl import logging
 
-from thickets_jax import randopt, storage, workdir
+from thickets_jax import configs, population, randopt, storage, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.llm import runs
 from thickets_jax.tasks import TASKS, Example, Task
 
 
 @dataclasses.dataclass(frozen=True)
-class PredictConfig:
-  """Attributes:
-    run_dir: a finished `experiments.randopt` run (its topk.json and spec.json).
-    prompts: the JSONL prompts file. out: the JSONL answers file (one line per prompt).
-    K: members voting, the K best saved (None: all saved).
-    max_new_tokens: generation limit (None: the run's).
-    batch_size, members_per_batch, member_axis: execution only, as in `ScoringConfig`.
-    keep_completions: write each member's completion beside its answer.
-  """
-  run_dir: str
-  prompts: str
-  out: str
-  K: Optional[int] = None
-  max_new_tokens: Optional[int] = None
-  batch_size: int = 16
-  members_per_batch: int = 1
-  member_axis: str = "map"
-  keep_completions: bool = True
+class PredictConfig(configs.Config):
+  """Answers to new prompts by the top-K vote of a finished RandOpt run."""
+  run_dir: Optional[str] = configs.setting(
+      None, "A finished randopt run (holding topk.json and spec.json); required.")
+  prompts: Optional[str] = configs.setting(
+      None, "JSONL prompts in the run task's record format; required.")
+  out: Optional[str] = configs.setting(None, "JSONL answers, one line per prompt; required.")
+  K: Optional[int] = configs.setting(None, "Members voting, the K best saved (default: all saved).")
+  max_new_tokens: Optional[int] = configs.setting(
+      None, "Generation limit (default: the run's).")
+  batch_size: int = configs.setting(16, "Prompts per generation batch.")
+  members_per_batch: int = configs.setting(1, "Members per compiled generation call.")
+  member_axis: str = configs.setting(
+      "map", "How members share a call: map (one perturbed copy in memory) or vmap (batched).",
+      choices=population.MEMBER_AXES)
+  keep_completions: bool = configs.setting(
+      True, "Write each member's completion beside its answer.")
+
+  def validate(self) -> None:
+    missing = [f"--{name}" for name in ("run_dir", "prompts", "out") if not getattr(self, name)]
+    if missing:
+      raise InputError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: "
+                       "a finished randopt run, a JSONL prompts file and the answers file.")
+    for name in ("K", "max_new_tokens", "batch_size", "members_per_batch"):
+      if getattr(self, name) is not None and getattr(self, name) <= 0:
+        raise InputError(f"--{name} must be positive, got {getattr(self, name)}.")
 
 
 def read_prompts(path: str, task: Task) -> tuple[list[dict], list[Example]]:

@@ -15,6 +15,7 @@ to `candidates.jsonl` as they finish and never re-scored.
 
 import contextlib
 import dataclasses
+import math
 import os
 from typing import ClassVar, Iterator, Optional, Sequence
 
@@ -23,7 +24,7 @@ import numpy as np
 from absl import logging
 from scipy.cluster import vq
 
-from thickets_jax import halving, metrics, perturb, plotting, population, randopt, storage
+from thickets_jax import configs, halving, metrics, perturb, plotting, population, randopt, storage
 from thickets_jax.errors import InputError
 from thickets_jax.llm import codec, generate, registry, scoring, sharding
 from thickets_jax.llm import plan as llm_plan
@@ -42,51 +43,62 @@ TINY_MODEL = "tiny-random-llama"
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoringConfig:
+class ScoringConfig(configs.Config):
   """What every LLM run shares: weights, the population, the scoring protocol (greedy).
 
-  Attributes:
-    weights: a Hugging Face checkpoint directory (else the HF cache / offline packages).
-    dtype: "float32" or "bfloat16", matrices and activations (vectors stay float32).
-    N: perturbed members. sigmas: noise scales, each member draws one. seed: the root seed
-      (member seeds and sigmas, procedural data).
-    train_size: examples each member is scored on. max_new_tokens: generation limit. None (the
-      default): the reference protocol of the run's tasks where they have one (200 examples,
-      1024 tokens: countdown, gsm8k, math500), else the experiment's `OFFLINE_PROTOCOL`.
-    batch_size: prompts per generation batch. members_per_batch: members per compiled call.
-    member_axis: "map" (one member's copy in memory at a time) or "vmap" (batched; shardable).
-    dtype, members_per_batch, member_axis, model_parallel: None (the default) lets the
-      execution plan choose from the machine (`planned`, `thickets_jax.llm.plan`).
-    layer_loop: "scan" or "unrolled" (None: unrolled on GPUs).
-    mode, relative, include, noise, rank: the noise (`PerturbSpec`; layers always get their
-      own noise; `noise` "lowrank" gives every weight matrix rank-`rank` noise).
-    data: JSONL/parquet file for dataset tasks (gsm8k, math500).
-    model_parallel: devices per member on a (population, model) mesh (0: no mesh).
-    keep_completions: completions stored per task with each member's scores (0: none).
-    plan: the execution plan `planned` chose (`ExecutionPlan.to_json`), None before.
-    dry_run: the run is only planned and compiled (`llm.dryrun`): no weights are looked for.
+  `train_size` and `max_new_tokens` left None take the reference protocol of the run's tasks
+  where they have one (200 examples, 1024 tokens: countdown, gsm8k, math500), else the
+  experiment's `OFFLINE_PROTOCOL`; `dtype`, `members_per_batch`, `member_axis` and
+  `model_parallel` left None are chosen by the execution plan (`planned`,
+  `thickets_jax.llm.plan`), recorded in `plan`.
   """
-  weights: Optional[str] = None
-  dtype: Optional[str] = None
-  N: int = 16
-  sigmas: tuple[float, ...] = (1e-3,)
-  seed: int = 0
-  train_size: Optional[int] = None
-  max_new_tokens: Optional[int] = None
-  batch_size: int = 16
-  members_per_batch: Optional[int] = None
-  member_axis: Optional[str] = None
-  layer_loop: Optional[str] = None
-  mode: str = "independent"
-  relative: bool = False
-  include: Optional[str] = None
-  noise: str = "full"
-  rank: int = 4
-  data: Optional[str] = None
-  model_parallel: Optional[int] = None
-  keep_completions: int = 2
-  plan: Optional[dict] = None
-  dry_run: bool = False
+  weights: Optional[str] = configs.setting(
+      None, "A Hugging Face checkpoint directory (else the HF cache / offline packages).")
+  dtype: Optional[str] = configs.setting(
+      None, "Matrix and activation dtype; vectors stay float32 (default: the execution plan's: "
+      "bfloat16 on accelerators, float32 on CPU).", choices=tuple(DTYPES))
+  N: int = configs.setting(16, "Perturbed members.")
+  sigmas: tuple[float, ...] = configs.setting((1e-3,), "Noise scales; each member draws one.")
+  seed: int = configs.setting(0, "Root seed: member seeds, sigmas and procedural data.")
+  train_size: Optional[int] = configs.setting(
+      None, "Examples each member is scored on (default: the task's reference protocol, else "
+      "the experiment's offline protocol).")
+  max_new_tokens: Optional[int] = configs.setting(
+      None, "Generation length limit (default: as --train_size).")
+  batch_size: int = configs.setting(16, "Prompts per generation batch.")
+  members_per_batch: Optional[int] = configs.setting(
+      None, "Members per compiled generation call (default: the execution plan's: one per "
+      "population slot of the mesh on accelerators, 2 on CPU).")
+  member_axis: Optional[str] = configs.setting(
+      None, "How members share a call: map (one perturbed copy in memory) or vmap (batched, "
+      "shardable) (default: the execution plan's: vmap on accelerators, map on CPU).",
+      choices=population.MEMBER_AXES)
+  layer_loop: Optional[str] = configs.setting(
+      None, "How the layers run (default: unrolled on GPUs, else scan).",
+      choices=generate.LAYER_LOOPS)
+  mode: str = configs.setting(
+      "independent", "Noise: independent per leaf and layer, or the reference's shared noise "
+      "per shape.", choices=perturb.MODES)
+  relative: bool = configs.setting(False, "Scale sigma by each leaf's std.")
+  include: Optional[str] = configs.setting(
+      None, "Regex of parameter paths to perturb (default: all).")
+  noise: str = configs.setting(
+      "full", "Noise family: full-rank, or rank-r noise on every weight matrix (EGGROLL-style).",
+      choices=perturb.NOISE_FAMILIES)
+  rank: int = configs.setting(4, "Rank r of --noise lowrank.")
+  data: Optional[str] = configs.setting(
+      None, "JSONL/parquet file for dataset tasks (gsm8k, math500).")
+  model_parallel: Optional[int] = configs.setting(
+      None, "Devices per member on a (population, model) mesh (0: no mesh; needs --member_axis "
+      "vmap) (default: the execution plan's: on accelerators the smallest degree that divides "
+      "the heads and fits, on CPU 0).")
+  keep_completions: int = configs.setting(
+      2, "Completions stored per task with each member's and the base's scores (the first "
+      "ones; 0: none).")
+  plan: Optional[dict] = None  # the execution plan `planned` chose (`ExecutionPlan.to_json`)
+  dry_run: bool = configs.setting(
+      False, "Print the execution plan and the per-device bytes of the run's compiled "
+      "generation program (abstract inputs: no weights are read), then exit.")
   # (train_size, max_new_tokens) on tasks without a reference protocol (procedural, offline).
   OFFLINE_PROTOCOL: ClassVar[tuple[int, int]] = (16, 128)
   # The dtype the plan picks on accelerators; experiments that train weights keep float32.
@@ -118,7 +130,7 @@ class ScoringConfig:
     if self.plan is not None and machine is None:
       return self
     config = self.with_protocol()
-    config.validate()  # bad input gets its sentence before any device is touched
+    config.find_inputs()  # a missing model or file gets its sentence before any device is touched
     chosen = config.execution_plan(config.model_names(), machine or llm_plan.Machine.detect())
     return dataclasses.replace(
         config, dtype=chosen.dtype, model_parallel=chosen.model_parallel,
@@ -145,13 +157,13 @@ class ScoringConfig:
   def identity(self) -> dict:
     """What identifies the run's numbers (its workdir's spec.json, and the head of its
     results.json): the settings, with the noise as the run's `PerturbSpec`."""
-    fields = {k: v for k, v in dataclasses.asdict(self).items()
+    fields = {k: v for k, v in configs.flat(self).items()
               if k not in _EXECUTION_FIELDS + _NOISE_FIELDS}
     return {**fields, "perturbation": self.perturb_spec().to_json(),
             "experiment": type(self).__name__}
 
-  def validate(self, models: Sequence[str], tasks: Sequence[str], ks: Sequence[int] = ()) -> None:
-    """One sentence for the first bad setting, before any weights are read."""
+  def validate(self) -> None:
+    """One sentence for the first bad setting (at construction; reads no files)."""
     if self.dtype is not None and self.dtype not in DTYPES:
       raise InputError(f"unknown dtype {self.dtype!r}; known: {', '.join(DTYPES)}.")
     if self.member_axis is not None and self.member_axis not in population.MEMBER_AXES:
@@ -160,17 +172,10 @@ class ScoringConfig:
     if self.layer_loop is not None and self.layer_loop not in generate.LAYER_LOOPS:
       raise InputError(f"unknown layer loop {self.layer_loop!r}; known: "
                        f"{', '.join(generate.LAYER_LOOPS)}.")
-    if not models:
+    if not self.model_names():
       raise InputError("give at least one model.")
-    for name in models:
-      entry = registry.entry(name, self.weights)
-      if not self.dry_run:  # a dry run reads no weights
-        registry.find_weights(entry, self.weights)
-    dataset_tasks = [name for name in tasks if TASKS.get(name).needs_data]
-    if self.data and len(dataset_tasks) > 1:
-      raise InputError(f"one --data file cannot serve {' and '.join(dataset_tasks)}; score them "
-                       "in separate runs.")
-    for field in ("N", "train_size", "max_new_tokens", "batch_size", "members_per_batch"):
+    for field in ("N", "train_size", "max_new_tokens", "batch_size", "members_per_batch",
+                  "rank"):
       if getattr(self, field) is not None and getattr(self, field) <= 0:
         raise InputError(f"--{field} must be positive, got {getattr(self, field)}.")
     if self.model_parallel is not None and self.model_parallel < 0:
@@ -179,7 +184,6 @@ class ScoringConfig:
       raise InputError(f"--keep_completions must be >= 0, got {self.keep_completions}.")
     population.validate_sigmas(self.sigmas)
     self.perturb_spec()
-    randopt.validate_top_k(ks, self.N)
     if self.model_parallel and self.member_axis is not None and self.member_axis != "vmap":
       raise InputError("--model_parallel needs --member_axis vmap (members spread over the "
                        "mesh).")
@@ -188,6 +192,18 @@ class ScoringConfig:
       if self.members_per_batch % slots:
         raise InputError(f"--members_per_batch {self.members_per_batch} must be a multiple of "
                          f"the {slots} member slots of the mesh.")
+
+  def find_inputs(self) -> None:
+    """One sentence for the first model, weights or data file the run cannot find, before any
+    weights are read (a dry run looks for no weights)."""
+    for name in self.model_names():
+      entry = registry.entry(name, self.weights)
+      if not self.dry_run:
+        registry.find_weights(entry, self.weights)
+    dataset_tasks = [name for name in self.task_names() if TASKS.get(name).needs_data]
+    if self.data and len(dataset_tasks) > 1:
+      raise InputError(f"one --data file cannot serve {' and '.join(dataset_tasks)}; score them "
+                       "in separate runs.")
     if self.data and not os.path.isfile(self.data):
       raise InputError(f"--data {self.data} is not a file.")
 
@@ -219,47 +235,65 @@ class ScoringConfig:
                               perturb=perturb or self.perturb_spec(), layer_loop=self.layer_loop)
 
 
-_TINY = dict(N=4, sigmas=(0.01, 0.05), train_size=2, max_new_tokens=8, batch_size=2,
-             members_per_batch=2)
+TINY = dict(N=4, sigmas=(0.01, 0.05), train_size=2, max_new_tokens=8, batch_size=2,
+            members_per_batch=2)  # the settings every experiment's `tiny` variant shares
 
 
 @dataclasses.dataclass(frozen=True)
-class RandOptConfig(ScoringConfig):
+class OneModelConfig(ScoringConfig):
+  """A run of one model on one task's train and test splits."""
+  model: str = configs.setting(
+      "smollm2-135m-instruct", "Registered model name (with --weights DIR alone: the checkpoint "
+      "in DIR).")
+  task: str = configs.setting("countdown", "Registered task name.")
+  test_size: int = configs.setting(32, "Test examples (0: all the test split has).")
+
+  def validate(self) -> None:
+    super().validate()
+    if self.test_size < 0:
+      raise InputError(f"--test_size must be >= 0, got {self.test_size}.")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelsConfig(ScoringConfig):
+  """A run over several models, scored on train splits only."""
+  models: tuple[str, ...] = configs.setting(
+      registry.OFFLINE_MODELS, "Registered model names (with --weights DIR alone: the "
+      "checkpoint in DIR).", flag="model")
+
+
+@dataclasses.dataclass(frozen=True)
+class RandOptConfig(OneModelConfig):
   """RandOpt: score N members on `train_size` examples, keep the top max(ks), vote on the test
-  split (`test_size` 0: the whole split). With `halving_eta` > 1 the selection is successive
-  halving (`thickets_jax.halving`) from `halving_min_examples` train examples."""
-  model: str = "smollm2-135m-instruct"
-  task: str = "countdown"
-  ks: tuple[int, ...] = (1, 4)
-  test_size: int = 32
-  halving_eta: float = 0.0
-  halving_min_examples: int = 4
+  split. With `halving_eta` > 1 the selection is successive halving (`thickets_jax.halving`)."""
+  ks: tuple[int, ...] = configs.setting((1, 4), "Top-K sizes, e.g. 1,4,8.", flag="K")
+  halving_eta: float = configs.setting(
+      0.0, "Successive halving: keep 1/eta per rung (0: off, select on all train examples).")
+  halving_min_examples: int = configs.setting(
+      4, "Successive halving: train examples of the first rung.")
 
   @classmethod
   def tiny(cls, weights: str, **overrides) -> "RandOptConfig":
-    return cls(**{**_TINY, "weights": weights, "model": TINY_MODEL, "ks": (1, 2), "test_size": 3,
+    return cls(**{**TINY, "weights": weights, "model": TINY_MODEL, "ks": (1, 2), "test_size": 3,
                   **overrides})
 
-  def validate(self, *args) -> None:
-    del args
-    if self.test_size < 0:
-      raise InputError(f"--test_size must be >= 0, got {self.test_size}.")
-    if self.halving_eta:
+  def validate(self) -> None:
+    super().validate()
+    randopt.validate_top_k(self.ks, self.N)
+    if self.halving_eta and self.train_size is not None:
       halving.validate(self.halving_eta, self.halving_min_examples, self.train_size,
                        max(self.ks), self.N)
-    super().validate([self.model], [self.task], self.ks)
 
 
 @dataclasses.dataclass(frozen=True)
-class DensityConfig(ScoringConfig):
+class DensityConfig(ModelsConfig):
   """Solution density δ(m) per model and sigma on one task (the paper's Figure 3a).
 
   The defaults are the offline main job (docs/results.md): both offline models on our
   `arithmetic` task, where both bases score between 0 and 1 with short answers.
   """
-  models: tuple[str, ...] = registry.OFFLINE_MODELS
-  task: str = "arithmetic"
-  margins: tuple[float, ...] = (0.0, 0.05, 0.1)
+  task: str = configs.setting("arithmetic", "Registered task name.")
+  margins: tuple[float, ...] = configs.setting((0.0, 0.05, 0.1), "Absolute margins m of δ(m).")
   N: int = 32
   sigmas: tuple[float, ...] = (5e-4, 1e-3)
   batch_size: int = 32
@@ -267,12 +301,16 @@ class DensityConfig(ScoringConfig):
 
   @classmethod
   def tiny(cls, weights: str, **overrides) -> "DensityConfig":
-    return cls(**{**_TINY, "weights": weights, "models": (TINY_MODEL,), "task": "countdown",
+    return cls(**{**TINY, "weights": weights, "models": (TINY_MODEL,), "task": "countdown",
                   **overrides})
 
-  def validate(self, *args) -> None:
-    del args
-    super().validate(self.models, [self.task])
+  def validate(self) -> None:
+    super().validate()
+    for margin in self.margins:
+      if not math.isfinite(margin):
+        raise InputError(f"--margins must be finite numbers, got {margin}.")
+    if not self.margins:
+      raise InputError("--margins needs at least one margin.")
 
 
 # Tasks on which both offline bases score between 0 and 1 and their members differ
@@ -282,12 +320,12 @@ DISCORDANCE_TASKS = ("arithmetic", "addition", "multiplication")
 
 
 @dataclasses.dataclass(frozen=True)
-class DiscordanceConfig(ScoringConfig):
+class DiscordanceConfig(ModelsConfig):
   """Spectral discordance of N members over M tasks, per model (the paper's Figure 4)."""
-  models: tuple[str, ...] = registry.OFFLINE_MODELS
-  tasks: tuple[str, ...] = DISCORDANCE_TASKS
-  clusters: int = 3
-  spectra_shown: int = 100
+  tasks: tuple[str, ...] = configs.setting(
+      DISCORDANCE_TASKS, "Registered task names, M >= 2, distinct.")
+  clusters: int = configs.setting(3, "k of the k-means clustering of performance vectors.")
+  spectra_shown: int = configs.setting(100, "Seeds drawn in spectra_<model>.png (>= 1).")
   N: int = 16
   sigmas: tuple[float, ...] = (1e-3,)
   batch_size: int = 32
@@ -295,19 +333,22 @@ class DiscordanceConfig(ScoringConfig):
 
   @classmethod
   def tiny(cls, weights: str, **overrides) -> "DiscordanceConfig":
-    return cls(**{**_TINY, "weights": weights, "models": (TINY_MODEL,), "N": 6,
+    return cls(**{**TINY, "weights": weights, "models": (TINY_MODEL,), "N": 6,
                   "tasks": ("countdown", "basic_arithmetic", "letter_counting"), "clusters": 2,
                   "sigmas": (0.05, 0.2), "members_per_batch": 3, **overrides})
 
-  def validate(self, *args) -> None:
-    del args
+  def validate(self) -> None:
+    super().validate()
     if len(self.tasks) < 2:
       raise InputError("--tasks needs at least two tasks for spectral discordance.")
+    if len(set(self.tasks)) != len(self.tasks):
+      raise InputError(f"--tasks names a task twice: {','.join(self.tasks)}.")
     if self.N < 2:
       raise InputError(f"--N must be at least 2, got {self.N}.")
     if not 1 <= self.clusters <= self.N:
       raise InputError(f"--clusters must be between 1 and N={self.N}, got {self.clusters}.")
-    super().validate(self.models, self.tasks)
+    if self.spectra_shown < 1:
+      raise InputError(f"--spectra_shown must be at least 1, got {self.spectra_shown}.")
 
 
 TRUNCATION_WARNING = 0.5  # a run where more completions than this are cut says so
@@ -359,7 +400,7 @@ def model_task_run(config, workdir: str, experiment: str) -> Iterator[tuple]:
   """
   if config.plan is None:
     raise ValueError("model_task_run takes a planned config (`config.planned()`).")
-  config.validate()
+  config.find_inputs()
   train, test = config.splits(config.task, config.test_size)
   run_dir = RunDir.prepare(workdir)
   run_dir.claim(config.identity())
@@ -488,10 +529,10 @@ def _noise_settings(spec: PerturbSpec) -> dict:
   return {field: getattr(spec, field) for field in _NOISE_FIELDS}
 
 
-def saved_run(run_dir: str, **execution) -> tuple[dict, RandOptConfig]:
+def saved_config(run_dir: str) -> tuple[dict, RandOptConfig]:
   """A finished RandOpt run's `load_topk` and the config that rebuilds its members and its
-  splits (model, task, weights, dtype, noise, seed, sizes: its `spec.json`), with `execution`
-  settings (batch sizes, member axis; also max_new_tokens) replaced."""
+  splits (model, task, weights, dtype, noise, seed, sizes: its `spec.json`); execution settings
+  are the defaults."""
   saved = load_topk(run_dir)
   run = RunDir(run_dir)
   if not run.exists("spec"):
@@ -501,33 +542,52 @@ def saved_run(run_dir: str, **execution) -> tuple[dict, RandOptConfig]:
     raise InputError(f"{run_dir} is a {identity.get('experiment')} run, not a randopt run.")
   settings = {k: tuple(v) if isinstance(v, list) else v for k, v in identity.items()
               if k not in ("perturbation", "experiment")}
-  config = RandOptConfig(**{**settings, **_noise_settings(saved["perturbation"]), **execution})
-  return saved, config.planned()
+  return saved, RandOptConfig(**{**settings, **_noise_settings(saved["perturbation"])})
 
 
-def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str) -> dict:
-  """The saved top-K of `topk_dir` voted on a new test set (`config`'s seed and test_size);
-  model, task, weights, dtype and perturbation come from its `topk.json`. Nothing is re-scored
-  on train."""
+def saved_run(run_dir: str, **execution) -> tuple[dict, RandOptConfig]:
+  """`saved_config`, planned, with `execution` settings (batch sizes, member axis; also
+  max_new_tokens) replaced."""
+  saved, config = saved_config(run_dir)
+  return saved, dataclasses.replace(config, **execution).planned()
+
+
+# What a re-evaluation takes from the saved run whatever the flags say: the members' identity.
+MEMBER_SETTINGS = ("model", "task", "weights", "N", "sigmas") + _NOISE_FIELDS
+
+
+def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str,
+                       overridden: Sequence[str] = ()) -> dict:
+  """The saved top-K of `topk_dir` voted on a test set. `config` is the saved run's
+  (`saved_config`) with the settings named in `overridden` changed (e.g. seed, test_size,
+  max_new_tokens; recorded in the results, since they make its accuracy differ from the
+  search's own); model, task, weights, dtype and perturbation are always the saved run's.
+  Nothing is re-scored on train."""
   saved = load_topk(topk_dir)
+  changed = [name for name in overridden if name in MEMBER_SETTINGS]
+  if changed:
+    raise InputError(f"--{changed[0]} cannot change in a re-evaluation: the saved members are "
+                     f"those of {topk_dir}'s run; drop it.")
   if max(config.ks) > len(saved["members"]):
     raise InputError(f"{topk_dir} holds a top-{len(saved['members'])}, fewer than "
                      f"K={max(config.ks)}.")
   config = dataclasses.replace(config, model=saved["model"], task=saved["task"],
                                weights=saved["weights"], dtype=saved["dtype"],
                                **_noise_settings(saved["perturbation"]), plan=None).planned()
-  config.validate()
+  config.find_inputs()
   _, test = config.splits(config.task, config.test_size)
   run_dir = RunDir.prepare(workdir)
   run_dir.claim({**config.identity(), "reevaluated": topk_dir})
   with run_dir.session("randopt", {**dataclasses.asdict(config), "reevaluated": topk_dir}):
     logging.info("%s", config.plan["summary"])
+    if overridden:
+      logging.info("re-evaluating %s with its settings but %s", topk_dir, ", ".join(overridden))
     loaded = config.load(config.model)
     check_rebuildable(saved, loaded, topk_dir)
     gen = config.generator(loaded, saved["perturbation"])
     test_set = scoring.TaskSet(TASKS.get(config.task), test)
-    result = {"reevaluated": topk_dir, "members": saved["members"], "test_size": len(test),
-              "execution_plan": config.plan,
+    result = {"reevaluated": topk_dir, "overridden": list(overridden), "members": saved["members"],
+              "test_size": len(test), "execution_plan": config.plan,
               **_evaluate_top(config, gen, test_set, saved["members"], run_dir)}
     run_dir.write("results", result)
   return result
@@ -566,7 +626,7 @@ def run_density(config: DensityConfig, workdir: str) -> dict:
   ceiling (where δ(0) says nothing). Writes `scores_<model>.png` and `density_vs_size.png`.
   """
   config = config.planned()
-  config.validate()
+  config.find_inputs()
   train, _ = config.splits(config.task, 1)  # density scores the train examples only
   run_dir = RunDir.prepare(workdir)
   run_dir.claim(config.identity())
@@ -662,7 +722,7 @@ def run_discordance(config: DiscordanceConfig, workdir: str) -> dict:
   `discordance_vs_size.png`.
   """
   config = config.planned()
-  config.validate()
+  config.find_inputs()
   task_sets = [scoring.TaskSet(TASKS.get(name), config.splits(name, 1)[0])
                for name in config.tasks]
   run_dir = RunDir.prepare(workdir)

@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from thickets_jax import checkpoint, tree
+from thickets_jax import checkpoint, configs, tree
 from thickets_jax.llm import teacher_forcing
 from thickets_jax.errors import InputError
 from thickets_jax.llm.config import ModelConfig
@@ -32,32 +32,36 @@ LORA_LEAVES = r"^layers/.*/kernel$"  # the attention and MLP kernels of every la
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTConfig:
-  """Attributes:
-    finetune: "full" or "lora". lora_rank, lora_alpha: r and α of the adapter.
-    learning_rate, weight_decay, max_grad_norm: AdamW and clipping.
-    epochs: passes over the targets. batch_size: sequences per optimiser step.
-    micro_batch: sequences per forward/backward (divides batch_size).
-  """
-  finetune: str = "full"
-  lora_rank: int = 8
-  lora_alpha: float = 16.0
-  learning_rate: float = 1e-5
-  weight_decay: float = 0.0
-  max_grad_norm: float = 1.0
-  epochs: int = 4
-  batch_size: int = 8
-  micro_batch: int = 8
+class SFTConfig(configs.Config):
+  """Supervised fine-tuning: full parameters or a LoRA adapter, AdamW with a global-norm clip."""
+  finetune: str = configs.setting("full", "Fine-tune full parameters or a LoRA adapter.",
+                                  choices=FINETUNES)
+  lora_rank: int = configs.setting(8, "LoRA rank r.")
+  lora_alpha: float = configs.setting(16.0, "LoRA scale α (the update is α/r · BA).")
+  learning_rate: float = configs.setting(1e-5, "Fine-tuning AdamW learning rate.")
+  weight_decay: float = configs.setting(0.0, "Fine-tuning AdamW weight decay.")
+  max_grad_norm: float = configs.setting(1.0, "Fine-tuning global-norm gradient clip.")
+  epochs: int = configs.setting(4, "Passes over the fine-tuning targets.")
+  batch_size: int = configs.setting(8, "Fine-tuning sequences per optimiser step.",
+                                    flag="sft_batch_size")
+  micro_batch: int = configs.setting(
+      8, "Fine-tuning sequences per forward/backward (divides --sft_batch_size).",
+      flag="sft_micro_batch")
 
   def validate(self) -> None:
+    flag = lambda field: configs.flag_name(self, field)
     if self.finetune not in FINETUNES:
-      raise InputError(f"unknown --finetune {self.finetune!r}; known: {', '.join(FINETUNES)}.")
-    for name in ("lora_rank", "learning_rate", "epochs", "batch_size", "micro_batch"):
-      if getattr(self, name) <= 0:
-        raise InputError(f"--sft_{name} must be positive, got {getattr(self, name)}.")
+      raise InputError(f"unknown {flag('finetune')} {self.finetune!r}; known: "
+                       f"{', '.join(FINETUNES)}.")
+    for name in ("lora_rank", "lora_alpha", "learning_rate", "max_grad_norm", "epochs",
+                 "batch_size", "micro_batch"):
+      if not getattr(self, name) > 0:
+        raise InputError(f"{flag(name)} must be positive, got {getattr(self, name)}.")
+    if not self.weight_decay >= 0:
+      raise InputError(f"{flag('weight_decay')} must be >= 0, got {self.weight_decay}.")
     if self.batch_size % self.micro_batch:
-      raise InputError(f"--sft_micro_batch {self.micro_batch} must divide --sft_batch_size "
-                       f"{self.batch_size}.")
+      raise InputError(f"{flag('micro_batch')} {self.micro_batch} must divide "
+                       f"{flag('batch_size')} {self.batch_size}.")
 
   def transform(self) -> optax.GradientTransformation:
     return optax.chain(optax.clip_by_global_norm(self.max_grad_norm),
@@ -145,7 +149,6 @@ def fine_tune(model_config: ModelConfig, params: PyTree, rows: dict, config: SFT
               on_step: Optional[Callable[[int, dict], None]] = None) -> PyTree:
   """Fine-tunes `params` on `rows` (tokens, mask [n, p + T], completion [n, T]); returns the
   new model parameters (LoRA: merged). Resumes from `checkpoints`' latest step."""
-  config.validate()
   prompt_len = rows["tokens"].shape[1] - rows["completion"].shape[1]
   if config.finetune == "full":
     trainable, base = params, None

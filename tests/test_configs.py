@@ -1,0 +1,122 @@
+"""Configs declare each setting once; the flags are derived from them (`thickets_jax.configs`)."""
+
+import ast
+import dataclasses
+import os
+
+import pytest
+from absl import flags
+
+from thickets_jax import configs
+from thickets_jax.baselines import es, grpo
+from thickets_jax.errors import InputError
+from thickets_jax.llm import compare, distill, predict, runs, sft
+from thickets_jax.workdir import RunDir
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Each entry point and the config its flags are derived from.
+EXPERIMENTS = {"randopt": runs.RandOptConfig, "density": runs.DensityConfig,
+               "discordance": runs.DiscordanceConfig, "compare": compare.CompareConfig,
+               "distill": distill.DistillConfig, "predict": predict.PredictConfig}
+
+
+def _flags(config_class, argv=()):
+  flag_values = flags.FlagValues()
+  configs.define_flags(config_class, flag_values)
+  flag_values(["prog", *argv])
+  return flag_values
+
+
+@pytest.mark.parametrize("config_class", [c for c in EXPERIMENTS.values()
+                                          if c is not predict.PredictConfig])
+def test_unset_flags_give_the_config_defaults(config_class):
+  assert configs.from_flags(config_class, _flags(config_class)) == config_class()
+
+
+def test_every_flag_is_a_setting_with_help_and_its_default():
+  for config_class in EXPERIMENTS.values():
+    flag_values = _flags(config_class)
+    for setting in configs.settings(config_class):
+      flag = flag_values[setting.name]
+      assert setting.help and flag.help.endswith(setting.help)
+      expected = setting.default
+      if setting.kind is tuple and expected is not None:
+        expected = [str(v) for v in expected]
+      assert flag.value == expected, setting.name
+
+
+def test_sub_config_flags_keep_their_historical_names():
+  flag_values = _flags(compare.CompareConfig, ["--es_population", "6", "--group_size", "3",
+                                               "--grpo_prompts", "6", "--grpo_mini_batch", "3",
+                                               "--grpo_micro_batch", "3", "--kl_coef", "0.1"])
+  config = configs.from_flags(compare.CompareConfig, flag_values)
+  assert config.es == es.ESConfig(population=6)
+  assert config.grpo == dataclasses.replace(compare.CompareConfig().grpo, group_size=3,
+                                            prompts_per_step=6, mini_batch=3, micro_batch=3,
+                                            kl_coef=0.1)
+  identity = config.identity()
+  assert identity["es_population"] == 6 and identity["group_size"] == 3
+  assert identity["grpo_prompts"] == 6 and identity["kl_coef"] == 0.1
+  names = {f.name for f in configs.settings(distill.DistillConfig)}
+  assert {"finetune", "lora_rank", "learning_rate", "epochs", "sft_batch_size",
+          "sft_micro_batch"} <= names
+
+
+def test_a_workdir_written_before_the_sub_configs_resumes(tmp_path, tiny_weights):
+  identity = compare.CompareConfig.tiny(tiny_weights).identity()
+  older = {k: v for k, v in identity.items()
+           if k not in ("es_divide_by_sigma", "es_weight_decay", "grpo_weight_decay",
+                        "grpo_grad_clip", "grpo_clip_eps", "grpo_temperature")}
+  run_dir = RunDir(str(tmp_path))
+  run_dir.claim(older)
+  run_dir.claim(identity)  # the same run: no sentence
+  changed = compare.CompareConfig.tiny(tiny_weights, grpo=grpo.GRPOConfig(
+      group_size=2, prompts_per_step=2, mini_batch=1, micro_batch=2, learning_rate=1e-5,
+      clip_eps=0.3)).identity()
+  with pytest.raises(InputError, match="grpo_clip_eps"):
+    run_dir.claim(changed)
+
+
+def test_a_base_config_keeps_what_no_flag_changes():
+  base = runs.RandOptConfig(N=8, ks=(2,), test_size=5, max_new_tokens=16)
+  config = configs.from_flags(runs.RandOptConfig, _flags(runs.RandOptConfig, ["--K", "1,2"]),
+                              base=base)
+  assert config == dataclasses.replace(base, ks=(1, 2))
+  assert configs.present(runs.RandOptConfig, _flags(runs.RandOptConfig, ["--K", "1"])) == ["K"]
+
+
+@pytest.mark.parametrize("config_class, argv, sentence", [
+    (runs.RandOptConfig, ["--K", "1,x"], "--K takes integers, got '1,x'."),
+    (runs.DensityConfig, ["--margins", "nan"], "--margins must be finite numbers, got nan."),
+    (runs.DiscordanceConfig, ["--tasks", "arithmetic,arithmetic"], "names a task twice"),
+    (runs.DiscordanceConfig, ["--spectra_shown", "-1"], "--spectra_shown must be at least 1"),
+    (predict.PredictConfig, ["--run_dir", "r"], "--prompts, --out are required"),
+    (predict.PredictConfig, ["--run_dir", "r", "--prompts", "p", "--out", "o",
+                             "--max_new_tokens", "0"], "--max_new_tokens must be positive"),
+    (distill.DistillConfig, ["--sft_micro_batch", "3"], "--sft_micro_batch 3 must divide "
+                                                        "--sft_batch_size 8."),
+    (distill.DistillConfig, ["--lora_rank", "0"], "--lora_rank must be positive, got 0."),
+])
+def test_bad_values_are_refused_at_construction(config_class, argv, sentence):
+  with pytest.raises(InputError, match=sentence.replace("(", r"\(")):
+    configs.from_flags(config_class, _flags(config_class, argv))
+
+
+def test_sub_configs_validate_themselves():
+  with pytest.raises(InputError, match="--es_sigma must be positive"):
+    es.ESConfig(sigma=0.0)
+  with pytest.raises(InputError, match="--finetune"):
+    sft.SFTConfig(finetune="qlora")
+
+
+@pytest.mark.parametrize("name", sorted(EXPERIMENTS))
+def test_entry_points_declare_no_setting_of_their_config(name):
+  """A setting is declared once, in its config: the entry point defines no flag of that name."""
+  with open(os.path.join(ROOT, "experiments", f"{name}.py")) as f:
+    tree = ast.parse(f.read())
+  defined = {node.args[0].value for node in ast.walk(tree)
+             if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
+             and node.func.attr.startswith("DEFINE_") and node.args
+             and isinstance(node.args[0], ast.Constant)}
+  settings = {f.name for f in configs.settings(EXPERIMENTS[name])}
+  assert not defined & settings
