@@ -540,6 +540,14 @@ def main(argv):
   plan.parse_bytes(FLAGS.p1_device_memory, "p1_device_memory")
   for model in FLAGS.p1_models:
     registry.MODELS.get(model)
+  if not FLAGS.b7_eta > 1:
+    raise InputError(f"--b7_eta must be greater than 1, got {FLAGS.b7_eta}.")
+  if FLAGS.b7_llm:
+    registry.MODELS.get(FLAGS.b7_llm)
+  if FLAGS.b7_llm_N < 4:
+    raise InputError(f"--b7_llm_N must be at least 4 (B7 votes over the top 4), got "
+                     f"{FLAGS.b7_llm_N}.")
+  cli.int_ranges(FLAGS.b7_seeds, "b7_seeds")
   common.setup_devices()
   print(benches[FLAGS.bench](), flush=True)
 

@@ -37,6 +37,8 @@ def setup_devices(multi_host: bool = False) -> None:
     multi_host: whether the calling experiment supports --distributed.
   """
   n = flags.FLAGS.host_devices
+  if n is None or n < 1:
+    raise InputError(f"--host_devices must be at least 1, got {n}.")
   if n > 1 and "xla_force_host_platform_device_count" not in os.environ.get("XLA_FLAGS", ""):
     os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") +
                                f" --xla_force_host_platform_device_count={n}").strip()

@@ -50,6 +50,11 @@ def _validate(widths, margins):
     signal_model.validate_shape(w, FLAGS.depth, FLAGS.ctx, FLAGS.fut)
   if FLAGS.N < 2:
     raise InputError(f"--N must be at least 2, got {FLAGS.N}.")
+  for name in ("pretrain_steps", "samples"):
+    if FLAGS[name].value <= 0:
+      raise InputError(f"--{name} must be positive, got {FLAGS[name].value}.")
+  if not margins or not all(np.isfinite(margins)):
+    raise InputError(f"--margins must be finite numbers, got {','.join(FLAGS.margins)!r}.")
   population.validate_sigmas([FLAGS.sigma_pretrained, FLAGS.sigma_untrained])
   if FLAGS.chunk_size <= 0:
     raise InputError(f"--chunk_size must be positive, got {FLAGS.chunk_size}.")

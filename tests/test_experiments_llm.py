@@ -67,6 +67,13 @@ def test_run_randopt_resumes_and_reevaluates(tmp_path, tiny_weights):
                                     again)
   assert resumed["members"] == top["members"] and set(resumed["ensemble_accuracy"]) == {"1", "2"}
   assert not os.path.exists(os.path.join(again, "candidates.jsonl"))  # nothing re-scored
+  # --resume_dir: the saved run's settings (max_new_tokens 8, not the default), but the flags given.
+  _, saved = runs.saved_config(workdir)
+  assert (saved.max_new_tokens, saved.train_size, saved.test_size) == (8, 2, 3)
+  assert saved.identity() == config.planned().identity()
+  with pytest.raises(InputError, match="--N cannot change in a re-evaluation"):
+    runs.reevaluate_randopt(dataclasses.replace(saved, N=5), workdir, str(tmp_path / "n5"), ["N"])
+  assert not os.path.exists(tmp_path / "n5")
   with pytest.raises(InputError, match="holds a run with other settings"):
     runs.run_randopt(dataclasses.replace(config, N=5), workdir)
 

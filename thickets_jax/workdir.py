@@ -68,6 +68,21 @@ def _changed(held: dict, spec: dict) -> list[str]:
   return changed
 
 
+def check_new_path(path: str, flag: str, directory: bool) -> None:
+  """One sentence, before any compute, unless `path` can be written as a file (or, with
+  `directory`, a directory): not the other kind already, its parent creatable and writable."""
+  if os.path.exists(path) and os.path.isdir(path) != directory:
+    raise InputError(f"{flag} {path} is a {'file' if directory else 'directory'}; give the path "
+                     f"of a {'directory' if directory else 'file'}.")
+  parent = os.path.dirname(os.path.abspath(path))
+  try:
+    os.makedirs(parent, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=parent):
+      pass
+  except OSError as e:
+    raise InputError(f"cannot write {flag} {path}: {e.strerror or e}.") from None
+
+
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
   """`write(tmp_path)` then rename onto `path`, so a kill never leaves half a file; only the
   writing process of a multi-host run writes."""

@@ -53,6 +53,7 @@ def export_member(run_dir: str, out: str, member: str = "top1", dtype: str = "fl
                      f"rebuild ({saved['model']}, stacked={spec.stacked!r}).")
   if saved["dtype"] not in runs.DTYPES:
     raise InputError(f"{run_dir}/topk.json names an unknown dtype {saved['dtype']!r}.")
+  workdir.check_new_path(out, "--out", directory=True)
   if os.path.exists(out) and os.listdir(out):
     raise InputError(f"--out {out} exists and is not empty; give a new directory.")
   loaded = registry.load(saved["model"], saved["weights"], runs.DTYPES[saved["dtype"]])

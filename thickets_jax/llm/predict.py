@@ -64,20 +64,24 @@ def read_prompts(path: str, task: Task) -> tuple[list[dict], list[Example]]:
   line for the first bad record."""
   if not os.path.isfile(path):
     raise InputError(f"--prompts {path} is not a file.")
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except UnicodeDecodeError:
+    raise InputError(f"--prompts {path} is not UTF-8 text; give a JSONL file.") from None
   records, examples = [], []
-  with open(path) as f:
-    for number, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        record = json.loads(line)
-        if not isinstance(record, dict):
-          raise InputError("a record must be a JSON object")
-        examples.append(task.from_record(record))
-      except (json.JSONDecodeError, InputError) as e:
-        raise InputError(f"{path} line {number} is not a prompt record of {task.name}: "
-                         f"{str(e).rstrip('.')}.") from None
-      records.append(record)
+  for number, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    try:
+      record = json.loads(line)
+      if not isinstance(record, dict):
+        raise InputError("a record must be a JSON object")
+      examples.append(task.from_record(record))
+    except (json.JSONDecodeError, InputError) as e:
+      raise InputError(f"{path} line {number} is not a prompt record of {task.name}: "
+                       f"{str(e).rstrip('.')}.") from None
+    records.append(record)
   if not records:
     raise InputError(f"--prompts {path} holds no records.")
   return records, examples
@@ -97,8 +101,7 @@ def check_out(config: PredictConfig) -> None:
       config.prompts):
     raise InputError(f"--out {config.out} is the --prompts file: the answers would replace "
                      "the prompts; give another path.")
-  if os.path.isdir(config.out):
-    raise InputError(f"--out {config.out} is a directory; give the path of the answers file.")
+  workdir.check_new_path(config.out, "--out", directory=False)
 
 
 def predict(config: PredictConfig) -> dict:
@@ -114,7 +117,7 @@ def predict(config: PredictConfig) -> dict:
   if not 1 <= K <= len(saved["members"]):
     raise InputError(f"--K must be between 1 and the {len(saved['members'])} members saved in "
                      f"{config.run_dir}, got {K}.")
-  scoring.validate()
+  scoring.find_inputs()
   task = TASKS.get(saved["task"])
   records, examples = read_prompts(config.prompts, task)
   if os.path.dirname(config.out):

@@ -85,7 +85,7 @@ class RunSpec:
     randopt.validate_top_k(self.ks, self.n)
     for name in ("pretrain_steps", "posttrain_size", "test_size"):
       if getattr(self, name) <= 0:
-        raise InputError(f"{name} must be positive, got {getattr(self, name)}.")
+        raise InputError(f"--{name} must be positive, got {getattr(self, name)}.")
     self.perturb_spec()
     if self.halving_eta:
       halving.validate(self.halving_eta, self.halving_min_examples, self.posttrain_size,
