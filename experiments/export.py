@@ -9,25 +9,17 @@ a rank k of its saved top-K. The member is rebuilt from `(seed, sigma)` and the 
 `PerturbSpec` on the base weights the run used (`thickets_jax.llm.export`).
 """
 
-from absl import flags
-
-from thickets_jax import cli
-from thickets_jax.errors import InputError
+from thickets_jax import cli, configs
 from thickets_jax.llm import export
 
-flags.DEFINE_string("run_dir", None, "A finished randopt run (holding topk.json).")
-flags.DEFINE_string("member", "top1", "top1, or a rank k of the saved top-K.")
-flags.DEFINE_string("out", None, "A new directory for the checkpoint.")
-flags.DEFINE_enum("dtype", "float32", list(export.DTYPES), "Dtype of the written weights.")
-FLAGS = flags.FLAGS
+configs.define_flags(export.ExportConfig)
 
 
 def main(argv):
   del argv
-  if not FLAGS.run_dir or not FLAGS.out:
-    raise InputError("--run_dir and --out are required.")
-  written = export.export_member(FLAGS.run_dir, FLAGS.out, FLAGS.member, FLAGS.dtype)
-  print(f"wrote {FLAGS.out}: {written['model']} member rank {written['rank']} "
+  config = configs.from_flags(export.ExportConfig)
+  written = export.export_member(config.run_dir, config.out, config.member, config.dtype)
+  print(f"wrote {config.out}: {written['model']} member rank {written['rank']} "
         f"(seed {written['seed']}, sigma {written['sigma']:g}), {written['dtype']}")
 
 

@@ -11,139 +11,36 @@ task expects answers. Counted per task: calls, crashes (any exception), calls sl
 `results.json`; the last line printed is the total.
 """
 
-import random
-import time
-
 from absl import flags
 
-from thickets_jax import cli
-from thickets_jax.errors import InputError
-from thickets_jax.tasks import TASKS, arithmetic, countdown
+from thickets_jax import cli, configs
+from thickets_jax.tasks import fuzz
 from thickets_jax.workdir import RunDir
 
-flags.DEFINE_integer("inputs", 2000, "Fuzzed inputs per task.")
-flags.DEFINE_integer("max_chars", 2**20, "Longest pathological input.")
-flags.DEFINE_float("slow_s", 1.0, "A grader call slower than this counts as a hang.")
-flags.DEFINE_integer("seed", 0, "Seed of the input generator.")
+configs.define_flags(fuzz.FuzzConfig)
 flags.DEFINE_string("workdir", None, "Where results.json goes.")
 FLAGS = flags.FLAGS
-
-_PIECES = ["<answer>", "</answer>", "<think>", "</think>", "\n", "####", "\\boxed{", "}", "{",
-           "(", ")", "[", "]", ",", "-", "+", "*", "/", "**", ".", "1", "7", "42", "-3", "1e9",
-           "９", "__import__('os')", "'", '"', " or ", "NaN", "inf", " "]
-_SYNTHETIC_GOLDS = {"gsm8k": "42", "math500": r"\frac{1}{2}"}
-
-
-def _gold_answer(name: str, gold) -> str:
-  """The text of a right answer to `gold`, as the task's grader reads it."""
-  if isinstance(gold, countdown.Problem):
-    return ""  # countdown's right answers are expressions; wrong ones are built separately
-  if isinstance(gold, arithmetic.Problem):
-    return str(gold.value)
-  if isinstance(gold, tuple):
-    return gold[1]["answer"]
-  return gold
-
-
-def _wrap(name: str, text: str) -> str:
-  if name == "gsm8k":
-    return f"#### {text}"
-  if name == "math500":
-    return f"\\boxed{{{text}}}"
-  if name in ("arithmetic", "addition", "subtraction", "multiplication"):
-    return text
-  return f"<answer>{text}</answer>"
-
-
-# Tasks graded on a number found in free text (the last one; the one after "####"), or by
-# mathematical equivalence: a hedge or wrapper around the right value is right by their protocol.
-_FREE_TEXT_PROTOCOL = {"gsm8k", "math500", *arithmetic.ARITHMETIC_TASKS}
-
-
-def _wrong_answers(rng: random.Random, name: str, answer: str) -> list[str]:
-  """Texts whose value differs from `answer`'s under the task's protocol (GSM8K reads "4,2" as
-  42 by its comma stripping, so digit lists are not wrong answers there)."""
-  wrong = [answer + "0"]
-  if name not in _FREE_TEXT_PROTOCOL:
-    wrong += [answer + " or 1", "[" + answer + "]", answer + " and more text"]
-  if answer.lstrip("-").replace(".", "", 1).isdigit() and answer.strip("-0.") != "":
-    wrong += [answer[1:] if answer.startswith("-") else "-" + answer,
-              str(int(float(answer)) + rng.randint(1, 99))]
-    if name != "gsm8k" and len(answer.lstrip("-")) > 1:
-      wrong.append(",".join(answer))
-  if answer:
-    i = rng.randrange(len(answer))
-    changed = "#" if answer[i] != "#" else "%"
-    wrong.append(answer[:i] + changed + answer[i + 1:])
-  return [w for w in wrong if w != answer]
-
-
-def _random_text(rng: random.Random) -> str:
-  if rng.random() < 0.1:  # pathological repeats
-    piece = "".join(rng.choice(_PIECES) for _ in range(rng.randint(1, 3)))
-    return piece * (rng.randint(1, FLAGS.max_chars) // max(len(piece), 1))
-  return "".join(rng.choice(_PIECES) if rng.random() < 0.7 else chr(rng.randint(32, 0x2FFF))
-                 for _ in range(rng.randint(0, 200)))
-
-
-def fuzz_task(name: str, rng: random.Random) -> dict:
-  task = TASKS.get(name)
-  if name in _SYNTHETIC_GOLDS:
-    golds = [_SYNTHETIC_GOLDS[name]]
-  else:
-    golds = [e.gold for e in task.splits(8, 1, FLAGS.seed, None)[0]]
-  counts = {"calls": 0, "crashes": 0, "slow": 0, "reward_out_of_range": 0, "wrong_accepts": 0,
-            "slowest_s": 0.0}
-  for i in range(FLAGS.inputs):
-    gold = golds[i % len(golds)]
-    answer = _gold_answer(name, gold)
-    wrong = rng.random() < 0.5 and not isinstance(gold, countdown.Problem)
-    if wrong:
-      text = _wrap(name, rng.choice(_wrong_answers(rng, name, answer)))
-    elif isinstance(gold, countdown.Problem) and rng.random() < 0.5:
-      text = _wrap(name, "+".join(map(str, gold.numbers)) + "+1")  # uses a number not given
-      wrong = True
-    else:
-      text = _random_text(rng)
-    for grade in (task.reward, task.correct, task.vote_key):
-      counts["calls"] += 1
-      start = time.perf_counter()
-      try:
-        value = grade(text, gold)
-      except Exception:  # pylint: disable=broad-except  # counted, never raised
-        counts["crashes"] += 1
-        continue
-      seconds = time.perf_counter() - start
-      counts["slowest_s"] = max(counts["slowest_s"], seconds)
-      counts["slow"] += seconds > FLAGS.slow_s
-      if grade is task.reward and not 0.0 <= value <= task.max_reward:
-        counts["reward_out_of_range"] += 1
-      if grade is task.correct and wrong and value:
-        counts["wrong_accepts"] += 1
-  return counts
 
 
 def main(argv):
   del argv
-  if FLAGS.inputs <= 0 or FLAGS.max_chars <= 0 or FLAGS.slow_s <= 0:
-    raise InputError("--inputs, --max_chars and --slow_s must be positive.")
+  config = configs.from_flags(fuzz.FuzzConfig)
   run_dir = RunDir.prepare(FLAGS.workdir)
   run_dir.claim({"experiment": "fuzz_graders"})  # never another experiment's workdir
-  rng = random.Random(FLAGS.seed)
-  results = {}
-  for name in sorted(TASKS.names()):
-    results[name] = fuzz_task(name, rng)
-    c = results[name]
-    print(f"{name:28s} calls {c['calls']:6d}  crashes {c['crashes']}  slow {c['slow']}  "
-          f"out of range {c['reward_out_of_range']}  wrong accepts {c['wrong_accepts']}  "
-          f"slowest {1e3 * c['slowest_s']:.1f} ms", flush=True)
-  run_dir.write("results", {"inputs_per_task": FLAGS.inputs, "max_chars": FLAGS.max_chars,
-                            "tasks": results})
-  total = {k: sum(r[k] for r in results.values()) for k in
-           ("calls", "crashes", "slow", "reward_out_of_range", "wrong_accepts")}
-  print(f"fuzz: {total['calls']} grader calls over {len(results)} tasks, {total['crashes']} "
-        f"crashes, {total['slow']} over {FLAGS.slow_s:g} s, {total['reward_out_of_range']} "
-        f"rewards out of range, {total['wrong_accepts']} wrong accepts")
+  result = fuzz.fuzz(config, on_task=_print)
+  run_dir.write("results", {"inputs_per_task": config.inputs, "max_chars": config.max_chars,
+                            "tasks": result["tasks"]})
+  total = result["total"]
+  print(f"fuzz: {total['calls']} grader calls over {len(result['tasks'])} tasks, "
+        f"{total['crashes']} crashes, {total['slow']} over {config.slow_s:g} s, "
+        f"{total['reward_out_of_range']} rewards out of range, {total['wrong_accepts']} wrong "
+        "accepts")
+
+
+def _print(name: str, c: dict) -> None:
+  print(f"{name:28s} calls {c['calls']:6d}  crashes {c['crashes']}  slow {c['slow']}  "
+        f"out of range {c['reward_out_of_range']}  wrong accepts {c['wrong_accepts']}  "
+        f"slowest {1e3 * c['slowest_s']:.1f} ms", flush=True)
 
 
 if __name__ == "__main__":

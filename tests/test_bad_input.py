@@ -7,6 +7,7 @@ experiment joins by adding rows. `{tmp}` in an argument is the test's temporary 
 finished RandOpt run) exist beforehand and must be left as they were.
 """
 
+import errno
 import json
 import os
 import subprocess
@@ -14,7 +15,7 @@ import sys
 
 import pytest
 
-from thickets_jax import workdir
+from thickets_jax import cli, workdir
 from thickets_jax.errors import InputError
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -37,6 +38,11 @@ CASES = {
         (["--host_devices", "0"], "--host_devices must be at least 1, got 0."),
         (["--plan_devices", "8"], "--plan_devices and --plan_device_memory go together"),
         (["--workdir", "{tmp}/held"], "holds a RandOptConfig run, not a DensityConfig run"),
+        (["--task", "gsm8k", "--workdir", "{tmp}/w"], "the task needs openai/gsm8k (train)"),
+        (["--task", "gsm8k", "--data", "{tmp}/line2.jsonl", "--workdir", "{tmp}/w"],
+         "line2.jsonl line 2 is not JSON"),
+        (["--task", "gsm8k", "--data", "{tmp}/file", "--workdir", "{tmp}/w"],
+         "file line 1 is not JSON"),
     ],
     "randopt": [
         (["--K", "0"], "K must be positive, got K=0."),
@@ -48,6 +54,12 @@ CASES = {
         (["--resume_dir", "{tmp}/nosuch", "--workdir", "{tmp}/w"], "{tmp}/nosuch"),
         (["--rank", "0"], "--rank must be positive, got 0."),
         (["--member_axis", "pmap"], "flag --member_axis=pmap: value should be one of"),
+        (["--preset", "figure1c"], "--preset figure1c is a CompareConfig, not a RandOptConfig"),
+        (["--preset", "nosuch"], "unknown preset 'nosuch'"),
+        (["--preset", "table1:huge"], "unknown --preset variant 'huge' of table1"),
+        (["--preset", "table1", "--K", "6000"], "K=6000 is larger than the population N=5000"),
+        (["--task", "gsm8k", "--data", "{tmp}/long.jsonl", "--train_size", "1", "--test_size",
+          "1", "--workdir", "{tmp}/long"], "exceeds the longest supported prompt"),
     ],
     "discordance": [
         (["--tasks", "arithmetic,arithmetic"], "--tasks names a task twice"),
@@ -120,6 +132,9 @@ CASES = {
     ],
     "fuzz_graders": [
         (["--workdir", "{tmp}/held"], "holds a RandOptConfig run, not a fuzz_graders run"),
+        (["--inputs", "0"], "--inputs must be positive, got 0."),
+        (["--slow_s", "-1"], "--slow_s must be positive, got -1.0."),
+        (["--tasks", "nosuch"], "unknown task 'nosuch'"),
     ],
     "benchmark": [
         (["--bench", "B99"], "unknown --bench 'B99'"),
@@ -138,6 +153,10 @@ def scene(tmp_path_factory):
   tmp = tmp_path_factory.mktemp("careless")
   (tmp / "prompts.jsonl").write_text('{"prompt": "What is 3 + 4?"}\n')
   (tmp / "file").write_text("data\n")
+  record = {"question": "What is 3 + 4?", "answer": "#### 7"}
+  (tmp / "line2.jsonl").write_text(json.dumps(record) + "\n{not json\n")
+  long = {"question": "seven " * 1_000_000, "answer": "#### 7"}
+  (tmp / "long.jsonl").write_text("\n".join(json.dumps(r) for r in (long, record, record)) + "\n")
   held = tmp / "held"
   held.mkdir()
   (held / "spec.json").write_text(json.dumps({"experiment": "RandOptConfig"}))
@@ -164,7 +183,10 @@ def test_careless_command_lines_get_one_sentence_and_exit_2(experiment, scene):
     assert result["status"] == 2 and "Traceback" not in result["stderr"], result
     assert lines and lines[-1].startswith("error: ") and sentence.replace("{tmp}", str(scene)) \
         in lines[-1], result
-  assert _stamps(scene) == before
+  after = _stamps(scene)
+  assert {path: after.get(path) for path in before} == before  # nothing changed or removed
+  if experiment == "randopt":  # the over-long prompt was refused before anything was scored
+    assert sorted(os.listdir(scene / "long")) == [".lock", "config.json", "log.txt", "spec.json"]
 
 
 @pytest.mark.parametrize("path, directory, sentence", [
@@ -176,3 +198,16 @@ def test_an_output_path_of_the_wrong_kind_is_refused(scene, path, directory, sen
   with pytest.raises(InputError) as e:
     workdir.check_new_path(str(scene / path), "--out", directory)
   assert str(e.value).startswith(sentence.format(tmp=scene))
+
+
+def test_a_full_disk_is_one_sentence(monkeypatch, capsys):
+  def main(argv):
+    del argv
+    raise OSError(errno.ENOSPC, "No space left on device", "/runs/ro/candidates.jsonl")
+  monkeypatch.setattr(sys, "argv", ["randopt"])
+  with pytest.raises(SystemExit) as e:
+    cli.run(main)
+  assert e.value.code == 2
+  assert capsys.readouterr().err == (
+      "error: the disk is full (writing /runs/ro/candidates.jsonl); free some space and rerun the "
+      "same command: the workdir resumes where it stopped.\n")

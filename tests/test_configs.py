@@ -2,7 +2,10 @@
 
 import ast
 import dataclasses
+import json
 import os
+import subprocess
+import sys
 
 import pytest
 from absl import flags
@@ -10,14 +13,16 @@ from absl import flags
 from thickets_jax import configs
 from thickets_jax.baselines import es, grpo
 from thickets_jax.errors import InputError
-from thickets_jax.llm import compare, distill, predict, runs, sft
+from thickets_jax.llm import compare, distill, export, plan, predict, presets, runs, sft
+from thickets_jax.tasks import fuzz
 from thickets_jax.workdir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each entry point and the config its flags are derived from.
 EXPERIMENTS = {"randopt": runs.RandOptConfig, "density": runs.DensityConfig,
                "discordance": runs.DiscordanceConfig, "compare": compare.CompareConfig,
-               "distill": distill.DistillConfig, "predict": predict.PredictConfig}
+               "distill": distill.DistillConfig, "predict": predict.PredictConfig,
+               "fuzz_graders": fuzz.FuzzConfig, "export": export.ExportConfig}
 
 
 def _flags(config_class, argv=()):
@@ -27,8 +32,8 @@ def _flags(config_class, argv=()):
   return flag_values
 
 
-@pytest.mark.parametrize("config_class", [c for c in EXPERIMENTS.values()
-                                          if c is not predict.PredictConfig])
+@pytest.mark.parametrize("config_class", [  # predict and export need their paths
+    c for c in EXPERIMENTS.values() if c not in (predict.PredictConfig, export.ExportConfig)])
 def test_unset_flags_give_the_config_defaults(config_class):
   assert configs.from_flags(config_class, _flags(config_class)) == config_class()
 
@@ -120,3 +125,33 @@ def test_entry_points_declare_no_setting_of_their_config(name):
              and isinstance(node.args[0], ast.Constant)}
   settings = {f.name for f in configs.settings(EXPERIMENTS[name])}
   assert not defined & settings
+
+
+def test_the_paper_presets_hold_the_reference_settings_and_plan_on_a_gpu_node():
+  fig1c = presets.get("figure1c")
+  assert (fig1c.model, fig1c.task, fig1c.N, fig1c.sigmas, fig1c.vote_k) == (
+      "olmo-3-7b-instruct", "countdown", 5000, (5e-4, 1e-3, 2e-3), 50)
+  assert (fig1c.es.population, fig1c.es.sigma, fig1c.es.learning_rate, fig1c.es_iterations) == (
+      30, 1e-3, 5e-4, 300)
+  assert (fig1c.grpo.group_size, fig1c.grpo.prompts_per_step, fig1c.grpo.mini_batch,
+          fig1c.grpo.learning_rate, fig1c.grpo.kl_coef) == (8, 1024, 64, 1e-6, 0.0)
+  fig3a = presets.get("figure3a")
+  assert [m.split("-")[1] for m in fig3a.models] == list(presets.QWEN25_SIZES)
+  node = plan.Machine.hypothetical(8, plan.parse_bytes("80GB"))
+  for name in ("figure1c", "figure3a", "table1"):
+    planned = dataclasses.replace(presets.get(name), dry_run=True).planned(node)  # no weights
+    assert planned.plan["machine"]["devices"] == 8 and planned.max_new_tokens == 1024, name
+  for name, config_class in (("figure1c", compare.CompareConfig),
+                             ("figure3a", runs.DensityConfig), ("table1", runs.RandOptConfig)):
+    assert presets.get(f"{name}:tiny") == config_class.tiny(None)
+
+
+def test_a_tiny_preset_runs_from_the_command_line(tmp_path, tiny_weights):
+  out = subprocess.run([sys.executable, "-m", "experiments.randopt", "--preset", "table1:tiny",
+                        "--weights", tiny_weights, "--workdir", str(tmp_path), "--K", "1,2,4"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=600)
+  assert out.returncode == 0, out.stderr[-2000:]
+  spec = json.loads((tmp_path / "spec.json").read_text())
+  expected = dataclasses.replace(runs.RandOptConfig.tiny(tiny_weights), ks=(1, 2, 4))
+  assert spec["ks"] == [1, 2, 4] and spec["N"] == expected.N and spec["model"] == "tiny-random-llama"
+  assert "K=4" in out.stdout

@@ -20,7 +20,7 @@ PROMPTS = ["What is 12 + 7? Answer with the number.", "Name a colour."]
 
 def _topk(run_dir, model, weights, members, spec=None):
   os.makedirs(run_dir, exist_ok=True)
-  spec = spec or runs.ScoringConfig().perturb_spec()
+  spec = spec or runs.RandOptConfig().perturb_spec()
   with open(os.path.join(run_dir, "topk.json"), "w") as f:
     json.dump({"model": model, "weights": weights, "weights_source": "test", "dtype": "float32",
                "task": "arithmetic", "perturbation": spec.to_json(), "members": members}, f)
@@ -45,7 +45,7 @@ def test_tiny_member_round_trips_through_transformers(tmp_path, tiny_weights):
   written = export.export_member(run, str(tmp_path / "out"), member="2")
   assert written["rank"] == 2 and written["seed"] == 11
   loaded = registry.load(runs.TINY_MODEL, tiny_weights)
-  member = rebuild_member(loaded.params, 11, 0.01, runs.ScoringConfig().perturb_spec())
+  member = rebuild_member(loaded.params, 11, 0.01, runs.RandOptConfig().perturb_spec())
   _same_greedy_tokens(loaded, member, str(tmp_path / "out"), new_tokens=12)
   assert json.load(open(tmp_path / "out" / "thickets_member.json"))["sigma"] == 0.01
 
@@ -53,7 +53,7 @@ def test_tiny_member_round_trips_through_transformers(tmp_path, tiny_weights):
   hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16"))
   assert hf.dtype == torch.bfloat16
   embed = hf.get_input_embeddings().weight.detach().float().numpy()
-  base = rebuild_member(loaded.params, 3, 0.05, runs.ScoringConfig().perturb_spec())
+  base = rebuild_member(loaded.params, 3, 0.05, runs.RandOptConfig().perturb_spec())
   np.testing.assert_allclose(embed, np.asarray(base["embed"]["embedding"]), rtol=1e-2, atol=1e-3)
 
 
@@ -85,5 +85,5 @@ def test_offline_member_round_trips_through_transformers(tmp_path, model):
   run = _topk(tmp_path / "run", model, None, [{"seed": 5, "sigma": 1e-3}])
   export.export_member(run, str(tmp_path / "out"))
   loaded = registry.load(model)
-  member = rebuild_member(loaded.params, 5, 1e-3, runs.ScoringConfig().perturb_spec())
+  member = rebuild_member(loaded.params, 5, 1e-3, runs.RandOptConfig().perturb_spec())
   _same_greedy_tokens(loaded, member, str(tmp_path / "out"), new_tokens=16)

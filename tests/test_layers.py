@@ -23,7 +23,7 @@ LAYERS = (
                          "llm.roofline")),
     ("training baselines", ("baselines", "llm.sft")),
     ("experiments", ("llm.runs", "llm.compare", "llm.distill", "llm.landscape", "llm.predict",
-                     "llm.export", "llm.dryrun", "signals")),
+                     "llm.export", "llm.dryrun", "llm.presets", "signals")),
 )
 
 

@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from thickets_jax.errors import InputError
-from thickets_jax.tasks import TASKS, countdown, math
+from thickets_jax.tasks import TASKS, countdown, fuzz, math
 
 P = countdown.Problem((3, 5, 7), 22)
 
@@ -308,18 +308,29 @@ def test_a_perturbed_list_gold_is_never_correct(index, position, change):
     assert not TASKS.get(name).correct(_ans(wrong), gold), (name, answer, wrong)
 
 
-def test_the_grader_fuzzer_finds_no_crash_and_no_wrong_accept(tmp_path):
+def test_the_grader_fuzzer_finds_no_crash_and_no_wrong_accept():
+  """In-process (the command line is covered by tests/test_experiments_1d.py)."""
+  seen = []
+  result = fuzz.fuzz(fuzz.FuzzConfig(inputs=60, max_chars=20000),
+                     on_task=lambda name, counts: seen.append(name))
+  assert set(result["tasks"]) == set(TASKS.names()) == set(seen)
+  for name, counts in result["tasks"].items():
+    assert counts["calls"] == 180 and counts["crashes"] == 0, name
+    assert counts["wrong_accepts"] == 0 and counts["reward_out_of_range"] == 0, name
+  assert result["total"]["calls"] == 180 * len(seen)
+
+
+def test_the_grader_fuzzer_command_line(tmp_path):
   import os  # pylint: disable=g-import-not-at-top
   import subprocess  # pylint: disable=g-import-not-at-top
   import sys  # pylint: disable=g-import-not-at-top
   root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  out = subprocess.run([sys.executable, "-m", "experiments.fuzz_graders", "--inputs", "60",
-                        "--max_chars", "20000", "--workdir", str(tmp_path)], cwd=root,
+  out = subprocess.run([sys.executable, "-m", "experiments.fuzz_graders", "--inputs", "5",
+                        "--tasks", "countdown,arithmetic", "--workdir", str(tmp_path)], cwd=root,
                        capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   results = json.loads((tmp_path / "results.json").read_text())["tasks"]
-  assert set(results) == set(TASKS.names())
-  for name, counts in results.items():
-    assert counts["calls"] == 180 and counts["crashes"] == 0, name
-    assert counts["wrong_accepts"] == 0 and counts["reward_out_of_range"] == 0, name
-  assert out.stdout.strip().splitlines()[-1].endswith("0 wrong accepts")
+  assert set(results) == {"countdown", "arithmetic"}
+  assert out.stdout.strip().splitlines()[-1] == (
+      "fuzz: 30 grader calls over 2 tasks, 0 crashes, 0 over 1 s, 0 rewards out of range, "
+      "0 wrong accepts")

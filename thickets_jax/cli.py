@@ -1,5 +1,6 @@
 """Entry-point plumbing shared by `experiments/*`: bad input exits with one sentence."""
 
+import errno
 import logging as std_logging
 import sys
 from typing import Callable, Sequence
@@ -10,7 +11,7 @@ from thickets_jax.errors import InputError
 
 
 def run(main: Callable[[Sequence[str]], None]) -> None:
-  """`app.run(main)`, turning an `InputError` or a flag absl cannot parse into
+  """`app.run(main)`, turning an `InputError`, a flag absl cannot parse or a full disk into
   `error: <sentence>` and exit status 2; `--help`/`--helpfull` exit 0. JAX's note that it found
   no TPU runtime (INFO, on every GPU and CPU machine) is kept off stderr."""
   std_logging.getLogger("jax._src.xla_bridge").setLevel(std_logging.WARNING)
@@ -22,6 +23,11 @@ def run(main: Callable[[Sequence[str]], None]) -> None:
       main(argv)
     except InputError as e:
       _fail(str(e))
+    except OSError as e:
+      if e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        raise
+      _fail(f"the disk is full (writing {e.filename or 'a file'}); free some space and rerun "
+            "the same command: the workdir resumes where it stopped.")
   app.run(checked, flags_parser=_parse_flags)
 
 

@@ -34,6 +34,7 @@ from thickets_jax.errors import InputError
 
 flags.disclaim_key_flags()  # the flags `define_flags` defines belong to its caller (--helpshort)
 
+
 class Config:
   """Base of every config: subclasses are frozen dataclasses, validated at construction."""
   FLAG_PREFIX: ClassVar[str] = ""  # of this config's flags when it is a sub-config
@@ -116,25 +117,23 @@ def _kind(annotation) -> tuple[type, Optional[type]]:
   return annotation, None
 
 
-def define_flags(config: Any, flag_values: flags.FlagValues = flags.FLAGS,
-                 skip: tuple[str, ...] = ()) -> list[Flag]:
-  """Defines the flags of `config` (class or default instance) but those named in `skip`;
-  returns them. The flag's default is the setting's."""
-  defined = []
-  for flag in settings(config):
-    if flag.name in skip:
-      continue
-    define = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
-              str: flags.DEFINE_string}
-    default = flag.default
+_DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFINE_float,
+           str: flags.DEFINE_string}
+
+
+def define_flags(config: Any, flag_values: flags.FlagValues = flags.FLAGS) -> list[Flag]:
+  """Defines the flags of `config` (class or default instance), each with its setting's
+  default and help; returns them."""
+  defined = list(settings(config))
+  for flag in defined:
     if flag.kind is tuple:
-      default = None if default is None else [str(v) for v in default]
+      default = None if flag.default is None else [str(v) for v in flag.default]
       flags.DEFINE_list(flag.name, default, flag.help, flag_values=flag_values)
     elif flag.choices:
-      flags.DEFINE_enum(flag.name, default, flag.choices, flag.help, flag_values=flag_values)
+      flags.DEFINE_enum(flag.name, flag.default, flag.choices, flag.help,
+                        flag_values=flag_values)
     else:
-      define[flag.kind](flag.name, default, flag.help, flag_values=flag_values)
-    defined.append(flag)
+      _DEFINE[flag.kind](flag.name, flag.default, flag.help, flag_values=flag_values)
   return defined
 
 

@@ -74,13 +74,17 @@ def check_new_path(path: str, flag: str, directory: bool) -> None:
   if os.path.exists(path) and os.path.isdir(path) != directory:
     raise InputError(f"{flag} {path} is a {'file' if directory else 'directory'}; give the path "
                      f"of a {'directory' if directory else 'file'}.")
-  parent = os.path.dirname(os.path.abspath(path))
+  _make_writable(os.path.dirname(os.path.abspath(path)), f"cannot write {flag} {path}")
+
+
+def _make_writable(directory: str, failure: str) -> None:
+  """Creates `directory` and writes a file there; on failure one sentence, `failure: why.`"""
   try:
-    os.makedirs(parent, exist_ok=True)
-    with tempfile.NamedTemporaryFile(dir=parent):
+    os.makedirs(directory, exist_ok=True)
+    with tempfile.NamedTemporaryFile(dir=directory):
       pass
   except OSError as e:
-    raise InputError(f"cannot write {flag} {path}: {e.strerror or e}.") from None
+    raise InputError(f"{failure}: {e.strerror or e}.") from None
 
 
 def atomic_write(path: str, write: Callable[[str], None]) -> None:
@@ -121,12 +125,7 @@ class RunDir:
     if not workdir:
       raise InputError("--workdir is required: results, plots and logs are written there.")
     path = os.path.abspath(os.path.expanduser(workdir))
-    try:
-      os.makedirs(path, exist_ok=True)
-      with tempfile.NamedTemporaryFile(dir=path):
-        pass
-    except OSError as e:
-      raise InputError(f"cannot write to --workdir {path}: {e.strerror or e}.") from None
+    _make_writable(path, f"cannot write to --workdir {path}")
     return cls(path)
 
   def file(self, name: str) -> str:

@@ -37,6 +37,9 @@ class PromptCodec:
     vocab = tokenizer.get_vocab()
     ends = {tokenizer.eos_token_id} | {vocab[t] for t in _END_TOKENS if t in vocab}
     self.stop_ids = tuple(sorted(i for i in ends if i is not None))
+    # No token covers more characters than its vocabulary string has (byte-level and
+    # SentencePiece vocabularies alike), so a longer text is too long without tokenising it.
+    self.longest_text = LONGEST_PROMPT * max(len(piece) for piece in vocab)
 
   def prompt_text(self, user_text: str) -> str:
     """The model's input text: the chat template around `user_text` for chat models, else
@@ -47,8 +50,19 @@ class PromptCodec:
                                               tokenize=False, add_generation_prompt=True)
 
   def token_ids(self, texts: Sequence[str]) -> list[list[int]]:
+    for text in texts:
+      if len(text) > self.longest_text:
+        raise InputError(f"a prompt of {len(text)} characters exceeds the longest supported "
+                         f"prompt ({LONGEST_PROMPT} tokens).")
     return [self.tokenizer(self.prompt_text(t), add_special_tokens=not self.chat)["input_ids"]
             for t in texts]
+
+  def check_lengths(self, texts: Sequence[str]) -> None:
+    """One sentence for a prompt longer than `LONGEST_PROMPT` tokens, before any generation."""
+    longest = max((len(x) for x in self.token_ids(texts)), default=0)
+    if longest > LONGEST_PROMPT:
+      raise InputError(f"a prompt of {longest} tokens exceeds the longest supported prompt "
+                       f"({LONGEST_PROMPT} tokens).")
 
   def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded ids [batches, batch_size, bucket] int32 and mask (True on real tokens)."""

@@ -8,13 +8,15 @@ stopping at the tokens our generator stops at), the tokenizer files and `thicket
 (where it came from).
 """
 
+import dataclasses
 import os
 import shutil
 import tempfile
+from typing import Optional
 
 import jax.numpy as jnp
 
-from thickets_jax import workdir
+from thickets_jax import configs, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm import architectures, registry, runs, weights
@@ -23,6 +25,22 @@ from thickets_jax.llm.config import ModelConfig
 from thickets_jax.perturb import rebuild_member
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportConfig(configs.Config):
+  """Which member of which run, written where, in which dtype (`export_member`'s arguments)."""
+  run_dir: Optional[str] = configs.setting(
+      None, "A finished randopt run (holding topk.json); required.")
+  member: str = configs.setting("top1", "top1, or a rank k of the saved top-K.")
+  out: Optional[str] = configs.setting(None, "A new directory for the checkpoint; required.")
+  dtype: str = configs.setting("float32", "Dtype of the written weights.", choices=tuple(DTYPES))
+
+  def validate(self) -> None:
+    if not self.run_dir or not self.out:
+      raise InputError("--run_dir and --out are required.")
+    if self.dtype not in DTYPES:
+      raise InputError(f"unknown --dtype {self.dtype!r}; known: {', '.join(DTYPES)}.")
 
 
 def pick_member(saved: dict, member: str) -> tuple[int, dict]:
@@ -42,8 +60,7 @@ def export_member(run_dir: str, out: str, member: str = "top1", dtype: str = "fl
 
   Returns the provenance record also written to `out/thickets_member.json`.
   """
-  if dtype not in DTYPES:
-    raise InputError(f"unknown --dtype {dtype!r}; known: {', '.join(DTYPES)}.")
+  ExportConfig(run_dir, member, out, dtype)  # one sentence for a bad argument
   saved = runs.load_topk(run_dir)
   rank, record = pick_member(saved, member)
   spec = saved["perturbation"]

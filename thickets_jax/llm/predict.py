@@ -131,6 +131,7 @@ def predict(config: PredictConfig) -> dict:
   seeds = np.asarray([m["seed"] for m in members], np.int64)
   sigmas = np.asarray([m["sigma"] for m in members], np.float64)
   prompts = [e.prompt for e in examples]
+  gen.codec.check_lengths(prompts)
 
   def answer_chunk(chunk_seeds, chunk_sigmas):
     for part, texts in gen.generate_population(chunk_seeds, chunk_sigmas, prompts,

@@ -410,8 +410,9 @@ def model_task_run(config, workdir: str, experiment: str) -> Iterator[tuple]:
     task = TASKS.get(config.task)
     logging.info("%s on %s: %d train, %d test examples; weights %s", config.model, config.task,
                  len(train), len(test), loaded.source.describe())
-    yield (run_dir, loaded, scoring.TaskSet(task, train), scoring.TaskSet(task, test),
-           config.generator(loaded))
+    gen = config.generator(loaded)
+    gen.codec.check_lengths([e.prompt for e in train + test])  # before any scoring
+    yield run_dir, loaded, scoring.TaskSet(task, train), scoring.TaskSet(task, test), gen
 
 
 def run_randopt(config: RandOptConfig, workdir: str) -> dict:

@@ -6,11 +6,12 @@ GSM8K train from its train split and test from its test split (1319); MATH-500, 
 split of 500, train = the first `train_size`, test = the rest. Test never falls back to train.
 """
 
+import contextlib
 import decimal
 import json
 import os
 import re
-from typing import Optional
+from typing import Iterator, Optional
 
 from thickets_jax.errors import InputError
 from thickets_jax.tasks.base import REFERENCE_PROTOCOL, TASKS, Example, Task, field
@@ -29,16 +30,47 @@ def read_records(path: str) -> list[dict]:
     if path.endswith(".parquet"):
       import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
       return pq.read_table(path).to_pylist()
-    with open(path) as f:
-      return [json.loads(line) for line in f if line.strip()]
-  except (json.JSONDecodeError, OSError, ValueError) as e:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except (OSError, ValueError) as e:
     raise InputError(f"cannot read {path} as JSONL or parquet ({e}).") from None
+  records = []
+  for number, line in enumerate(lines, 1):
+    if line.strip():
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError as e:
+        raise InputError(f"{path} line {number} is not JSON ({e.msg}).") from None
+      if not isinstance(record, dict):
+        raise InputError(f"{path} line {number} is not a JSON object.")
+      records.append(record)
+  return records
+
+
+@contextlib.contextmanager
+def _offline() -> Iterator[None]:
+  """The Hugging Face libraries in offline mode while the block runs: the hub cache is read,
+  the network never (else a machine without it spends half a minute on retries). `datasets`
+  and `huggingface_hub` read HF_HUB_OFFLINE once, at import, hence the attributes."""
+  import datasets  # pylint: disable=g-import-not-at-top
+  import huggingface_hub  # pylint: disable=g-import-not-at-top
+  modules = (datasets.config, huggingface_hub.constants)
+  before = [m.HF_HUB_OFFLINE for m in modules]
+  for m in modules:
+    m.HF_HUB_OFFLINE = True
+  try:
+    yield
+  finally:
+    for m, value in zip(modules, before):
+      m.HF_HUB_OFFLINE = value
 
 
 def _hub_split(repo: str, config: Optional[str], split: str) -> list[dict]:
   import datasets  # pylint: disable=g-import-not-at-top
   try:
-    return list(datasets.load_dataset(repo, config, split=split, download_mode="reuse_cache_if_exists"))
+    with _offline():
+      return list(datasets.load_dataset(repo, config, split=split,
+                                        download_mode="reuse_cache_if_exists"))
   except Exception as e:  # pylint: disable=broad-except  # any miss means: not in the cache
     raise InputError(f"the task needs {repo} ({split}): pass --data PATH (JSONL or parquet) or "
                      f"put it in the datasets cache on a machine with internet "
