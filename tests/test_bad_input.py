@@ -111,6 +111,8 @@ CASES = {
     "landscape": [
         ([], "--workdir is required."),
         (["--domain", "llm", "--workdir", "{tmp}/w"], "--domain llm needs --run_dir"),
+        (["--N", "4", "--workdir", "{tmp}/w"], "--N must be at least the 5 members placed on "
+                                                "the plane, got 4."),
         (["--domain", "llm", "--run_dir", "{tmp}/held", "--N", "4", "--workdir", "{tmp}/w"],
          "--N and --seeds are for --domain signals"),
     ],

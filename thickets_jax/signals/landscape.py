@@ -56,6 +56,9 @@ class LandscapeSpec:
     landscape.validate_grid(self.directions, self.points, self.grid_extent)
     if self.directions == "members" and self.k < 2:
       raise InputError("--directions members needs K >= 2 (the plane of the top two).")
+    if self.n < self.k:
+      raise InputError(f"--N must be at least the {self.k} members placed on the plane, got "
+                       f"{self.n}.")
     for base in (self.pretrained, self.untrained):
       self.run_spec(base, 0).validate()
 
