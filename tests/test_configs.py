@@ -141,6 +141,8 @@ def test_the_paper_presets_hold_the_reference_settings_and_plan_on_a_gpu_node():
   for name in ("figure1c", "figure3a", "table1"):
     planned = dataclasses.replace(presets.get(name), dry_run=True).planned(node)  # no weights
     assert planned.plan["machine"]["devices"] == 8 and planned.max_new_tokens == 1024, name
+    if name == "figure3a":  # one degree serves 0.5B (2 KV heads) to 32B
+      assert planned.model_parallel == 2
   for name, config_class in (("figure1c", compare.CompareConfig),
                              ("figure3a", runs.DensityConfig), ("table1", runs.RandOptConfig)):
     assert presets.get(f"{name}:tiny") == config_class.tiny(None)

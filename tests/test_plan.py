@@ -139,3 +139,13 @@ def test_truncation_is_reported_and_a_mostly_cut_run_says_so():
   cut = runs.truncation(config, {"truncated": 0.9}, [{"truncated": 0.2}, {}], "m")
   assert cut["members_mean"] == 0.2  # a record scored before the fraction existed is left out
   assert cut["warning"].startswith("m: 90% of completions were cut at max_new_tokens=64")
+
+
+def test_one_plan_for_several_models_takes_a_degree_every_model_admits():
+  """0.5B has 2 KV heads: a run over 0.5B and 32B cannot shard 4 ways, whatever 32B needs."""
+  models = {**SHAPES("qwen2.5-0.5b-instruct"), **SHAPES("qwen2.5-32b-instruct")}
+  chosen = plan.choose(models, GPU8, **PROTOCOL)
+  assert chosen.model_parallel == 2 and chosen.model == "qwen2.5-32b-instruct"
+  with pytest.raises(InputError, match=r"qwen2.5-0.5b-instruct's 14 query and 2 KV heads.*; "
+                                       r"possible: 1, 2\."):
+    plan.choose(models, GPU8, model_parallel=4, **PROTOCOL)

@@ -195,8 +195,9 @@ def choose(models: dict[str, ModelConfig], machine: Machine, *, dtype: Optional[
            model_parallel: Optional[int] = None, member_axis: Optional[str] = None,
            members_per_batch: Optional[int] = None, rows: int, slots: int,
            dtypes: dict, accelerator_dtype: str = "bfloat16") -> ExecutionPlan:
-  """The plan for `models` (name -> shapes; the largest decides) on `machine`; each setting
-  given (not None) is kept. `accelerator_dtype`: the dtype chosen on accelerators (runs that
+  """The plan for `models` (name -> shapes; the largest decides the memory, and the
+  model-parallel degree divides every model's heads: one plan serves them all) on `machine`;
+  each setting given (not None) is kept. `accelerator_dtype`: the dtype chosen on accelerators (runs that
   train weights keep float32, where small updates survive).
 
   Raises:
@@ -224,22 +225,28 @@ def choose(models: dict[str, ModelConfig], machine: Machine, *, dtype: Optional[
                     members_per_slot=per_slot, rows=rows, slots=slots)
     return ExecutionPlan(machine, dtype, degree, member_axis, per_call, use, name, chosen)
 
+  degrees = [d for d in _degrees(machine, shapes)
+              if all(d in _degrees(machine, m) for m in models.values())]
   if model_parallel is not None:
-    if model_parallel and model_parallel not in _degrees(machine, shapes):
+    if model_parallel and model_parallel not in degrees:
       raise InputError(
           f"--model_parallel {model_parallel} must divide the {machine.devices} devices and "
-          f"{name}'s {shapes.num_heads} query and {shapes.num_kv_heads} KV heads; possible: "
-          f"{', '.join(map(str, _degrees(machine, shapes)))}.")
+          + ", ".join(f"{n}'s {m.num_heads} query and {m.num_kv_heads} KV heads"
+                      for n, m in models.items())
+          + f"; possible: {', '.join(map(str, degrees))}.")
     plan = plan_for(model_parallel)
   else:
-    candidates = [plan_for(d) for d in _degrees(machine, shapes)]
+    candidates = [plan_for(d) for d in degrees]
     plan = next((p for p in candidates if p.fits is not False), candidates[-1])
   if plan.fits is False:
+    others = "" if len(models) == 1 else (
+        f" (the degrees every model of {', '.join(models)} admits: "
+        f"{', '.join(map(str, degrees))}; a separate run for {name} may fit)")
     raise InputError(
         f"no plan fits: {name} in {dtype} needs {gib(plan.footprint.total)} per device at "
         f"model_parallel {plan.model_parallel} against {gib(HEADROOM * machine.device_memory)} "
-        "usable; use more devices, a smaller --batch_size or --max_new_tokens, or fewer "
-        "--members_per_batch.")
+        f"usable{others}; use more devices, a smaller --batch_size or --max_new_tokens, or "
+        "fewer --members_per_batch.")
   return plan
 
 
