@@ -18,7 +18,7 @@ configs.define_flags(export.ExportConfig)
 def main(argv):
   del argv
   config = configs.from_flags(export.ExportConfig)
-  written = export.export_member(config.run_dir, config.out, config.member, config.dtype)
+  written = export.export_member(config)
   print(f"wrote {config.out}: {written['model']} member rank {written['rank']} "
         f"(seed {written['seed']}, sigma {written['sigma']:g}), {written['dtype']}")
 

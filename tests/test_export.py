@@ -42,14 +42,14 @@ def _same_greedy_tokens(loaded, member_params, out, new_tokens):
 def test_tiny_member_round_trips_through_transformers(tmp_path, tiny_weights):
   run = _topk(tmp_path / "run", runs.TINY_MODEL, tiny_weights,
               [{"seed": 3, "sigma": 0.05}, {"seed": 11, "sigma": 0.01}])
-  written = export.export_member(run, str(tmp_path / "out"), member="2")
+  written = export.export_member(export.ExportConfig(run, str(tmp_path / "out"), member="2"))
   assert written["rank"] == 2 and written["seed"] == 11
   loaded = registry.load(runs.TINY_MODEL, tiny_weights)
   member = rebuild_member(loaded.params, 11, 0.01, runs.RandOptConfig().perturb_spec())
   _same_greedy_tokens(loaded, member, str(tmp_path / "out"), new_tokens=12)
   assert json.load(open(tmp_path / "out" / "thickets_member.json"))["sigma"] == 0.01
 
-  export.export_member(run, str(tmp_path / "bf16"), dtype="bfloat16")
+  export.export_member(export.ExportConfig(run, str(tmp_path / "bf16"), dtype="bfloat16"))
   hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16"))
   assert hf.dtype == torch.bfloat16
   embed = hf.get_input_embeddings().weight.detach().float().numpy()
@@ -62,7 +62,7 @@ def test_tiny_member_round_trips_through_transformers(tmp_path, tiny_weights):
 def test_bad_members_are_one_sentence(tmp_path, tiny_weights, member, sentence):
   run = _topk(tmp_path / "run", runs.TINY_MODEL, tiny_weights, [{"seed": 3, "sigma": 0.05}])
   with pytest.raises(InputError, match=sentence):
-    export.export_member(run, str(tmp_path / "out"), member=member)
+    export.export_member(export.ExportConfig(run, str(tmp_path / "out"), member=member))
 
 
 def test_a_run_that_cannot_be_rebuilt_is_refused_on_the_command_line(tmp_path, tiny_weights):
@@ -83,7 +83,7 @@ def test_a_run_that_cannot_be_rebuilt_is_refused_on_the_command_line(tmp_path, t
 @pytest.mark.parametrize("model", registry.OFFLINE_MODELS)
 def test_offline_member_round_trips_through_transformers(tmp_path, model):
   run = _topk(tmp_path / "run", model, None, [{"seed": 5, "sigma": 1e-3}])
-  export.export_member(run, str(tmp_path / "out"))
+  export.export_member(export.ExportConfig(run, str(tmp_path / "out")))
   loaded = registry.load(model)
   member = rebuild_member(loaded.params, 5, 1e-3, runs.RandOptConfig().perturb_spec())
   _same_greedy_tokens(loaded, member, str(tmp_path / "out"), new_tokens=16)

@@ -107,11 +107,10 @@ def _metadata(cls: type, name: str) -> Optional[dict]:
 def _kind(annotation) -> tuple[type, Optional[type]]:
   """(bool | int | float | str | tuple, the tuple's element type) of a field's annotation;
   Optional[X] is X."""
-  args = [a for a in typing.get_args(annotation) if a is not type(None)]
   if typing.get_origin(annotation) is typing.Union:
-    annotation, args = args[0], list(typing.get_args(args[0]))
+    annotation = next(a for a in typing.get_args(annotation) if a is not type(None))
   if typing.get_origin(annotation) is tuple:
-    return tuple, args[0]
+    return tuple, typing.get_args(annotation)[0]
   if annotation not in (bool, int, float, str):
     raise TypeError(f"a setting cannot be a {annotation!r}")
   return annotation, None
@@ -150,10 +149,10 @@ def from_flags(config_class: type, flag_values: flags.FlagValues = flags.FLAGS,
     if base is None or flag_values[flag.name].present:
       value = flag_values[flag.name].value
       _nest(values, flag.path, _parse(flag, value) if flag.kind is tuple else value)
-  start = base if base is not None else config_class
   for name, value in values.items():  # a sub-config: its defaults, with the flags' values
     if isinstance(value, dict):
-      sub = getattr(start, name) if base is not None else start.__dataclass_fields__[name].default
+      sub = (config_class.__dataclass_fields__[name].default if base is None
+             else getattr(base, name))
       values[name] = dataclasses.replace(sub, **value)
   if base is not None:
     return dataclasses.replace(base, **values, **overrides)

@@ -62,6 +62,8 @@ class ESConfig(configs.Config):
                        f"{self.population}.")
     if not self.sigma > 0:
       raise InputError(f"{flag('sigma')} must be positive, got {self.sigma}.")
+    if not np.isfinite(self.sigma):
+      raise InputError(f"{flag('sigma')} must be finite, got {self.sigma}.")
     if not self.learning_rate > 0:
       raise InputError(f"{flag('learning_rate')} must be positive, got {self.learning_rate}.")
     if not self.weight_decay >= 0:

@@ -59,10 +59,7 @@ class PromptCodec:
 
   def check_lengths(self, texts: Sequence[str]) -> None:
     """One sentence for a prompt longer than `LONGEST_PROMPT` tokens, before any generation."""
-    longest = max((len(x) for x in self.token_ids(texts)), default=0)
-    if longest > LONGEST_PROMPT:
-      raise InputError(f"a prompt of {longest} tokens exceeds the longest supported prompt "
-                       f"({LONGEST_PROMPT} tokens).")
+    _check_longest(self.token_ids(texts))
 
   def encode(self, texts: Sequence[str]) -> tuple[np.ndarray, np.ndarray]:
     """Left-padded ids [batches, batch_size, bucket] int32 and mask (True on real tokens)."""
@@ -91,10 +88,7 @@ class PromptCodec:
     return np.asarray(ids[0][:shared], np.int32), tokens, mask
 
   def _pack(self, ids: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
-    longest = max(len(x) for x in ids)
-    if longest > LONGEST_PROMPT:
-      raise InputError(f"a prompt of {longest} tokens exceeds the longest supported prompt "
-                       f"({LONGEST_PROMPT} tokens).")
+    longest = _check_longest(ids)
     bucket = -(-longest // BUCKET_STEP) * BUCKET_STEP
     batches = -(-len(ids) // self.batch_size)
     tokens = np.full((batches * self.batch_size, bucket), self.pad_id, np.int32)
@@ -118,3 +112,12 @@ class PromptCodec:
       if cut >= 0:
         text = text[:cut]
     return text
+
+
+def _check_longest(ids: Sequence[Sequence[int]]) -> int:
+  """The longest prompt's token count; one sentence if it exceeds `LONGEST_PROMPT`."""
+  longest = max((len(x) for x in ids), default=0)
+  if longest > LONGEST_PROMPT:
+    raise InputError(f"a prompt of {longest} tokens exceeds the longest supported prompt "
+                     f"({LONGEST_PROMPT} tokens).")
+  return longest

@@ -72,7 +72,7 @@ class CompareConfig(OneModelConfig):
                   "test_size": 3, "batch_size": 4, "vote_k": 2,
                   "es": ESConfig(population=2, sigma=0.01), "es_iterations": 2,
                   "grpo": GRPOConfig(group_size=2, prompts_per_step=2, mini_batch=1,
-                                          micro_batch=2, learning_rate=1e-5),
+                                     micro_batch=2, learning_rate=1e-5),
                   "grpo_steps": 2, "eval_every": 1, **overrides})
 
   def validate(self) -> None:

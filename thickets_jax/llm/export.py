@@ -29,11 +29,11 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig(configs.Config):
-  """Which member of which run, written where, in which dtype (`export_member`'s arguments)."""
+  """Which member of which run, written where, in which dtype."""
   run_dir: Optional[str] = configs.setting(
       None, "A finished randopt run (holding topk.json); required.")
-  member: str = configs.setting("top1", "top1, or a rank k of the saved top-K.")
   out: Optional[str] = configs.setting(None, "A new directory for the checkpoint; required.")
+  member: str = configs.setting("top1", "top1, or a rank k of the saved top-K.")
   dtype: str = configs.setting("float32", "Dtype of the written weights.", choices=tuple(DTYPES))
 
   def validate(self) -> None:
@@ -55,12 +55,13 @@ def pick_member(saved: dict, member: str) -> tuple[int, dict]:
   return rank, members[rank - 1]
 
 
-def export_member(run_dir: str, out: str, member: str = "top1", dtype: str = "float32") -> dict:
-  """Writes the member of `run_dir` ranked `member` to the new directory `out`.
+def export_member(config: ExportConfig) -> dict:
+  """Writes the member of `config.run_dir` ranked `config.member` to the new directory
+  `config.out`.
 
   Returns the provenance record also written to `out/thickets_member.json`.
   """
-  ExportConfig(run_dir, member, out, dtype)  # one sentence for a bad argument
+  run_dir, out, member, dtype = config.run_dir, config.out, config.member, config.dtype
   saved = runs.load_topk(run_dir)
   rank, record = pick_member(saved, member)
   spec = saved["perturbation"]
@@ -80,9 +81,7 @@ def export_member(run_dir: str, out: str, member: str = "top1", dtype: str = "fl
                 "task": saved["task"], "rank": rank, **record,
                 "perturbation": spec.to_json(), "base_weights": saved["weights_source"],
                 "search_dtype": saved["dtype"], "dtype": dtype}
-  parent = os.path.dirname(os.path.abspath(out))
-  os.makedirs(parent, exist_ok=True)
-  staging = tempfile.mkdtemp(dir=parent, suffix=".partial")
+  staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".partial")
   try:
     _write(staging, loaded, params, DTYPES[dtype], provenance)
     if os.path.exists(out):

@@ -120,8 +120,6 @@ def predict(config: PredictConfig) -> dict:
   scoring.find_inputs()
   task = TASKS.get(saved["task"])
   records, examples = read_prompts(config.prompts, task)
-  if os.path.dirname(config.out):
-    os.makedirs(os.path.dirname(config.out), exist_ok=True)
   store = storage.CandidateStore(
       f"{config.out}.{_fingerprint(config, saved, scoring.max_new_tokens)}.partial.jsonl")
   loaded = scoring.load(saved["model"])
