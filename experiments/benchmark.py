@@ -40,7 +40,8 @@ from experiments import common
 from thickets_jax import bench, cli, flops, halving, population, workdir
 from thickets_jax.baselines import es
 from thickets_jax.errors import InputError
-from thickets_jax.llm import chunk, dryrun, generate, model as llm_model, plan, registry, runs
+from thickets_jax.llm import (chunk, density, dryrun, generate, model as llm_model, plan,
+                              randopt, registry, session)
 from thickets_jax.llm import roofline, sharding
 from thickets_jax.perturb import PerturbSpec, perturb_member, rebuild_member
 from thickets_jax.signals import families, model as signal_model
@@ -429,15 +430,14 @@ def _b7_1d(root: str) -> list[str]:
 
 def _b7_llm(root: str) -> list[str]:
   """Full scoring vs halving on an offline model (arithmetic, where its base is between 0 and 1)."""
-  from thickets_jax.llm import runs  # pylint: disable=g-import-not-at-top
-  base = runs.RandOptConfig(model=FLAGS.b7_llm, task="arithmetic", N=FLAGS.b7_llm_N,
+  base = randopt.RandOptConfig(model=FLAGS.b7_llm, task="arithmetic", N=FLAGS.b7_llm_N,
                             sigmas=(5e-4, 1e-3), train_size=32, max_new_tokens=32, batch_size=32,
                             ks=(1, 4), test_size=64)
-  results = {name: runs.run_randopt(config, os.path.join(root, f"llm_{name}"))
+  results = {name: randopt.run_randopt(config, os.path.join(root, f"llm_{name}"))
              for name, config in (("full", base), ("halving", dataclasses.replace(
                  base, halving_eta=FLAGS.b7_eta, halving_min_examples=2)))}
-  full_top = [m["seed"] for m in runs.load_topk(os.path.join(root, "llm_full"))["members"]]
-  halved_top = [m["seed"] for m in runs.load_topk(os.path.join(root, "llm_halving"))["members"]]
+  full_top = [m["seed"] for m in randopt.load_topk(os.path.join(root, "llm_full"))["members"]]
+  halved_top = [m["seed"] for m in randopt.load_topk(os.path.join(root, "llm_halving"))["members"]]
   lines = []
   for name, r in results.items():
     acc = r["ensemble_accuracy"]["4"]
@@ -466,9 +466,9 @@ def bench_p1() -> str:
   return _p1_measured()
 
 
-def _p1_config(model: str, machine: plan.Machine, **settings) -> runs.DensityConfig:
+def _p1_config(model: str, machine: plan.Machine, **settings) -> density.DensityConfig:
   """The README's scale-up settings (gsm8k, the reference protocol) planned for `machine`."""
-  return runs.DensityConfig(models=(model,), task="gsm8k", N=1000, dry_run=True,
+  return density.DensityConfig(models=(model,), task="gsm8k", N=1000, dry_run=True,
                             **settings).planned(machine)
 
 
@@ -494,7 +494,7 @@ def _p1_measured() -> str:
   model = FLAGS.p1_models[0]
   config = _p1_config(model, plan.Machine.detect(), max_new_tokens=FLAGS.p1_new_tokens,
                       batch_size=16)
-  shapes = registry.MODELS.get(model).config.replace(dtype=runs.DTYPES[config.dtype])
+  shapes = registry.MODELS.get(model).config.replace(dtype=session.DTYPES[config.dtype])
   mesh = config.mesh()
   params = jax.device_put(roofline.random_params(shapes, jax.random.key(0)),
                           sharding.param_shardings(shapes, mesh))

@@ -5,7 +5,7 @@ r"""Solution density δ(m) around pretrained weights, per model and sigma (the p
       --N 1000 --sigmas 5e-4,1e-3,2e-3 --train_size 200 --max_new_tokens 512 \
       --workdir /runs/density
 
-With no flags it runs the offline default of `thickets_jax.llm.runs.DensityConfig`: both
+With no flags it runs the offline default of `thickets_jax.llm.density.DensityConfig`: both
 offline models (GGUF-dequantised SmolLM2-135M and Qwen2.5-Coder-0.5B) on `arithmetic`, where
 both bases sit between 0 and 1. Each perturbation is scored on the first `train_size`
 examples; δ(m) = fraction whose score ≥ base + m (absolute margins), with Wilson 95%
@@ -17,18 +17,18 @@ from absl import flags
 
 from experiments import llm_common
 from thickets_jax import cli, configs
-from thickets_jax.llm import runs
+from thickets_jax.llm import density
 
 flags.adopt_module_key_flags(llm_common)
-configs.define_flags(runs.DensityConfig)
+configs.define_flags(density.DensityConfig)
 FLAGS = llm_common.FLAGS
 
 
 def main(argv):
   del argv
   llm_common.setup_devices()
-  config = llm_common.config(runs.DensityConfig)
-  result = llm_common.run_or_plan(runs.run_density, config, FLAGS.workdir)
+  config = llm_common.config(density.DensityConfig)
+  result = llm_common.run_or_plan(density.run_density, config, FLAGS.workdir)
   if result is not None:
     print(_table(result))
 

@@ -5,29 +5,29 @@ r"""Spectral discordance: do the perturbations that help one task help the other
       --N 100 --train_size 32 --workdir /runs/discordance
 
 Scores N perturbations on M tasks per model (the default tasks are ones on which the offline
-bases score neither 0 nor 1: `runs.DISCORDANCE_TASKS`), then per model: the [N, M]
+bases score neither 0 nor 1: `discordance.DISCORDANCE_TASKS`), then per model: the [N, M]
 percentile-rank matrix, the M×M Pearson correlation of its columns, D = 1 − mean off-diagonal
 correlation with its bound M/(M−1), the performance spectra and a 2-D PCA with k-means
 clusters; across models, D against parameters (`discordance_vs_size.png`). The run itself is
-`thickets_jax.llm.runs.run_discordance`.
+`thickets_jax.llm.discordance.run_discordance`.
 """
 
 from absl import flags
 
 from experiments import llm_common
 from thickets_jax import cli, configs
-from thickets_jax.llm import runs
+from thickets_jax.llm import discordance
 
 flags.adopt_module_key_flags(llm_common)
-configs.define_flags(runs.DiscordanceConfig)
+configs.define_flags(discordance.DiscordanceConfig)
 FLAGS = llm_common.FLAGS
 
 
 def main(argv):
   del argv
   llm_common.setup_devices()
-  config = llm_common.config(runs.DiscordanceConfig)
-  result = llm_common.run_or_plan(runs.run_discordance, config, FLAGS.workdir)
+  config = llm_common.config(discordance.DiscordanceConfig)
+  result = llm_common.run_or_plan(discordance.run_discordance, config, FLAGS.workdir)
   for p in result["points"] if result is not None else ():
     d = p["discordance_reward"]
     value = "undefined (a task's scores are constant)" if d["discordance"] is None else (

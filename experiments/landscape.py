@@ -11,53 +11,50 @@ plane (and of N members) that beats the base and that halves its MSE. `--domain 
 (`thickets_jax.llm.landscape`): the train reward of a finished `experiments.randopt` run's model
 on a coarse grid, one model per point, resumable per point. Directions: the top two members
 (`members`: they sit at (1, 0) and (0, 1)) or two filter-normalised random ones (`random`).
-Writes `results.json`, `landscape.png` and `log.txt` under `--workdir`.
+Writes `results.json`, `landscape.png` and `log.txt` under `--workdir`. The flags are the
+settings of the two domains' configs; the plane's (`--directions`, `--extent`, `--points`) are
+shared, and a domain's default applies where the flag is not given.
 """
 
 from absl import flags
 
-from thickets_jax import cli, landscape
+from experiments import common
+from thickets_jax import cli, configs, landscape
 from thickets_jax.errors import InputError
 from thickets_jax.llm import landscape as llm_landscape
 from thickets_jax.signals import landscape as signals_landscape
 
-flags.DEFINE_enum("domain", "signals", ["signals", "llm"], "1D MLPs or a language model.")
-flags.DEFINE_enum("directions", "members", landscape.DIRECTIONS,
-                  "The plane: the top two members, or two filter-normalised random directions.")
-flags.DEFINE_float("extent", None, "The grid spans [-extent, extent]^2 (default: 2 for members; "
-                   "1 (signals) or 0.05 (llm) for random).")
-flags.DEFINE_integer("points", None, "Grid points per axis, odd (default 21 signals, 5 llm).")
-flags.DEFINE_string("seeds", "0-2", "signals: root seeds.")
-flags.DEFINE_integer("N", None, "signals: members sampled per base (default 256).")
-flags.DEFINE_string("run_dir", None, "llm: a finished randopt run.")
-flags.DEFINE_integer("train_size", None, "llm: examples per grid point (default: the run's).")
-flags.DEFINE_integer("batch_size", 32, "llm: prompts per generation batch.")
+DOMAINS = {"signals": signals_landscape.LandscapeSpec, "llm": llm_landscape.LandscapeConfig}
+flags.DEFINE_enum("domain", "signals", list(DOMAINS), "1D MLPs or a language model.")
+configs.define_flags(signals_landscape.LandscapeSpec)
+configs.define_flags(llm_landscape.LandscapeConfig, shared=True)
+common.define_preset_flag()
 flags.DEFINE_string("workdir", None, "Where results, plots and logs go.")
 FLAGS = flags.FLAGS
+
+
+def _config(domain: str):
+  """The domain's config: its defaults, with the flags given; another domain's flag is refused."""
+  shared = {f.name for f in configs.settings(landscape.PlaneConfig)}
+  for other, config_class in DOMAINS.items():
+    foreign = [f for f in configs.present(config_class)
+               if f not in shared and f not in {g.name for g in configs.settings(DOMAINS[domain])}]
+    if other != domain and foreign:
+      raise InputError(f"--{foreign[0]} is for --domain {other}, not {domain}.")
+  config_class = DOMAINS[domain]
+  return configs.from_flags(config_class, base=common.preset(config_class) or config_class())
 
 
 def main(argv):
   del argv
   if not FLAGS.workdir:
     raise InputError("--workdir is required.")
-  chosen = {k: FLAGS[k].value for k in ("extent", "points") if FLAGS[k].value is not None}
+  config = _config(FLAGS.domain)
   if FLAGS.domain == "signals":
-    if FLAGS.run_dir or FLAGS.train_size:
-      raise InputError("--run_dir and --train_size are for --domain llm.")
-    if FLAGS.N is not None:
-      chosen["n"] = FLAGS.N
-    spec = signals_landscape.LandscapeSpec(directions=FLAGS.directions, **chosen)
-    result = signals_landscape.run_landscape(spec, cli.int_ranges(FLAGS.seeds, "seeds"),
-                                             FLAGS.workdir)
+    result = signals_landscape.run_landscape(config, FLAGS.workdir)
     print(signals_landscape.table(result))
     return
-  if not FLAGS.run_dir:
-    raise InputError("--domain llm needs --run_dir, a finished randopt run.")
-  if FLAGS.N is not None or FLAGS["seeds"].present:
-    raise InputError("--N and --seeds are for --domain signals; the llm plane uses the run's.")
-  result = llm_landscape.run_landscape(llm_landscape.LandscapeConfig(
-      run_dir=FLAGS.run_dir, directions=FLAGS.directions, train_size=FLAGS.train_size,
-      batch_size=FLAGS.batch_size, **chosen), FLAGS.workdir)
+  result = llm_landscape.run_landscape(config, FLAGS.workdir)
   better = ", ".join(f"{100 * b['fraction']:.0f}% by >{b['margin']:g}×base"
                      for b in result["better"])
   print(f"{result['model']} on {result['task']}: base reward {result['base_reward']:.3f}; "

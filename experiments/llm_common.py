@@ -13,15 +13,14 @@ from absl import flags
 from experiments import common
 from thickets_jax import configs, distributed
 from thickets_jax.errors import InputError
-from thickets_jax.llm import dryrun, plan, presets, registry
+from thickets_jax.llm import dryrun, plan, registry
 
 flags.DEFINE_integer("plan_devices", None, "--dry_run: plan for this many accelerators (simulated "
                      "as host devices) instead of the devices JAX sees.")
 flags.DEFINE_string("plan_device_memory", None, "--dry_run with --plan_devices: memory per device, "
                     "e.g. 80GB or 16GiB.")
 flags.DEFINE_string("workdir", None, "Where results, plots and logs go.")
-flags.DEFINE_string("preset", None, "A paper run as the config (NAME or NAME:tiny; "
-                    f"{', '.join(presets.PRESETS.names())}); flags given change it.")
+common.define_preset_flag()
 flags.adopt_module_key_flags(common)  # --host_devices, --distributed, ...
 FLAGS = flags.FLAGS
 
@@ -71,11 +70,7 @@ def config(config_class: type, **overrides):
   `--preset` if given. `--weights DIR` without `--model` or a preset runs the checkpoint in DIR
   (`registry.CHECKPOINT`)."""
   if FLAGS.preset:
-    base = presets.get(FLAGS.preset)
-    if not isinstance(base, config_class):
-      raise InputError(f"--preset {FLAGS.preset} is a {type(base).__name__}, not a "
-                       f"{config_class.__name__}; run it with its experiment.")
-    return configs.from_flags(config_class, base=base, **overrides)
+    return common.config(config_class, **overrides)
   if FLAGS.weights and not FLAGS["model"].present:
     many = "models" in config_class.__dataclass_fields__
     overrides.setdefault("models" if many else "model",

@@ -15,17 +15,17 @@ member as it finishes; a rerun resumes), `log.txt`, `config.json`. `--resume_dir
 a saved top-K on a new test set without scoring anything on train. `--halving_eta` selects by
 successive halving (`thickets_jax.halving`; each rung's scores in `rung<i>.jsonl`); results then
 list the rungs and the selection's example evaluations and forward FLOPs. The run itself is
-`thickets_jax.llm.runs.run_randopt`.
+`thickets_jax.llm.randopt.run_randopt`.
 """
 
 from absl import flags
 
 from experiments import llm_common
 from thickets_jax import cli, configs
-from thickets_jax.llm import runs
+from thickets_jax.llm import randopt
 
 flags.adopt_module_key_flags(llm_common)
-configs.define_flags(runs.RandOptConfig)
+configs.define_flags(randopt.RandOptConfig)
 flags.DEFINE_string("resume_dir", None, "A finished run whose top-K is re-evaluated on this test set.")
 FLAGS = flags.FLAGS
 
@@ -34,13 +34,13 @@ def main(argv):
   del argv
   llm_common.setup_devices()
   if FLAGS.resume_dir:  # the saved run's settings, but the flags given
-    _, saved = runs.saved_config(FLAGS.resume_dir)
-    config = configs.from_flags(runs.RandOptConfig, base=saved)
-    overridden = configs.present(runs.RandOptConfig)
-    run = lambda c, workdir: runs.reevaluate_randopt(c, FLAGS.resume_dir, workdir, overridden)
+    _, saved = randopt.saved_config(FLAGS.resume_dir)
+    config = configs.from_flags(randopt.RandOptConfig, base=saved)
+    overridden = configs.present(randopt.RandOptConfig)
+    run = lambda c, workdir: randopt.reevaluate_randopt(c, FLAGS.resume_dir, workdir, overridden)
   else:
-    config = llm_common.config(runs.RandOptConfig)
-    run = runs.run_randopt
+    config = llm_common.config(randopt.RandOptConfig)
+    run = randopt.run_randopt
   result = llm_common.run_or_plan(run, config, FLAGS.workdir)
   if result is not None:
     print(_table(result, config.ks))

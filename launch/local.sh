@@ -18,7 +18,10 @@ job=${1:-main}
 shift || true
 case "$job" in
   main) exec "$VENV/bin/python" -m experiments.density --workdir "${WORKDIR:-workdir/density}" "$@" ;;
-  test) exec "$VENV/bin/python" -m pytest -q tests "$@" ;;
+  # Unit tests in two processes (pytest-xdist) compiled at XLA's level 0, then the real-weight
+  # integration tests in one (each holds up to 11 GB) at its default level (tests/conftest.py).
+  test) "$VENV/bin/python" -m pytest -q -n 2 -m "not integration" tests "$@"
+        exec "$VENV/bin/python" -m pytest -q -m integration tests "$@" ;;
   run)  exp=$1; shift; exec "$VENV/bin/python" -m "experiments.$exp" "$@" ;;
   *) echo "usage: launch/local.sh main|test|run EXPERIMENT [flags]" >&2; exit 2 ;;
 esac

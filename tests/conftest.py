@@ -1,10 +1,25 @@
-"""Two host CPU devices, so sharding over a `population` mesh is tested on any machine."""
+"""Two host CPU devices, so sharding over a `population` mesh is tested on any machine; XLA's
+CPU backend at LLVM optimisation level 0 except for the real-weight tests.
+
+The unit tests' programs are tiny and compiled once or twice each, so compiling dominates
+them, and level 0 compiles about 1.8x faster (tests/test_llm_model.py: 219 s -> 124 s). It
+changes no result (the tests comparing tokens bit for bit with recorded values pass at either
+level), but it runs elementwise code unoptimised: drawing a member's noise is 5x slower, which
+the `integration` tests on the offline models' hundreds of millions of weights would pay. So
+`pytest -m integration` (the second half of `launch/local.sh test`) keeps XLA's default level.
+"""
 
 import os
 
 import pytest
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=2")
+
+def pytest_configure(config):
+  """XLA's flags, before any test module imports JAX."""
+  flags = ["--xla_force_host_platform_device_count=2"]
+  if config.getoption("markexpr") != "integration":
+    flags.append("--xla_backend_optimization_level=0")
+  os.environ.setdefault("XLA_FLAGS", " ".join(flags))
 
 
 def pytest_collection_modifyitems(items):
@@ -43,8 +58,30 @@ def tiny_weights(tmp_path_factory):
 @pytest.fixture(scope="session")
 def tiny_randopt_run(tmp_path_factory, tiny_weights):
   """(config, run directory, result) of a finished tiny RandOpt run on `arithmetic`."""
-  from thickets_jax.llm import runs  # pylint: disable=g-import-not-at-top
+  from thickets_jax.llm import randopt  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("tiny_randopt"))
-  config = runs.RandOptConfig.tiny(tiny_weights, task="arithmetic", sigmas=(0.2,), test_size=4,
+  config = randopt.RandOptConfig.tiny(tiny_weights, task="arithmetic", sigmas=(0.2,), test_size=4,
                                    max_new_tokens=12)
-  return config, workdir, runs.run_randopt(config, workdir)
+  return config, workdir, randopt.run_randopt(config, workdir)
+
+
+@pytest.fixture(scope="session")
+def offline_models():
+  """`registry.load` memoised for this test process: the offline models' GGUF files take
+  seconds to dequantise (Qwen2.5-Coder-0.5B about 27 s) and several tests read the same one.
+  A loaded model is immutable (JAX arrays), so sharing it changes nothing a test sees."""
+  import inspect  # pylint: disable=g-import-not-at-top
+  from thickets_jax.llm import registry  # pylint: disable=g-import-not-at-top
+  cache, load = {}, registry.load
+  signature = inspect.signature(load)
+
+  def cached(*args, **kwargs):
+    bound = signature.bind(*args, **kwargs)
+    bound.apply_defaults()
+    key = tuple(bound.arguments.items())
+    if bound.arguments["weights_dir"] is not None:  # a directory may change between tests
+      return load(*args, **kwargs)
+    if key not in cache:
+      cache[key] = load(*args, **kwargs)
+    return cache[key]
+  return cached

@@ -232,8 +232,8 @@ def test_presets_have_the_published_sizes(name, total, non_embedding):
 def test_olmo3_7b_plans_on_8_simulated_gpus():
   """The paper's Figure-1 model plans without weights (`experiments.randopt --model
   olmo-3-7b-instruct --dry_run` also compiles it; docs/scale.md)."""
-  from thickets_jax.llm import plan, runs  # pylint: disable=g-import-not-at-top
-  config = runs.RandOptConfig(model="olmo-3-7b-instruct", task="gsm8k", dry_run=True).planned(
+  from thickets_jax.llm import plan, randopt  # pylint: disable=g-import-not-at-top
+  config = randopt.RandOptConfig(model="olmo-3-7b-instruct", task="gsm8k", dry_run=True).planned(
       plan.Machine.hypothetical(8, plan.parse_bytes("80GB")))
   assert config.plan["fits"] and config.dtype == "bfloat16" and config.model_parallel == 1
   assert config.plan["model"] == "olmo-3-7b-instruct" and config.max_new_tokens == 1024
@@ -242,18 +242,18 @@ def test_olmo3_7b_plans_on_8_simulated_gpus():
 def test_runs_record_the_leaves_that_key_their_members_and_refuse_others(tmp_path,
                                                                         tiny_randopt_run):
   from thickets_jax import perturb  # pylint: disable=g-import-not-at-top
-  from thickets_jax.llm import runs  # pylint: disable=g-import-not-at-top
+  from thickets_jax.llm import randopt  # pylint: disable=g-import-not-at-top
   config, workdir, _ = tiny_randopt_run
-  saved = runs.load_topk(workdir)
+  saved = randopt.load_topk(workdir)
   loaded = config.planned().load(config.model)
   assert saved["keyed_leaves"] == perturb.keyed_leaves(loaded.params)
   assert saved["keyed_leaves"][:2] == ["embed/embedding", "final_norm/scale"]
-  runs.check_rebuildable(saved, loaded, workdir)
+  randopt.check_rebuildable(saved, loaded, workdir)
   renamed = {**saved, "keyed_leaves": [n.replace("mlp_norm", "ffn_norm")
                                        for n in saved["keyed_leaves"]]}
   with pytest.raises(InputError, match="drew its members' noise over other parameter names "
                                        r"than this model has \(layers/ffn_norm/scale"):
-    runs.check_rebuildable(renamed, loaded, workdir)
+    randopt.check_rebuildable(renamed, loaded, workdir)
 
 
 @pytest.mark.two_devices

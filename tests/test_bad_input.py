@@ -114,10 +114,25 @@ CASES = {
         (["--N", "4", "--workdir", "{tmp}/w"], "--N must be at least the 5 members placed on "
                                                 "the plane, got 4."),
         (["--domain", "llm", "--run_dir", "{tmp}/held", "--N", "4", "--workdir", "{tmp}/w"],
-         "--N and --seeds are for --domain signals"),
+         "--N is for --domain signals, not llm."),
+        (["--run_dir", "{tmp}/held", "--workdir", "{tmp}/w"], "--run_dir is for --domain llm"),
+        (["--points", "4", "--workdir", "{tmp}/w"], "--points must be odd and at least 3"),
     ],
     "signals1d": [
         (["--regime", "nosuch"], "unknown --regime 'nosuch'"),
+        (["--regime", "custom", "--pretrain", "zigzag", "--posttrain", "one_line"],
+         "unknown --pretrain 'zigzag'"),
+        (["--regime", "custom", "--pretrain", "mixed", "--posttrain", "zigzag"],
+         "unknown signal family 'zigzag'"),
+        (["--N", "10", "--K", "20", "--workdir", "{tmp}/w"],
+         "K=20 is larger than the population N=10"),
+        (["--sigma", "0"], "sigma must be a positive finite number, got 0.0"),
+        (["--sigma", "-0.01"], "sigma must be a positive finite number, got -0.01"),
+        (["--width", "0"], "--width must be at least 1, got 0"),
+        (["--K", "five"], "--K takes integers"),
+        (["--seeds", "0-x"], "--seeds takes integers and ranges like 0-4"),
+        (["--seeds", "1,1"], "--seeds must name distinct integers"),
+        (["--workdir", "{tmp}/file/sub"], "cannot write to --workdir"),
         (["--pretrain_steps", "-1", "--workdir", "{tmp}/w"],
          "--pretrain_steps must be positive, got -1."),
         (["--chunk_size", "0", "--workdir", "{tmp}/w"], "--chunk_size must be positive, got 0."),
@@ -125,6 +140,9 @@ CASES = {
         (["--workdir", "{tmp}/held"], "holds a RandOptConfig run, not a signals1d run"),
     ],
     "scaling1d": [
+        (["--workdir", "{tmp}/file/sub"], "cannot write to --workdir"),
+        (["--tasks", "one_line"], "--tasks needs at least two tasks"),
+        (["--plot_margin", "0.3"], "--plot_margin 0.3 is not one of --margins."),
         (["--samples", "0", "--workdir", "{tmp}/w"], "--samples must be positive, got 0."),
         (["--pretrain_steps", "-1", "--workdir", "{tmp}/w"],
          "--pretrain_steps must be positive, got -1."),
@@ -139,6 +157,12 @@ CASES = {
         (["--tasks", "nosuch"], "unknown task 'nosuch'"),
     ],
     "benchmark": [
+        (["--bench", "B1", "--chunk_size", "0"], "--chunk_size must be positive, got 0"),
+        (["--bench", "B4", "--b4_sizes", "4,-1"], "--b4_sizes must be positive, got -1"),
+        (["--bench", "B6", "--b6_ranks", "4,0"], "--b6_ranks must be positive, got 0"),
+        (["--bench", "P1", "--p1_device_memory", "lots"],
+         "--p1_device_memory takes a size like 80GB or 16GiB, got 'lots'"),
+        (["--bench", "P1", "--p1_models", "qwen9"], "unknown model 'qwen9'; known: "),
         (["--bench", "B99"], "unknown --bench 'B99'"),
         (["--bench", "B7", "--b7_eta", "0.5"], "--b7_eta must be greater than 1, got 0.5."),
         (["--bench", "B7", "--b7_llm", "nosuch"], "unknown model 'nosuch'"),
@@ -187,6 +211,7 @@ def test_careless_command_lines_get_one_sentence_and_exit_2(experiment, scene):
         in lines[-1], result
   after = _stamps(scene)
   assert {path: after.get(path) for path in before} == before  # nothing changed or removed
+  assert not (scene / "w").exists()  # refused before the workdir was made
   if experiment == "randopt":  # the over-long prompt was refused before anything was scored
     assert sorted(os.listdir(scene / "long")) == [".lock", "config.json", "log.txt", "spec.json"]
 

@@ -10,19 +10,28 @@ import sys
 import pytest
 from absl import flags
 
-from thickets_jax import configs
+from thickets_jax import configs, presets
 from thickets_jax.baselines import es, grpo
 from thickets_jax.errors import InputError
-from thickets_jax.llm import compare, distill, export, plan, predict, presets, runs, sft
+from thickets_jax.llm import (compare, density, discordance, distill, export, plan, predict,
+                              randopt, sft)
+from thickets_jax.llm import landscape as llm_landscape
+from thickets_jax.signals import landscape as signals_landscape
+from thickets_jax.signals import regimes, scaling
+from thickets_jax.signals import runs as signal_runs
 from thickets_jax.tasks import fuzz
 from thickets_jax.workdir import RunDir
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Each entry point and the config its flags are derived from.
-EXPERIMENTS = {"randopt": runs.RandOptConfig, "density": runs.DensityConfig,
-               "discordance": runs.DiscordanceConfig, "compare": compare.CompareConfig,
-               "distill": distill.DistillConfig, "predict": predict.PredictConfig,
-               "fuzz_graders": fuzz.FuzzConfig, "export": export.ExportConfig}
+# Each entry point and the configs its flags are derived from.
+EXPERIMENTS = {"randopt": (randopt.RandOptConfig,), "density": (density.DensityConfig,),
+               "discordance": (discordance.DiscordanceConfig,),
+               "compare": (compare.CompareConfig,), "distill": (distill.DistillConfig,),
+               "predict": (predict.PredictConfig,), "fuzz_graders": (fuzz.FuzzConfig,),
+               "export": (export.ExportConfig,), "scaling1d": (scaling.ScalingConfig,),
+               "signals1d": (regimes.RegimesConfig, signal_runs.RunSpec),
+               "landscape": (signals_landscape.LandscapeSpec, llm_landscape.LandscapeConfig)}
+CONFIGS = [c for classes in EXPERIMENTS.values() for c in classes]
 
 
 def _flags(config_class, argv=()):
@@ -32,14 +41,15 @@ def _flags(config_class, argv=()):
   return flag_values
 
 
-@pytest.mark.parametrize("config_class", [  # predict and export need their paths
-    c for c in EXPERIMENTS.values() if c not in (predict.PredictConfig, export.ExportConfig)])
+@pytest.mark.parametrize("config_class", [  # these need their paths or runs
+    c for c in CONFIGS if c not in (predict.PredictConfig, export.ExportConfig,
+                                    signal_runs.RunSpec)])
 def test_unset_flags_give_the_config_defaults(config_class):
   assert configs.from_flags(config_class, _flags(config_class)) == config_class()
 
 
 def test_every_flag_is_a_setting_with_help_and_its_default():
-  for config_class in EXPERIMENTS.values():
+  for config_class in CONFIGS:
     flag_values = _flags(config_class)
     for setting in configs.settings(config_class):
       flag = flag_values[setting.name]
@@ -83,18 +93,18 @@ def test_a_workdir_written_before_the_sub_configs_resumes(tmp_path, tiny_weights
 
 
 def test_a_base_config_keeps_what_no_flag_changes():
-  base = runs.RandOptConfig(N=8, ks=(2,), test_size=5, max_new_tokens=16)
-  config = configs.from_flags(runs.RandOptConfig, _flags(runs.RandOptConfig, ["--K", "1,2"]),
+  base = randopt.RandOptConfig(N=8, ks=(2,), test_size=5, max_new_tokens=16)
+  config = configs.from_flags(randopt.RandOptConfig, _flags(randopt.RandOptConfig, ["--K", "1,2"]),
                               base=base)
   assert config == dataclasses.replace(base, ks=(1, 2))
-  assert configs.present(runs.RandOptConfig, _flags(runs.RandOptConfig, ["--K", "1"])) == ["K"]
+  assert configs.present(randopt.RandOptConfig, _flags(randopt.RandOptConfig, ["--K", "1"])) == ["K"]
 
 
 @pytest.mark.parametrize("config_class, argv, sentence", [
-    (runs.RandOptConfig, ["--K", "1,x"], "--K takes integers, got '1,x'."),
-    (runs.DensityConfig, ["--margins", "nan"], "--margins must be finite numbers, got nan."),
-    (runs.DiscordanceConfig, ["--tasks", "arithmetic,arithmetic"], "names a task twice"),
-    (runs.DiscordanceConfig, ["--spectra_shown", "-1"], "--spectra_shown must be at least 1"),
+    (randopt.RandOptConfig, ["--K", "1,x"], "--K takes integers, got '1,x'."),
+    (density.DensityConfig, ["--margins", "nan"], "--margins must be finite numbers, got nan."),
+    (discordance.DiscordanceConfig, ["--tasks", "arithmetic,arithmetic"], "names a task twice"),
+    (discordance.DiscordanceConfig, ["--spectra_shown", "-1"], "--spectra_shown must be at least 1"),
     (predict.PredictConfig, ["--run_dir", "r"], "--prompts, --out are required"),
     (predict.PredictConfig, ["--run_dir", "r", "--prompts", "p", "--out", "o",
                              "--max_new_tokens", "0"], "--max_new_tokens must be positive"),
@@ -123,7 +133,7 @@ def test_entry_points_declare_no_setting_of_their_config(name):
              if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)
              and node.func.attr.startswith("DEFINE_") and node.args
              and isinstance(node.args[0], ast.Constant)}
-  settings = {f.name for f in configs.settings(EXPERIMENTS[name])}
+  settings = {f.name for c in EXPERIMENTS[name] for f in configs.settings(c)}
   assert not defined & settings
 
 
@@ -144,8 +154,13 @@ def test_the_paper_presets_hold_the_reference_settings_and_plan_on_a_gpu_node():
     if name == "figure3a":  # one degree serves 0.5B (2 KV heads) to 32B
       assert planned.model_parallel == 2
   for name, config_class in (("figure1c", compare.CompareConfig),
-                             ("figure3a", runs.DensityConfig), ("table1", runs.RandOptConfig)):
+                             ("figure3a", density.DensityConfig), ("table1", randopt.RandOptConfig)):
     assert presets.get(f"{name}:tiny") == config_class.tiny(None)
+  fig2, fig5 = presets.get("figure2"), presets.get("figure5")
+  assert (fig2.n, fig2.k, fig2.points, fig2.grid_extent, fig2.seed_list()) == (256, 5, 21, 2.0,
+                                                                              (0, 1, 2))
+  assert fig5.seed_list() == (0, 1, 2, 3, 4) and [(s.name, s.n, s.ks) for s in fig5.specs()] == [
+      (f"{base}_to_one_line", 1000, (5,)) for base in ("xavier", "mixed", "line")]
 
 
 def test_a_tiny_preset_runs_from_the_command_line(tmp_path, tiny_weights):
@@ -154,6 +169,6 @@ def test_a_tiny_preset_runs_from_the_command_line(tmp_path, tiny_weights):
                        cwd=ROOT, capture_output=True, text=True, timeout=600)
   assert out.returncode == 0, out.stderr[-2000:]
   spec = json.loads((tmp_path / "spec.json").read_text())
-  expected = dataclasses.replace(runs.RandOptConfig.tiny(tiny_weights), ks=(1, 2, 4))
+  expected = dataclasses.replace(randopt.RandOptConfig.tiny(tiny_weights), ks=(1, 2, 4))
   assert spec["ks"] == [1, 2, 4] and spec["N"] == expected.N and spec["model"] == "tiny-random-llama"
   assert "K=4" in out.stdout

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate, registry, runs
+from thickets_jax.llm import density, discordance, generate, randopt, registry, session
 from thickets_jax.llm import model as llm_model
 from thickets_jax.perturb import PerturbSpec, rebuild_member
 
@@ -37,8 +37,8 @@ SMALL = ["--model", "tiny-random-llama", "--task", "countdown", "--N", "4", "--s
 
 def test_run_randopt_resumes_and_reevaluates(tmp_path, tiny_weights):
   workdir = str(tmp_path / "ro")
-  config = runs.RandOptConfig.tiny(tiny_weights)
-  result = runs.run_randopt(config, workdir)
+  config = randopt.RandOptConfig.tiny(tiny_weights)
+  result = randopt.run_randopt(config, workdir)
   assert set(result["ensemble_accuracy"]) == {"1", "2"} and result["test_size"] == 3
   assert _read(os.path.join(workdir, "results.json")) == json.loads(json.dumps(result))
   top = _read(os.path.join(workdir, "topk.json"))
@@ -57,34 +57,34 @@ def test_run_randopt_resumes_and_reevaluates(tmp_path, tiny_weights):
   assert len(_read(os.path.join(workdir, "base.json"))["completions"][0]) == 2
   with open(candidates, "w") as f:  # as if killed after the first chunk
     f.write("\n".join(lines[:2]) + "\n")
-  assert runs.run_randopt(config, workdir) == result
+  assert randopt.run_randopt(config, workdir) == result
   with open(os.path.join(workdir, "log.txt")) as f:
     assert "resuming: 2 of 4 candidates already scored" in f.read()
   assert len(_read(os.path.join(workdir, "config.json"))) == 2  # one entry per invocation
 
   again = str(tmp_path / "again")
-  resumed = runs.reevaluate_randopt(dataclasses.replace(config, test_size=2, seed=1), workdir,
+  resumed = randopt.reevaluate_randopt(dataclasses.replace(config, test_size=2, seed=1), workdir,
                                     again)
   assert resumed["members"] == top["members"] and set(resumed["ensemble_accuracy"]) == {"1", "2"}
   assert not os.path.exists(os.path.join(again, "candidates.jsonl"))  # nothing re-scored
   # --resume_dir: the saved run's settings (max_new_tokens 8, not the default), but the flags given.
-  _, saved = runs.saved_config(workdir)
+  _, saved = randopt.saved_config(workdir)
   assert (saved.max_new_tokens, saved.train_size, saved.test_size) == (8, 2, 3)
   assert saved.identity() == config.planned().identity()
   with pytest.raises(InputError, match="--N cannot change in a re-evaluation"):
-    runs.reevaluate_randopt(dataclasses.replace(saved, N=5), workdir, str(tmp_path / "n5"), ["N"])
+    randopt.reevaluate_randopt(dataclasses.replace(saved, N=5), workdir, str(tmp_path / "n5"), ["N"])
   assert not os.path.exists(tmp_path / "n5")
   with pytest.raises(InputError, match="holds a run with other settings"):
-    runs.run_randopt(dataclasses.replace(config, N=5), workdir)
+    randopt.run_randopt(dataclasses.replace(config, N=5), workdir)
 
 
 def test_a_member_rebuilt_from_topk_json_alone_writes_what_it_wrote_in_the_search(
     tmp_path, tiny_weights):
   workdir = str(tmp_path / "ro")
-  config = runs.RandOptConfig.tiny(tiny_weights, sigmas=(0.2,), keep_completions=2)
-  runs.run_randopt(config, workdir)
-  topk = runs.load_topk(workdir)  # model, weights, dtype, perturbation and members
-  loaded = registry.load(topk["model"], topk["weights"], runs.DTYPES[topk["dtype"]])
+  config = randopt.RandOptConfig.tiny(tiny_weights, sigmas=(0.2,), keep_completions=2)
+  randopt.run_randopt(config, workdir)
+  topk = randopt.load_topk(workdir)  # model, weights, dtype, perturbation and members
+  loaded = registry.load(topk["model"], topk["weights"], session.DTYPES[topk["dtype"]])
   best = topk["members"][0]
   member = rebuild_member(loaded.params, best["seed"], best["sigma"], topk["perturbation"])
   gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
@@ -136,7 +136,7 @@ def test_randopt_on_two_processes_equals_one_process(tmp_path, tiny_weights):
 
 def test_run_density_on_the_tiny_model(tmp_path, tiny_weights):
   workdir = str(tmp_path / "density")
-  result = runs.run_density(runs.DensityConfig.tiny(tiny_weights), workdir)
+  result = density.run_density(density.DensityConfig.tiny(tiny_weights), workdir)
   (point,) = result["points"]
   assert {r["sigma"] for r in point["density_reward"]} == {0.01, 0.05}
   assert all(r["ci_low"] <= r["density"] <= r["ci_high"] for r in point["density_reward"])
@@ -180,7 +180,7 @@ def test_density_command_line_prints_the_table(tmp_path, tiny_weights):
 def test_bad_settings_are_one_sentence_before_loading(tmp_path, tiny_weights, overrides, sentence):
   workdir = str(tmp_path / "never")
   with pytest.raises(InputError, match=re.escape(sentence)):
-    runs.run_randopt(dataclasses.replace(runs.RandOptConfig.tiny(tiny_weights), **overrides), workdir)
+    randopt.run_randopt(dataclasses.replace(randopt.RandOptConfig.tiny(tiny_weights), **overrides), workdir)
   assert not os.path.exists(workdir)
 
 
@@ -206,7 +206,7 @@ def test_command_line_bad_input_is_one_sentence(tmp_path, args, sentence):
 
 def test_run_discordance_on_the_tiny_model(tmp_path, tiny_weights):
   workdir = str(tmp_path / "disc")
-  result = runs.run_discordance(runs.DiscordanceConfig.tiny(tiny_weights), workdir)
+  result = discordance.run_discordance(discordance.DiscordanceConfig.tiny(tiny_weights), workdir)
   (point,) = result["points"]
   assert point["discordance_reward"]["upper_bound"] == 1.5
   assert len(point["clusters"]) == 6 and set(point["clusters"]) <= {0, 1}
@@ -255,7 +255,7 @@ def test_a_hostile_weights_directory_is_one_sentence_naming_the_file(tmp_path, t
   weights_dir = _garbage_checkpoint(tmp_path, tiny_weights, damage)
   workdir = str(tmp_path / "never")
   with pytest.raises(InputError, match=sentence) as error:
-    runs.run_randopt(runs.RandOptConfig.tiny(weights_dir), workdir)
+    randopt.run_randopt(randopt.RandOptConfig.tiny(weights_dir), workdir)
   assert names in str(error.value) and "\n" not in str(error.value)
   assert not os.path.exists(workdir)
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from thickets_jax.errors import InputError
-from thickets_jax.llm import export, generate, registry, runs
+from thickets_jax.llm import export, generate, randopt, registry, session
 from thickets_jax.perturb import PerturbSpec, rebuild_member
 
 torch = pytest.importorskip("torch")
@@ -20,7 +20,7 @@ PROMPTS = ["What is 12 + 7? Answer with the number.", "Name a colour."]
 
 def _topk(run_dir, model, weights, members, spec=None):
   os.makedirs(run_dir, exist_ok=True)
-  spec = spec or runs.RandOptConfig().perturb_spec()
+  spec = spec or randopt.RandOptConfig().perturb_spec()
   with open(os.path.join(run_dir, "topk.json"), "w") as f:
     json.dump({"model": model, "weights": weights, "weights_source": "test", "dtype": "float32",
                "task": "arithmetic", "perturbation": spec.to_json(), "members": members}, f)
@@ -40,12 +40,12 @@ def _same_greedy_tokens(loaded, member_params, out, new_tokens):
 
 
 def test_tiny_member_round_trips_through_transformers(tmp_path, tiny_weights):
-  run = _topk(tmp_path / "run", runs.TINY_MODEL, tiny_weights,
+  run = _topk(tmp_path / "run", session.TINY_MODEL, tiny_weights,
               [{"seed": 3, "sigma": 0.05}, {"seed": 11, "sigma": 0.01}])
   written = export.export_member(export.ExportConfig(run, str(tmp_path / "out"), member="2"))
   assert written["rank"] == 2 and written["seed"] == 11
-  loaded = registry.load(runs.TINY_MODEL, tiny_weights)
-  member = rebuild_member(loaded.params, 11, 0.01, runs.RandOptConfig().perturb_spec())
+  loaded = registry.load(session.TINY_MODEL, tiny_weights)
+  member = rebuild_member(loaded.params, 11, 0.01, randopt.RandOptConfig().perturb_spec())
   _same_greedy_tokens(loaded, member, str(tmp_path / "out"), new_tokens=12)
   assert json.load(open(tmp_path / "out" / "thickets_member.json"))["sigma"] == 0.01
 
@@ -53,20 +53,20 @@ def test_tiny_member_round_trips_through_transformers(tmp_path, tiny_weights):
   hf = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "bf16"))
   assert hf.dtype == torch.bfloat16
   embed = hf.get_input_embeddings().weight.detach().float().numpy()
-  base = rebuild_member(loaded.params, 3, 0.05, runs.RandOptConfig().perturb_spec())
+  base = rebuild_member(loaded.params, 3, 0.05, randopt.RandOptConfig().perturb_spec())
   np.testing.assert_allclose(embed, np.asarray(base["embed"]["embedding"]), rtol=1e-2, atol=1e-3)
 
 
 @pytest.mark.parametrize("member, sentence", [("9", "outside the saved top-1"),
                                               ("best", "takes top1 or a rank")])
 def test_bad_members_are_one_sentence(tmp_path, tiny_weights, member, sentence):
-  run = _topk(tmp_path / "run", runs.TINY_MODEL, tiny_weights, [{"seed": 3, "sigma": 0.05}])
+  run = _topk(tmp_path / "run", session.TINY_MODEL, tiny_weights, [{"seed": 3, "sigma": 0.05}])
   with pytest.raises(InputError, match=sentence):
     export.export_member(export.ExportConfig(run, str(tmp_path / "out"), member=member))
 
 
 def test_a_run_that_cannot_be_rebuilt_is_refused_on_the_command_line(tmp_path, tiny_weights):
-  run = _topk(tmp_path / "run", runs.TINY_MODEL, tiny_weights, [{"seed": 3, "sigma": 0.05}],
+  run = _topk(tmp_path / "run", session.TINY_MODEL, tiny_weights, [{"seed": 3, "sigma": 0.05}],
               spec=PerturbSpec(stacked="^blocks/"))
   out = subprocess.run([sys.executable, "-m", "experiments.export", "--run_dir", run, "--out",
                         str(tmp_path / "out")], cwd=ROOT, capture_output=True, text=True,
@@ -81,9 +81,11 @@ def test_a_run_that_cannot_be_rebuilt_is_refused_on_the_command_line(tmp_path, t
 
 @pytest.mark.integration
 @pytest.mark.parametrize("model", registry.OFFLINE_MODELS)
-def test_offline_member_round_trips_through_transformers(tmp_path, model):
+def test_offline_member_round_trips_through_transformers(tmp_path, model, offline_models,
+                                                        monkeypatch):
   run = _topk(tmp_path / "run", model, None, [{"seed": 5, "sigma": 1e-3}])
+  monkeypatch.setattr(registry, "load", offline_models)  # export reads the model once with us
   export.export_member(export.ExportConfig(run, str(tmp_path / "out")))
-  loaded = registry.load(model)
-  member = rebuild_member(loaded.params, 5, 1e-3, runs.RandOptConfig().perturb_spec())
+  loaded = offline_models(model)
+  member = rebuild_member(loaded.params, 5, 1e-3, randopt.RandOptConfig().perturb_spec())
   _same_greedy_tokens(loaded, member, str(tmp_path / "out"), new_tokens=16)

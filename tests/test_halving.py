@@ -5,7 +5,7 @@ import pytest
 
 from thickets_jax import halving, randopt, storage, workdir
 from thickets_jax.errors import InputError
-from thickets_jax.llm import runs as llm_runs
+from thickets_jax.llm import randopt as llm_randopt
 from thickets_jax.signals import runs as signal_runs
 
 
@@ -73,16 +73,16 @@ def test_one_rung_is_full_scoring(tmp_path):
 
 
 def test_llm_randopt_with_halving_resumes(tmp_path, tiny_weights):
-  config = llm_runs.RandOptConfig.tiny(tiny_weights, N=6, train_size=4, halving_eta=2,
+  config = llm_randopt.RandOptConfig.tiny(tiny_weights, N=6, train_size=4, halving_eta=2,
                                        halving_min_examples=1)
   workdir_path = str(tmp_path / "ro")
-  result = llm_runs.run_randopt(config, workdir_path)
+  result = llm_randopt.run_randopt(config, workdir_path)
   rungs = result["selection"]["rungs"]
   assert [(r["members"], r["examples"]) for r in rungs] == [(6, [0, 1]), (3, [1, 2]),
                                                             (2, [2, 4])]
   assert result["selection"]["example_evaluations"] == 6 + 3 + 2 * 2
   assert result["selection"]["forward_flops"] > 0 and result["train_score_distribution"] is None
-  assert llm_runs.run_randopt(config, workdir_path) == result
+  assert llm_randopt.run_randopt(config, workdir_path) == result
   with open(tmp_path / "ro" / "log.txt") as f:
     assert f.read().count("already scored") >= 3  # every rung resumed from its store
 

@@ -8,10 +8,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from thickets_jax import landscape, storage
+from thickets_jax import landscape, presets, storage
 from thickets_jax.errors import InputError
 from thickets_jax.llm import landscape as llm_landscape
-from thickets_jax.llm import runs
+from thickets_jax.llm import randopt
 from thickets_jax.perturb import PerturbSpec, rebuild_member
 from thickets_jax.signals import landscape as signals_landscape
 
@@ -69,9 +69,9 @@ def test_a_killed_grid_scores_only_the_missing_points(tmp_path):
   assert summary["best"] == {"a": 0.0, "b": -1.0, "score": -10.0}  # (-1, -1) holds 99
 
 
-def test_signals_landscape_places_the_members_and_resumes(tmp_path):
-  spec = signals_landscape.LandscapeSpec(n=16, points=5, pretrain_steps=100)
-  result = signals_landscape.run_landscape(spec, [0], str(tmp_path))
+def test_the_figure2_preset_tiny_places_the_members_and_resumes(tmp_path):
+  spec = presets.get("figure2:tiny")
+  result = signals_landscape.run_landscape(spec, str(tmp_path))
   pretrained = result["bases"]["pretrained"]["planes"][0]
   assert np.asarray(pretrained["scores"]).shape == (5, 5)
   assert pretrained["scores"][2][2] == pytest.approx(pretrained["base_mse"], rel=1e-6)
@@ -81,7 +81,7 @@ def test_signals_landscape_places_the_members_and_resumes(tmp_path):
   # grows through the 60-step rollout.
   assert pretrained["scores"][2][3] == pytest.approx(top1["train_mse"], rel=5e-3)
   assert os.path.exists(tmp_path / "landscape.png")
-  again = signals_landscape.run_landscape(spec, [0], str(tmp_path))
+  again = signals_landscape.run_landscape(spec, str(tmp_path))
   assert again == json.loads(json.dumps(result))
   assert "m" in signals_landscape.table(result)
 
@@ -98,7 +98,7 @@ def test_llm_landscape_on_a_finished_tiny_run(tmp_path, tiny_randopt_run):
   _, run, _ = tiny_randopt_run
   config = llm_landscape.LandscapeConfig(run_dir=run, points=3, batch_size=2)
   result = llm_landscape.run_landscape(config, str(tmp_path / "plane"))
-  top = runs.load_topk(run)["members"]
+  top = randopt.load_topk(run)["members"]
   assert np.asarray(result["reward"]).shape == (3, 3) and result["train_size"] == 2
   assert result["reward"][1][2] == pytest.approx(top[0]["train_score"])  # (1, 0) is the top-1
   assert result["base_reward"] == json.load(open(os.path.join(run, "base.json")))["reward"][0]

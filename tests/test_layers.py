@@ -22,8 +22,9 @@ LAYERS = (
                          "llm.plan", "llm.teacher_forcing", "llm.scoring", "llm.torch_twin",
                          "llm.roofline")),
     ("training baselines", ("baselines", "llm.sft")),
-    ("experiments", ("llm.runs", "llm.compare", "llm.distill", "llm.landscape", "llm.predict",
-                     "llm.export", "llm.dryrun", "llm.presets", "signals")),
+    ("experiments", ("llm.session", "llm.randopt", "llm.density", "llm.discordance",
+                     "llm.compare", "llm.distill", "llm.landscape", "llm.predict", "llm.export",
+                     "llm.dryrun", "signals", "presets")),
 )
 
 

@@ -17,8 +17,8 @@ pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module", params=registry.OFFLINE_MODELS)
-def offline(request):
-  loaded = registry.load(request.param)
+def offline(request, offline_models):
+  loaded = offline_models(request.param)
   assert loaded.source.kind == "gguf"
   return loaded, torch_twin.transformers_model(loaded.config, loaded.params)
 
@@ -55,10 +55,10 @@ def test_greedy_continuations_match_pytorch_for_32_tokens(offline):
     assert row.tolist() == out[0, len(ids):].tolist()
 
 
-def test_gguf_dequantisation_matches_transformers_gguf_loader():
+def test_gguf_dequantisation_matches_transformers_gguf_loader(offline_models):
   """transformers reads the GGUF itself (its own dequantisation and q/k un-permutation)."""
   pytest.importorskip("accelerate")
-  loaded = registry.load("smollm2-135m-instruct")
+  loaded = offline_models("smollm2-135m-instruct")
   with tempfile.TemporaryDirectory() as tmp:
     os.symlink(loaded.source.path, os.path.join(tmp, "model.gguf"))
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, gguf_file="model.gguf",
@@ -83,8 +83,9 @@ PINNED_MEMBER_TOKENS = {
 
 
 @pytest.mark.parametrize("name, noise", [tuple(k.split("/")) for k in PINNED_MEMBER_TOKENS])
-def test_member_tokens_are_the_ones_recorded_before_the_architecture_modules(name, noise):
-  loaded = registry.load(name)
+def test_member_tokens_are_the_ones_recorded_before_the_architecture_modules(name, noise,
+                                                                            offline_models):
+  loaded = offline_models(name)
   texts = [countdown.prompt(p) for p in countdown.generate(7, 2)]
   gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
                            generate.Sampling(max_new_tokens=12, ignore_eos=True), batch_size=2,

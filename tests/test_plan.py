@@ -10,12 +10,12 @@ import jax.numpy as jnp
 import pytest
 
 from thickets_jax.errors import InputError
-from thickets_jax.llm import plan, registry, runs
+from thickets_jax.llm import density, discordance, plan, randopt, registry, session
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU8 = plan.Machine.hypothetical(8, plan.parse_bytes("80GB"))
 SHAPES = lambda name: {name: registry.MODELS.get(name).config}
-PROTOCOL = dict(rows=16, slots=plan.PROMPT_TOKENS + 1024, dtypes=runs.DTYPES)
+PROTOCOL = dict(rows=16, slots=plan.PROMPT_TOKENS + 1024, dtypes=session.DTYPES)
 
 
 def test_sizes_parse_in_decimal_and_binary_units():
@@ -82,16 +82,16 @@ def test_heads_split_unevenly_and_plans_that_cannot_fit_are_refused():
 
 
 def test_configs_take_the_reference_protocol_on_the_papers_tasks():
-  assert (runs.DensityConfig().with_protocol().train_size,
-          runs.DensityConfig().with_protocol().max_new_tokens) == (32, 32)  # offline main job
+  assert (density.DensityConfig().with_protocol().train_size,
+          density.DensityConfig().with_protocol().max_new_tokens) == (32, 32)  # offline main job
   for task in ("gsm8k", "countdown", "math500"):
-    config = runs.DensityConfig(task=task).with_protocol()
+    config = density.DensityConfig(task=task).with_protocol()
     assert (config.train_size, config.max_new_tokens) == (200, 1024)
-  mixed = runs.DiscordanceConfig(tasks=("arithmetic", "gsm8k")).with_protocol()
+  mixed = discordance.DiscordanceConfig(tasks=("arithmetic", "gsm8k")).with_protocol()
   assert (mixed.train_size, mixed.max_new_tokens) == (200, 1024)
-  given = runs.RandOptConfig(task="gsm8k", max_new_tokens=512).with_protocol()
+  given = randopt.RandOptConfig(task="gsm8k", max_new_tokens=512).with_protocol()
   assert (given.train_size, given.max_new_tokens) == (200, 512)
-  assert runs.RandOptConfig(task="arithmetic").with_protocol().max_new_tokens == 128
+  assert randopt.RandOptConfig(task="arithmetic").with_protocol().max_new_tokens == 128
 
 
 def _dry_run(*args):
@@ -125,18 +125,18 @@ def test_the_readme_scale_up_line_dry_runs_on_8_simulated_gpus(model, mesh):
 
 def test_experiments_that_train_keep_float32_weights_on_accelerators():
   from thickets_jax.llm import compare  # pylint: disable=g-import-not-at-top
-  searched = runs.DensityConfig(models=("qwen2.5-7b-instruct",), dry_run=True).planned(GPU8)
+  searched = density.DensityConfig(models=("qwen2.5-7b-instruct",), dry_run=True).planned(GPU8)
   trained = compare.CompareConfig(model="qwen2.5-7b-instruct", dry_run=True).planned(GPU8)
   assert (searched.dtype, trained.dtype) == ("bfloat16", "float32")
   assert searched.plan["dtype"] == "bfloat16" and "bfloat16" in searched.plan["summary"]
 
 
 def test_truncation_is_reported_and_a_mostly_cut_run_says_so():
-  config = runs.DensityConfig(max_new_tokens=64)
-  fine = runs.truncation(config, {"truncated": 0.1}, [{"truncated": 0.2}, {"truncated": 0.4}],
+  config = density.DensityConfig(max_new_tokens=64)
+  fine = session.truncation(config, {"truncated": 0.1}, [{"truncated": 0.2}, {"truncated": 0.4}],
                          "m")
   assert fine == {"max_new_tokens": 64, "base": 0.1, "members_mean": pytest.approx(0.3)}
-  cut = runs.truncation(config, {"truncated": 0.9}, [{"truncated": 0.2}, {}], "m")
+  cut = session.truncation(config, {"truncated": 0.9}, [{"truncated": 0.2}, {}], "m")
   assert cut["members_mean"] == 0.2  # a record scored before the fraction existed is left out
   assert cut["warning"].startswith("m: 90% of completions were cut at max_new_tokens=64")
 

@@ -8,7 +8,7 @@ import sys
 import pytest
 
 from thickets_jax.errors import InputError
-from thickets_jax.llm import predict, runs
+from thickets_jax.llm import predict, randopt
 from thickets_jax.tasks import TASKS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -44,7 +44,7 @@ def test_predict_votes_like_the_search_and_resumes(tmp_path, tiny_run):
   # Killed after the first member: the second is generated, the first is read back.
   first = lines[0]["members"][0]
   os.remove(out)
-  store = f"{out}.{predict._fingerprint(predict.PredictConfig(workdir, prompts, out), runs.load_topk(workdir), config.max_new_tokens)}.partial.jsonl"
+  store = f"{out}.{predict._fingerprint(predict.PredictConfig(workdir, prompts, out), randopt.load_topk(workdir), config.max_new_tokens)}.partial.jsonl"
   with open(store, "w") as f:
     f.write(json.dumps({"seed": first["seed"], "sigma": first["sigma"],
                         "completions": ["<answer>1+1</answer>"] * 4}) + "\n")

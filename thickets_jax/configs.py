@@ -120,10 +120,12 @@ _DEFINE = {bool: flags.DEFINE_bool, int: flags.DEFINE_integer, float: flags.DEFI
            str: flags.DEFINE_string}
 
 
-def define_flags(config: Any, flag_values: flags.FlagValues = flags.FLAGS) -> list[Flag]:
+def define_flags(config: Any, flag_values: flags.FlagValues = flags.FLAGS, *,
+                 shared: bool = False) -> list[Flag]:
   """Defines the flags of `config` (class or default instance), each with its setting's
-  default and help; returns them."""
-  defined = list(settings(config))
+  default and help; returns them. With `shared`, a flag another config already defined (a
+  setting both inherit from one base config) is left as it is."""
+  defined = [f for f in settings(config) if not (shared and f.name in flag_values)]
   for flag in defined:
     if flag.kind is tuple:
       default = None if flag.default is None else [str(v) for v in flag.default]

@@ -14,18 +14,41 @@ Other members are placed on the plane by orthogonal projection (least squares on
 matrix of d₁, d₂); `residual` says how much of a member's perturbation lies off the plane.
 """
 
-from typing import Any, Callable, Iterable, Sequence
+import dataclasses
+from typing import Any, Callable, ClassVar, Iterable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from thickets_jax import perturb, rng, storage
+from thickets_jax import configs, perturb, rng, storage
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec
 
 PyTree = Any
 DIRECTIONS = ("members", "random")
+
+
+@dataclasses.dataclass(frozen=True)
+class PlaneConfig(configs.Config):
+  """The plane and its grid, shared by every domain's landscape config (`RANDOM_EXTENT`: the
+  domain's default extent for random directions)."""
+  directions: str = configs.setting(
+      "members", "The plane: the top two members, or two filter-normalised random directions.",
+      choices=DIRECTIONS)
+  extent: Optional[float] = configs.setting(
+      None, "The grid spans [-extent, extent]^2 (default: 2 for members; for random 1 (signals) "
+      "or 0.05 (llm)).")
+  points: int = configs.setting(21, "Grid points per axis, odd (default 21 signals, 5 llm).")
+  RANDOM_EXTENT: ClassVar[float] = 1.0
+
+  @property
+  def grid_extent(self) -> float:
+    return self.extent if self.extent is not None else (
+        2.0 if self.directions == "members" else self.RANDOM_EXTENT)
+
+  def validate(self) -> None:
+    validate_grid(self.directions, self.points, self.grid_extent)
 
 
 def validate_grid(directions: str, points: int, extent: float) -> None:

@@ -136,3 +136,12 @@ def discordance_interval(scores: np.ndarray, *, draws: int = 1000, seed: int = 0
     return None
   tail = 100 * (1 - level) / 2
   return float(np.percentile(values, tail)), float(np.percentile(values, 100 - tail))
+
+
+def pca(x: np.ndarray, components: int = 2) -> tuple[np.ndarray, list[float]]:
+  """Principal components of the rows of x [N, M]: the projections [N, components] and each
+  component's explained variance ratio."""
+  centered = x - x.mean(0)
+  _, s, vt = np.linalg.svd(centered, full_matrices=False)
+  total = float((s**2).sum()) or 1.0
+  return centered @ vt[:components].T, [float(v**2 / total) for v in s[:components]]

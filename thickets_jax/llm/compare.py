@@ -29,7 +29,7 @@ from thickets_jax.baselines.es import ESConfig
 from thickets_jax.baselines.grpo import GRPOConfig
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, scoring
-from thickets_jax.llm.runs import TINY, TINY_MODEL, OneModelConfig, model_task_run
+from thickets_jax.llm.session import TINY, TINY_MODEL, OneModelConfig, model_task_run
 from thickets_jax.workdir import RunDir
 
 METHODS = ("base", "randopt", "es", "grpo")

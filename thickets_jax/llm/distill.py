@@ -23,13 +23,13 @@ from absl import logging
 
 from thickets_jax import checkpoint, configs, flops, metrics, plotting, population, randopt
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate, runs, scoring, sft
+from thickets_jax.llm import generate, scoring, session, sft
 from thickets_jax.llm.sft import SFTConfig
 from thickets_jax.workdir import RunDir
 
 
 @dataclasses.dataclass(frozen=True)
-class DistillConfig(runs.OneModelConfig):
+class DistillConfig(session.OneModelConfig):
   """The search (`OneModelConfig`) plus K teachers, rounds and the fine-tuning (`sft`)."""
   task: str = "arithmetic"
   K: int = configs.setting(4, "Teachers: the top-K members that vote.")
@@ -45,7 +45,7 @@ class DistillConfig(runs.OneModelConfig):
 
   @classmethod
   def tiny(cls, weights: str, **overrides) -> "DistillConfig":
-    return cls(**{**runs.TINY, "weights": weights, "model": runs.TINY_MODEL, "K": 2,
+    return cls(**{**session.TINY, "weights": weights, "model": session.TINY_MODEL, "K": 2,
                   "test_size": 3, "rounds": 2,
                   "sft": SFTConfig(batch_size=2, micro_batch=1, epochs=2), **overrides})
 
@@ -93,7 +93,7 @@ def run_distill(config: DistillConfig, workdir: str) -> dict:
   """R rounds of search → teach → fine-tune → evaluate; returns (and writes) results.json
   and `accuracy_by_round.png`."""
   config = config.planned()
-  with runs.model_task_run(config, workdir, "distill") as (run_dir, loaded, train_set, test_set,
+  with session.model_task_run(config, workdir, "distill") as (run_dir, loaded, train_set, test_set,
                                                           gen):
     params = loaded.params
     evaluate = lambda p: {"train": scoring.score_base(gen, [train_set], params=p),

@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from thickets_jax.llm import chunk, generate, plan as llm_plan, registry, runs, sharding
+from thickets_jax.llm import chunk, generate, plan as llm_plan, registry, session, sharding
 from thickets_jax.llm import model as llm_model
 from thickets_jax.population import POPULATION_AXIS
 
@@ -32,7 +32,7 @@ def _abstract(shape, dtype, mesh, spec=P()):
   return jax.ShapeDtypeStruct(shape, dtype, sharding=NamedSharding(mesh, spec) if mesh else None)
 
 
-def _prompt_inputs(config: runs.ScoringConfig, sampling: generate.Sampling, mesh) -> tuple:
+def _prompt_inputs(config: session.ScoringConfig, sampling: generate.Sampling, mesh) -> tuple:
   """Abstract (prompts, masks, keys, prefix) of one generation batch, replicated."""
   prompt = (1, config.batch_size, llm_plan.PROMPT_TOKENS)
   keys = jax.eval_shape(lambda: generate.batch_keys(sampling, None, 1))
@@ -40,10 +40,10 @@ def _prompt_inputs(config: runs.ScoringConfig, sampling: generate.Sampling, mesh
           _abstract(keys.shape, keys.dtype, mesh), _abstract((0,), jnp.int32, mesh))
 
 
-def compile_population(config: runs.ScoringConfig, name: str) -> dict:
+def compile_population(config: session.ScoringConfig, name: str) -> dict:
   """Per-device bytes of the compiled population call of `config` (planned) for model `name`:
   arguments, outputs, temporaries, their total, and the compile time in seconds."""
-  shapes = registry.entry(name, config.weights).config.replace(dtype=runs.DTYPES[config.dtype])
+  shapes = registry.entry(name, config.weights).config.replace(dtype=session.DTYPES[config.dtype])
   sampling = generate.Sampling(max_new_tokens=config.max_new_tokens)
   run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0, layer_loop="scan")
   program = chunk.population_program(run, config.perturb_spec(),
@@ -83,7 +83,7 @@ def _stacked(leaf: jax.ShapeDtypeStruct, axis: int, count: int, mesh) -> jax.Sha
   return jax.ShapeDtypeStruct(shape, leaf.dtype, sharding=NamedSharding(mesh, P(*spec)))
 
 
-def corrected_total(config: runs.ScoringConfig, name: str,
+def corrected_total(config: session.ScoringConfig, name: str,
                     floor: llm_plan.Footprint) -> Optional[int]:
   """Per-device bytes of the population call with the CPU backend's threefry and upcast
   buffers removed (module docstring); None for factored low-rank members."""
@@ -104,11 +104,11 @@ def corrected_total(config: runs.ScoringConfig, name: str,
   else:
     members, program = params, jax.jit(run)
   temporaries = program.lower(members, *inputs).compile().memory_analysis().temp_size_in_bytes
-  scale = jnp.dtype(runs.DTYPES[config.dtype]).itemsize / 4
+  scale = jnp.dtype(session.DTYPES[config.dtype]).itemsize / 4
   return floor.weights + floor.members + int(temporaries * scale)
 
 
-def report(config: runs.ScoringConfig) -> str:
+def report(config: session.ScoringConfig) -> str:
   """The plan's line and, per model, the floor and the compiled per-device bytes."""
   lines = [config.plan["summary"]]
   for name in config.model_names():

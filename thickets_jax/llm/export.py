@@ -19,7 +19,7 @@ import jax.numpy as jnp
 from thickets_jax import configs, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.llm import model as llm_model
-from thickets_jax.llm import architectures, registry, runs, weights
+from thickets_jax.llm import architectures, randopt, registry, session, weights
 from thickets_jax.llm.codec import PromptCodec
 from thickets_jax.llm.config import ModelConfig
 from thickets_jax.perturb import rebuild_member
@@ -62,20 +62,20 @@ def export_member(config: ExportConfig) -> dict:
   Returns the provenance record also written to `out/thickets_member.json`.
   """
   run_dir, out, member, dtype = config.run_dir, config.out, config.member, config.dtype
-  saved = runs.load_topk(run_dir)
+  saved = randopt.load_topk(run_dir)
   rank, record = pick_member(saved, member)
   spec = saved["perturbation"]
   known = saved["model"] in registry.MODELS or saved["model"] == registry.CHECKPOINT
   if spec.stacked != llm_model.STACKED_LEAVES or not known:
     raise InputError(f"{run_dir}/topk.json names a model or perturbation this version cannot "
                      f"rebuild ({saved['model']}, stacked={spec.stacked!r}).")
-  if saved["dtype"] not in runs.DTYPES:
+  if saved["dtype"] not in session.DTYPES:
     raise InputError(f"{run_dir}/topk.json names an unknown dtype {saved['dtype']!r}.")
   workdir.check_new_path(out, "--out", directory=True)
   if os.path.exists(out) and os.listdir(out):
     raise InputError(f"--out {out} exists and is not empty; give a new directory.")
-  loaded = registry.load(saved["model"], saved["weights"], runs.DTYPES[saved["dtype"]])
-  runs.check_rebuildable(saved, loaded, run_dir)
+  loaded = registry.load(saved["model"], saved["weights"], session.DTYPES[saved["dtype"]])
+  randopt.check_rebuildable(saved, loaded, run_dir)
   params = rebuild_member(loaded.params, record["seed"], record["sigma"], spec)
   provenance = {"run_dir": os.path.abspath(run_dir), "model": saved["model"],
                 "task": saved["task"], "rank": rank, **record,

@@ -9,54 +9,46 @@ killed run resumes without scoring a point twice.
 """
 
 import dataclasses
-from typing import Optional
+from typing import ClassVar, Optional
 
 import jax
 import numpy as np
 
-from thickets_jax import landscape, plotting
+from thickets_jax import configs, landscape, plotting
 from thickets_jax.errors import InputError
-from thickets_jax.llm import runs, scoring
+from thickets_jax.llm import randopt, scoring
 from thickets_jax.tasks import TASKS
 from thickets_jax.workdir import RunDir
 
 
 @dataclasses.dataclass(frozen=True)
-class LandscapeConfig:
-  """Attributes:
-    run_dir: a finished `experiments.randopt` run: model, task, split, noise and top-K.
-    directions: "members" (its top-1 and top-2) or "random" (filter-normalised).
-    extent: the grid spans [−extent, extent]² (None: 2 for members, 0.05 for random).
-    points: grid points per axis (odd: the base is the centre).
-    train_size: examples scored per point (None: the run's train split).
-    batch_size: prompts per generation batch (execution only).
-  """
-  run_dir: str
-  directions: str = "members"
-  extent: Optional[float] = None
+class LandscapeConfig(landscape.PlaneConfig):
+  """The plane (`landscape.PlaneConfig`) around the model of a finished RandOpt run."""
+  run_dir: Optional[str] = configs.setting(
+      None, "llm: a finished randopt run (model, task, split, noise and top-K).")
   points: int = 5
-  train_size: Optional[int] = None
-  batch_size: int = 32
-
-  @property
-  def grid_extent(self) -> float:
-    # Random filter-normalised directions have θ's norm: 0.05 is where σ ≈ 1e-3 members live.
-    return self.extent if self.extent is not None else (
-        2.0 if self.directions == "members" else 0.05)
+  train_size: Optional[int] = configs.setting(
+      None, "llm: examples per grid point (default: the run's).")
+  batch_size: int = configs.setting(32, "llm: prompts per generation batch.")
+  # Random filter-normalised directions have θ's norm: 0.05 is where σ ≈ 1e-3 members live.
+  RANDOM_EXTENT: ClassVar[float] = 0.05
 
   def validate(self) -> None:
-    landscape.validate_grid(self.directions, self.points, self.grid_extent)
+    super().validate()
     if self.train_size is not None and self.train_size <= 0:
       raise InputError(f"--train_size must be positive, got {self.train_size}.")
+    if self.batch_size <= 0:
+      raise InputError(f"--batch_size must be positive, got {self.batch_size}.")
 
 
 def run_landscape(config: LandscapeConfig, workdir: str) -> dict:
   """Scores the grid (resumable); writes results.json and landscape.png; returns the result."""
-  config.validate()
+  if not config.run_dir:
+    raise InputError("--domain llm needs --run_dir, a finished randopt run.")
   execution = {"batch_size": config.batch_size}
   if config.train_size:
     execution["train_size"] = config.train_size
-  saved, run = runs.saved_run(config.run_dir, **execution)
+  saved, run = randopt.saved_run(config.run_dir, **execution)
   if config.directions == "members" and len(saved["members"]) < 2:
     raise InputError(f"{config.run_dir} saved one member; --directions members needs two.")
   run.validate()
@@ -66,7 +58,7 @@ def run_landscape(config: LandscapeConfig, workdir: str) -> dict:
                  "run": run.identity()})
   with run_dir.session("landscape", dataclasses.asdict(config)):
     loaded = run.load(run.model)
-    runs.check_rebuildable(saved, loaded, config.run_dir)
+    randopt.check_rebuildable(saved, loaded, config.run_dir)
     gen = run.generator(loaded, saved["perturbation"])
     spec = saved["perturbation"]
     if config.directions == "members":

@@ -26,7 +26,7 @@ from absl import logging
 
 from thickets_jax import configs, population, randopt, storage, workdir
 from thickets_jax.errors import InputError
-from thickets_jax.llm import runs
+from thickets_jax.llm import randopt as llm_randopt
 from thickets_jax.tasks import TASKS, Example, Task
 
 
@@ -112,7 +112,7 @@ def predict(config: PredictConfig) -> dict:
                    member_axis=config.member_axis)
   if config.max_new_tokens:
     execution["max_new_tokens"] = config.max_new_tokens
-  saved, scoring = runs.saved_run(config.run_dir, **execution)
+  saved, scoring = llm_randopt.saved_run(config.run_dir, **execution)
   K = len(saved["members"]) if config.K is None else config.K
   if not 1 <= K <= len(saved["members"]):
     raise InputError(f"--K must be between 1 and the {len(saved['members'])} members saved in "
@@ -123,7 +123,7 @@ def predict(config: PredictConfig) -> dict:
   store = storage.CandidateStore(
       f"{config.out}.{_fingerprint(config, saved, scoring.max_new_tokens)}.partial.jsonl")
   loaded = scoring.load(saved["model"])
-  runs.check_rebuildable(saved, loaded, config.run_dir)
+  llm_randopt.check_rebuildable(saved, loaded, config.run_dir)
   gen = scoring.generator(loaded, saved["perturbation"])
   members = saved["members"][:K]
   seeds = np.asarray([m["seed"] for m in members], np.int64)

@@ -45,7 +45,7 @@ class CompareSpec:
                         test_size=self.test_size)
 
   def validate(self) -> None:
-    self.run_spec(0).validate()
+    self.run_spec(0)  # a RunSpec validates itself
     es.ESConfig(population=self.es_population, sigma=self.sigma,
                 learning_rate=self.es_learning_rate).validate()
     if self.n < self.k or self.es_iterations <= 0 or not self.gd_steps or min(self.gd_steps) <= 0:

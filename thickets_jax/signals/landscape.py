@@ -8,13 +8,12 @@ every grid point's train MSE is persisted as it is scored.
 """
 
 import dataclasses
-from typing import Optional, Sequence
 
 import jax
 import numpy as np
 from absl import logging
 
-from thickets_jax import landscape, plotting, population, randopt, workdir
+from thickets_jax import cli, configs, landscape, plotting, population, randopt, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec
 from thickets_jax.signals import model as signal_model
@@ -24,43 +23,39 @@ MARGINS = (0.0, 0.5)  # relative: a point "better by 0.5" at least halves the ba
 
 
 @dataclasses.dataclass(frozen=True)
-class LandscapeSpec:
-  """Attributes:
+class LandscapeSpec(landscape.PlaneConfig):
+  """The plane around each base (`landscape.PlaneConfig`) over `seeds`.
+
+  Attributes:
     pretrained: the family the pretrained base learns; untrained: the other base's init.
     target: the post-train family. n, k: members sampled, members placed on the plane.
-    directions: "members" (top-1 and top-2) or "random" (filter-normalised).
-    extent: the grid spans [−extent, extent]² (None: 2 for members, 1 for random).
-    points: grid points per axis (odd, so the base is on the grid).
     pretrain_steps: Adam steps of the pretrained base.
   """
   pretrained: str = "mixed"
   untrained: str = "xavier"
   target: str = "one_line"
-  n: int = 256
+  n: int = configs.setting(256, "signals: members sampled per base.", flag="N")
   k: int = 5
-  directions: str = "members"
-  extent: Optional[float] = None
-  points: int = 21
   pretrain_steps: int = 1000
+  seeds: str = configs.setting("0-2", "signals: root seeds, e.g. 0-2 or 0,3,7.")
 
-  @property
-  def grid_extent(self) -> float:
-    return self.extent if self.extent is not None else (
-        2.0 if self.directions == "members" else 1.0)
+  def seed_list(self) -> tuple[int, ...]:
+    return cli.int_ranges(self.seeds, "seeds")
 
   def run_spec(self, base: str, seed: int) -> runs.RunSpec:
     return runs.RunSpec(base, self.target, self.target, n=self.n, ks=(self.k,), seed=seed,
                         pretrain_steps=self.pretrain_steps)
 
   def validate(self) -> None:
-    landscape.validate_grid(self.directions, self.points, self.grid_extent)
+    super().validate()
     if self.directions == "members" and self.k < 2:
       raise InputError("--directions members needs K >= 2 (the plane of the top two).")
     if self.n < self.k:
       raise InputError(f"--N must be at least the {self.k} members placed on the plane, got "
                        f"{self.n}.")
     for base in (self.pretrained, self.untrained):
-      self.run_spec(base, 0).validate()
+      self.run_spec(base, 0)  # a RunSpec validates itself
+    self.seed_list()
 
 
 def plane_for_seed(spec: LandscapeSpec, base: str, seed: int, run_dir: workdir.RunDir,
@@ -107,9 +102,9 @@ def plane_for_seed(spec: LandscapeSpec, base: str, seed: int, run_dir: workdir.R
                                  margins=MARGINS)}
 
 
-def run_landscape(spec: LandscapeSpec, seeds: Sequence[int], workdir_path: str) -> dict:
-  """Both bases over `seeds`; writes results.json and landscape.png (the first seed)."""
-  spec.validate()
+def run_landscape(spec: LandscapeSpec, workdir_path: str) -> dict:
+  """Both bases over `spec.seeds`; writes results.json and landscape.png (the first seed)."""
+  seeds = spec.seed_list()
   run_dir = workdir.RunDir.prepare(workdir_path)
   run_dir.claim({**dataclasses.asdict(spec), "seeds": list(seeds), "experiment": "landscape1d"})
   result = {**dataclasses.asdict(spec), "extent": spec.grid_extent, "seeds": list(seeds),

@@ -16,8 +16,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from thickets_jax import (checkpoint, flops, halving, metrics, plotting, population, randopt,
-                          rng, workdir)
+from thickets_jax import (checkpoint, configs, flops, halving, metrics, plotting, population,
+                          randopt, rng, workdir)
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec
 from thickets_jax.registry import Registry
@@ -30,27 +30,33 @@ N_RANDOM_PLOTTED = 24
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSpec:
-  """One post-training run. `pretrain` is an init name (untrained) or a family to pretrain on."""
+class RunSpec(configs.Config):
+  """One post-training run. `pretrain` is an init name (untrained) or a family to pretrain on.
+  The settings a user may change are flags of `experiments.signals1d` (a regime's runs keep
+  their own N and K unless a flag changes them)."""
   pretrain: str
   posttrain: str
   test: str
-  n: int = 1000
-  ks: tuple[int, ...] = (5,)
-  sigma: Optional[float] = None  # None: 0.05 for an untrained base, 0.002 for a pretrained one
-  width: int = 128
-  depth: int = 5
-  ctx: int = 10
-  fut: int = 60
+  n: int = configs.setting(1000, "Perturbations per run (default: the regime's).", flag="N")
+  ks: tuple[int, ...] = configs.setting((5,), "Top-K sizes, e.g. 5,10 (default: the regime's).",
+                                        flag="K")
+  sigma: Optional[float] = configs.setting(
+      None, f"Noise scale (default {UNTRAINED_SIGMA} for an untrained base, {PRETRAINED_SIGMA} "
+      "for a pretrained one).")
+  width: int = configs.setting(128, "MLP width.")
+  depth: int = configs.setting(5, "MLP depth (number of linear layers).")
+  ctx: int = configs.setting(10, "Context window.")
+  fut: int = configs.setting(60, "Rollout steps.")
   seed: int = 0
   init: str = "xavier"  # the init a pretrained base starts from
-  pretrain_steps: int = 1000
-  posttrain_size: int = 1024
-  test_size: int = 256
+  pretrain_steps: int = configs.setting(1000, "Adam steps of pretraining.")
+  posttrain_size: int = configs.setting(1024, "Post-train samples.")
+  test_size: int = configs.setting(256, "Test samples.")
   halving_eta: float = 0.0  # successive halving over the post-train samples (0: full scoring)
   halving_min_examples: int = 4
-  noise: str = "full"  # or "lowrank": rank-`rank` noise on every weight matrix (perturb.py)
-  rank: int = 4
+  noise: str = configs.setting("full", "Noise family: full rank, or rank-r noise on every "
+                               "weight matrix.", choices=("full", "lowrank"))
+  rank: int = configs.setting(4, "Rank r of --noise lowrank.")
 
   def perturb_spec(self) -> PerturbSpec:
     return PerturbSpec(noise=self.noise, rank=self.rank)
@@ -163,7 +169,6 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
   `chunk_size` members go through one vmapped call, sharded over `mesh` if one is given;
   neither changes any member, so a run may resume with other values.
   """
-  spec.validate()
   start = time.perf_counter()
   run_dir.claim(dataclasses.asdict(spec))
   model, params, pretrain_loss = build_base(
