@@ -9,7 +9,7 @@ import jax
 from absl import flags
 from jax.sharding import Mesh
 
-from thickets_jax import configs, distributed, population, presets
+from thickets_jax import distributed, population
 from thickets_jax.errors import InputError
 
 flags.DEFINE_integer(
@@ -67,26 +67,3 @@ def key_flag_values() -> dict:
   """The flags the running experiment defines, as set: what its `config.json` entry records."""
   main_module = sys.modules["__main__"]
   return {f.name: f.value for f in flags.FLAGS.get_key_flags_for_module(main_module)}
-
-
-def define_preset_flag() -> None:
-  """`--preset`, for the experiments whose config a paper preset can be."""
-  flags.DEFINE_string("preset", None, "A paper run as the config (NAME or NAME:tiny; "
-                      f"{', '.join(presets.PRESETS.names())}); flags given change it.")
-
-
-def preset(config_class: type):
-  """The config of `--preset` (None without one); one sentence if it is another experiment's."""
-  if not flags.FLAGS.preset:
-    return None
-  base = presets.get(flags.FLAGS.preset)
-  if not isinstance(base, config_class):
-    raise InputError(f"--preset {flags.FLAGS.preset} is a {type(base).__name__}, not a "
-                     f"{config_class.__name__}; run it with its experiment.")
-  return base
-
-
-def config(config_class: type, **overrides):
-  """`config_class` from the parsed flags (`configs.from_flags`) and `overrides`, on top of
-  `--preset` if given."""
-  return configs.from_flags(config_class, base=preset(config_class), **overrides)

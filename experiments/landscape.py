@@ -18,7 +18,7 @@ shared, and a domain's default applies where the flag is not given.
 
 from absl import flags
 
-from experiments import common
+from experiments import preset
 from thickets_jax import cli, configs, landscape
 from thickets_jax.errors import InputError
 from thickets_jax.llm import landscape as llm_landscape
@@ -28,7 +28,7 @@ DOMAINS = {"signals": signals_landscape.LandscapeSpec, "llm": llm_landscape.Land
 flags.DEFINE_enum("domain", "signals", list(DOMAINS), "1D MLPs or a language model.")
 configs.define_flags(signals_landscape.LandscapeSpec)
 configs.define_flags(llm_landscape.LandscapeConfig, shared=True)
-common.define_preset_flag()
+flags.adopt_module_key_flags(preset)  # --preset
 flags.DEFINE_string("workdir", None, "Where results, plots and logs go.")
 FLAGS = flags.FLAGS
 
@@ -42,7 +42,7 @@ def _config(domain: str):
     if other != domain and foreign:
       raise InputError(f"--{foreign[0]} is for --domain {other}, not {domain}.")
   config_class = DOMAINS[domain]
-  return configs.from_flags(config_class, base=common.preset(config_class) or config_class())
+  return configs.from_flags(config_class, base=preset.base(config_class) or config_class())
 
 
 def main(argv):

@@ -10,7 +10,7 @@ from typing import Optional
 
 from absl import flags
 
-from experiments import common
+from experiments import common, preset
 from thickets_jax import configs, distributed
 from thickets_jax.errors import InputError
 from thickets_jax.llm import dryrun, plan, registry
@@ -20,7 +20,7 @@ flags.DEFINE_integer("plan_devices", None, "--dry_run: plan for this many accele
 flags.DEFINE_string("plan_device_memory", None, "--dry_run with --plan_devices: memory per device, "
                     "e.g. 80GB or 16GiB.")
 flags.DEFINE_string("workdir", None, "Where results, plots and logs go.")
-common.define_preset_flag()
+flags.adopt_module_key_flags(preset)  # --preset
 flags.adopt_module_key_flags(common)  # --host_devices, --distributed, ...
 FLAGS = flags.FLAGS
 
@@ -70,7 +70,7 @@ def config(config_class: type, **overrides):
   `--preset` if given. `--weights DIR` without `--model` or a preset runs the checkpoint in DIR
   (`registry.CHECKPOINT`)."""
   if FLAGS.preset:
-    return common.config(config_class, **overrides)
+    return preset.config(config_class, **overrides)
   if FLAGS.weights and not FLAGS["model"].present:
     many = "models" in config_class.__dataclass_fields__
     overrides.setdefault("models" if many else "model",

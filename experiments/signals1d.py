@@ -21,13 +21,13 @@ import dataclasses
 
 from absl import flags
 
-from experiments import common
+from experiments import common, preset
 from thickets_jax import cli, configs
 from thickets_jax.signals import regimes, runs
 
 configs.define_flags(regimes.RegimesConfig)
 configs.define_flags(runs.RunSpec)
-common.define_preset_flag()
+flags.adopt_module_key_flags(preset)  # --preset
 flags.DEFINE_string("workdir", None, "Where results, plots and logs go.")
 FLAGS = flags.FLAGS
 
@@ -35,7 +35,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   del argv
   common.setup_devices()
-  config = common.config(regimes.RegimesConfig)
+  config = preset.config(regimes.RegimesConfig)
   specs = tuple(configs.from_flags(runs.RunSpec, base=spec) for spec in config.specs())
   config = dataclasses.replace(config, run_specs=specs)
   mesh, chunk_size = common.population_mesh(config.chunk_size)
