@@ -16,6 +16,8 @@ from thickets_jax.llm import density, discordance, generate, randopt, registry, 
 from thickets_jax.llm import model as llm_model
 from thickets_jax.perturb import PerturbSpec, rebuild_member
 
+import toys
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -110,7 +112,7 @@ def test_randopt_on_two_processes_equals_one_process(tmp_path, tiny_weights):
   one process with two devices does; only process 0 writes."""
   args = ["-m", "experiments.randopt", *SMALL, "--weights", tiny_weights, "--K", "1,2",
           "--test_size", "2", "--model_parallel", "1", "--member_axis", "vmap"]
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # --host_devices decides
+  env = toys.child_env()  # --host_devices decides
   run = lambda *more, **kw: subprocess.Popen([sys.executable, *args, *more], cwd=ROOT, env=env,
                                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                              text=True, **kw)

@@ -10,6 +10,8 @@ import sys
 
 import pytest
 
+import toys
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Stand-in for srun / for a pod's workers: $TASKS copies of the command on this machine, each
 # with the variables Slurm sets for a task (srun's own --options are skipped).
@@ -45,7 +47,7 @@ def _env(tmp_path, **more):
   _script(bin_dir, "srun", FAKE_TASKS)
   _script(bin_dir, "gcloud", FAKE_GCLOUD)
   (tmp_path / "logs").mkdir(exist_ok=True)
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  env = toys.child_env()
   env.update(PATH=f"{bin_dir}:{env['PATH']}", THICKETS_PYTHON=sys.executable, TASKS="2",
              JOB=str(random.randrange(1, 4000)), LOGS=str(tmp_path / "logs"), **more)
   return env

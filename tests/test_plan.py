@@ -12,6 +12,8 @@ import pytest
 from thickets_jax.errors import InputError
 from thickets_jax.llm import density, discordance, plan, randopt, registry, session
 
+import toys
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 GPU8 = plan.Machine.hypothetical(8, plan.parse_bytes("80GB"))
 SHAPES = lambda name: {name: registry.MODELS.get(name).config}
@@ -95,7 +97,7 @@ def test_configs_take_the_reference_protocol_on_the_papers_tasks():
 
 
 def _dry_run(*args):
-  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}  # --plan_devices decides
+  env = toys.child_env()  # --plan_devices decides
   out = subprocess.run([sys.executable, "-m", "experiments.density", "--task", "gsm8k",
                         "--N", "1000", "--dry_run", *args], cwd=ROOT, env=env,
                        capture_output=True, text=True, timeout=600)

@@ -1,4 +1,7 @@
-"""Tiny stand-ins shared by tests: a one-character-per-token tokenizer and a tiny model config."""
+"""Tiny stand-ins shared by tests: a one-character-per-token tokenizer, a tiny model config, and
+the environment of a child experiment that chooses its own device count."""
+
+import os
 
 import jax.numpy as jnp
 
@@ -26,3 +29,14 @@ TINY_CONFIG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, n
                           num_heads=4, num_kv_heads=2, head_dim=8, rope_theta=1e4,
                           rms_norm_eps=1e-6, qkv_bias=True, tie_embeddings=True,
                           dtype=jnp.float32)
+
+
+def child_env(**more) -> dict:
+  """`os.environ` for a child process whose flags decide its device count: XLA_FLAGS without the
+  suite's host device count, its other flags (the optimisation level) kept; `more` added."""
+  xla = [f for f in os.environ.get("XLA_FLAGS", "").split()
+         if "xla_force_host_platform_device_count" not in f]
+  env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+  if xla:
+    env["XLA_FLAGS"] = " ".join(xla)
+  return {**env, **more}
