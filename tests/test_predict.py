@@ -104,3 +104,19 @@ def test_predict_command_line_needs_its_files(tmp_path):
                         "--prompts", "p.jsonl", "--out", "a.jsonl"], cwd=ROOT,
                        capture_output=True, text=True, timeout=300)
   assert out.returncode == 2 and "holds no topk.json" in out.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.parametrize("content, sentence", [
+    (b"\x89PNG\r\n\x1a\n\x00\xff\xfe", "is not UTF-8 text; give a JSONL file."),
+    (json.dumps({"prompt": "seven " * 1_000_000}).encode() + b"\n",
+     "exceeds the longest supported prompt"),
+])
+def test_unreadable_or_over_long_prompts_are_one_sentence_before_any_answer(
+    tmp_path, tiny_run, content, sentence):
+  _, workdir, _ = tiny_run
+  prompts = tmp_path / "p.jsonl"
+  prompts.write_bytes(content)
+  out = tmp_path / "a.jsonl"
+  with pytest.raises(InputError, match=sentence):
+    predict.predict(predict.PredictConfig(workdir, str(prompts), str(out), batch_size=2))
+  assert sorted(os.listdir(tmp_path)) == ["p.jsonl"]  # no answers, no partial store
