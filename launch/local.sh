@@ -20,8 +20,13 @@ case "$job" in
   main) exec "$VENV/bin/python" -m experiments.density --workdir "${WORKDIR:-workdir/density}" "$@" ;;
   # Unit tests in two processes (pytest-xdist) compiled at XLA's level 0, then the real-weight
   # integration tests in one (each holds up to 11 GB) at its default level (tests/conftest.py).
-  test) "$VENV/bin/python" -m pytest -q -n 2 -m "not integration" tests "$@"
-        exec "$VENV/bin/python" -m pytest -q -m integration tests "$@" ;;
+  # A step that selects no test (status 5, e.g. under -k) fails the run only if both do.
+  test) unit=0; integration=0
+        "$VENV/bin/python" -m pytest -q -n 2 -m "not integration" tests "$@" || unit=$?
+        [[ $unit == 0 || $unit == 5 ]] || exit "$unit"
+        "$VENV/bin/python" -m pytest -q -m integration tests "$@" || integration=$?
+        [[ $integration == 5 && $unit == 0 ]] && exit 0
+        exit "$integration" ;;
   run)  exp=$1; shift; exec "$VENV/bin/python" -m "experiments.$exp" "$@" ;;
   *) echo "usage: launch/local.sh main|test|run EXPERIMENT [flags]" >&2; exit 2 ;;
 esac

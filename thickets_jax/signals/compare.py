@@ -47,7 +47,7 @@ class CompareSpec:
   def validate(self) -> None:
     self.run_spec(0)  # a RunSpec validates itself
     es.ESConfig(population=self.es_population, sigma=self.sigma,
-                learning_rate=self.es_learning_rate).validate()
+                learning_rate=self.es_learning_rate)  # validates itself
     if self.n < self.k or self.es_iterations <= 0 or not self.gd_steps or min(self.gd_steps) <= 0:
       raise InputError("the 1D comparison needs K <= N and positive ES iterations and GD steps.")
 
