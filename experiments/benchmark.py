@@ -431,8 +431,8 @@ def _b7_1d(root: str) -> list[str]:
 def _b7_llm(root: str) -> list[str]:
   """Full scoring vs halving on an offline model (arithmetic, where its base is between 0 and 1)."""
   base = randopt.RandOptConfig(model=FLAGS.b7_llm, task="arithmetic", N=FLAGS.b7_llm_N,
-                            sigmas=(5e-4, 1e-3), train_size=32, max_new_tokens=32, batch_size=32,
-                            ks=(1, 4), test_size=64)
+                               sigmas=(5e-4, 1e-3), train_size=32, max_new_tokens=32,
+                               batch_size=32, ks=(1, 4), test_size=64)
   results = {name: randopt.run_randopt(config, os.path.join(root, f"llm_{name}"))
              for name, config in (("full", base), ("halving", dataclasses.replace(
                  base, halving_eta=FLAGS.b7_eta, halving_min_examples=2)))}
@@ -469,7 +469,7 @@ def bench_p1() -> str:
 def _p1_config(model: str, machine: plan.Machine, **settings) -> density.DensityConfig:
   """The README's scale-up settings (gsm8k, the reference protocol) planned for `machine`."""
   return density.DensityConfig(models=(model,), task="gsm8k", N=1000, dry_run=True,
-                            **settings).planned(machine)
+                               **settings).planned(machine)
 
 
 def _p1_compiled() -> str:

@@ -19,7 +19,7 @@ shared, and a domain's default applies where the flag is not given.
 from absl import flags
 
 from experiments import preset
-from thickets_jax import cli, configs, landscape
+from thickets_jax import cli, configs
 from thickets_jax.errors import InputError
 from thickets_jax.llm import landscape as llm_landscape
 from thickets_jax.signals import landscape as signals_landscape
@@ -34,14 +34,14 @@ FLAGS = flags.FLAGS
 
 
 def _config(domain: str):
-  """The domain's config: its defaults, with the flags given; another domain's flag is refused."""
-  shared = {f.name for f in configs.settings(landscape.PlaneConfig)}
-  for other, config_class in DOMAINS.items():
-    foreign = [f for f in configs.present(config_class)
-               if f not in shared and f not in {g.name for g in configs.settings(DOMAINS[domain])}]
-    if other != domain and foreign:
-      raise InputError(f"--{foreign[0]} is for --domain {other}, not {domain}.")
+  """The domain's config: its defaults, with the flags given; another domain's flag is refused
+  (the plane's flags belong to both)."""
   config_class = DOMAINS[domain]
+  own = {f.name for f in configs.settings(config_class)}
+  for other, other_class in DOMAINS.items():
+    foreign = [f for f in configs.present(other_class) if f not in own]
+    if foreign:
+      raise InputError(f"--{foreign[0]} is for --domain {other}, not {domain}.")
   return configs.from_flags(config_class, base=preset.base(config_class) or config_class())
 
 

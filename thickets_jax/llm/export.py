@@ -24,8 +24,6 @@ from thickets_jax.llm.codec import PromptCodec
 from thickets_jax.llm.config import ModelConfig
 from thickets_jax.perturb import rebuild_member
 
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-
 
 @dataclasses.dataclass(frozen=True)
 class ExportConfig(configs.Config):
@@ -34,13 +32,14 @@ class ExportConfig(configs.Config):
       None, "A finished randopt run (holding topk.json); required.")
   out: Optional[str] = configs.setting(None, "A new directory for the checkpoint; required.")
   member: str = configs.setting("top1", "top1, or a rank k of the saved top-K.")
-  dtype: str = configs.setting("float32", "Dtype of the written weights.", choices=tuple(DTYPES))
+  dtype: str = configs.setting("float32", "Dtype of the written weights.",
+                               choices=tuple(session.DTYPES))
 
   def validate(self) -> None:
     if not self.run_dir or not self.out:
       raise InputError("--run_dir and --out are required.")
-    if self.dtype not in DTYPES:
-      raise InputError(f"unknown --dtype {self.dtype!r}; known: {', '.join(DTYPES)}.")
+    if self.dtype not in session.DTYPES:
+      raise InputError(f"unknown --dtype {self.dtype!r}; known: {', '.join(session.DTYPES)}.")
 
 
 def pick_member(saved: dict, member: str) -> tuple[int, dict]:
@@ -83,7 +82,7 @@ def export_member(config: ExportConfig) -> dict:
                 "search_dtype": saved["dtype"], "dtype": dtype}
   staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".partial")
   try:
-    _write(staging, loaded, params, DTYPES[dtype], provenance)
+    _write(staging, loaded, params, session.DTYPES[dtype], provenance)
     if os.path.exists(out):
       os.rmdir(out)
     os.replace(staging, out)
