@@ -1,15 +1,11 @@
 """What every experiment does first: host devices, logging to the workdir, recording its flags."""
 
-import math
 import os
 import sys
-from typing import Optional
 
-import jax
 from absl import flags
-from jax.sharding import Mesh
 
-from thickets_jax import distributed, population
+from thickets_jax import distributed
 from thickets_jax.errors import InputError
 
 flags.DEFINE_integer(
@@ -53,14 +49,6 @@ def setup_devices(multi_host: bool = False) -> None:
       raise InputError(f"--local_device_ids takes integers, got {','.join(ids)!r}.") from None
     distributed.initialize(flags.FLAGS.coordinator, flags.FLAGS.num_processes,
                            flags.FLAGS.process_id, ids)
-
-
-def population_mesh(chunk_size: int) -> tuple[Optional[Mesh], int]:
-  """The population mesh over all devices (None for one) and the chunk rounded up to fit it."""
-  devices = jax.devices()
-  if len(devices) == 1:
-    return None, chunk_size
-  return population.population_mesh(devices), math.ceil(chunk_size / len(devices)) * len(devices)
 
 
 def key_flag_values() -> dict:

@@ -13,7 +13,7 @@ The flags are the settings of `thickets_jax.signals.scaling.ScalingConfig`.
 from absl import flags
 
 from experiments import common
-from thickets_jax import cli, configs
+from thickets_jax import cli, configs, population
 from thickets_jax.signals import scaling
 
 configs.define_flags(scaling.ScalingConfig)
@@ -25,7 +25,7 @@ def main(argv):
   del argv
   common.setup_devices()
   config = configs.from_flags(scaling.ScalingConfig)
-  mesh, chunk_size = common.population_mesh(config.chunk_size)
+  mesh, chunk_size = population.chunk_mesh(config.chunk_size)
   result = scaling.run_scaling(config, FLAGS.workdir, mesh=mesh, chunk_size=chunk_size,
                                flag_values=common.key_flag_values())
   print(scaling.table(config, result))

@@ -22,7 +22,7 @@ import dataclasses
 from absl import flags
 
 from experiments import common, preset
-from thickets_jax import cli, configs
+from thickets_jax import cli, configs, population
 from thickets_jax.signals import regimes, runs
 
 configs.define_flags(regimes.RegimesConfig)
@@ -38,7 +38,7 @@ def main(argv):
   config = preset.config(regimes.RegimesConfig)
   specs = tuple(configs.from_flags(runs.RunSpec, base=spec) for spec in config.specs())
   config = dataclasses.replace(config, run_specs=specs)
-  mesh, chunk_size = common.population_mesh(config.chunk_size)
+  mesh, chunk_size = population.chunk_mesh(config.chunk_size)
   result = regimes.run_regimes(config, FLAGS.workdir, mesh=mesh, chunk_size=chunk_size,
                                flag_values=common.key_flag_values())
   print(regimes.table(result))

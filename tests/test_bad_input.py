@@ -169,6 +169,8 @@ CASES = {
         (["--bench", "B7", "--b7_llm_N", "0"], "--b7_llm_N must be at least 4"),
         (["--bench", "B7", "--b7_seeds", "x"], "--b7_seeds takes integers"),
         (["--bench", "B1", "--N", "0"], "--N must be positive, got 0."),
+        (["--bench", "B1", "--prompts", "8"], "--prompts is a setting of B3, B6, B8, not of B1."),
+        (["--bench", "B6", "--b6_members", "8"], "--b6_members 8 needs at least two chunks"),
     ],
 }
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from absl import flags
 
-from thickets_jax import checkpoint, configs, population
+from thickets_jax import checkpoint, configs, halving, perturb, population, search
 from thickets_jax.baselines import es
 from thickets_jax.errors import InputError
 from thickets_jax.llm import compare, scoring
@@ -22,10 +22,32 @@ from thickets_jax.workdir import RunDir
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+@compare.METHODS.register("halving_top1")
+def _halving_top1(session: compare.Session) -> list[dict]:
+  """A baseline added by one registration: successive halving's best member, through the
+  scorer every member-based method shares."""
+  config = session.config
+  seeds, sigmas = population.draw_candidates(config.seed, config.N, config.sigmas)
+  rungs = halving.schedule(config.N, config.train_size, eta=2, min_examples=1, keep=1)
+  method = search.run(halving.Halving(seeds, sigmas, rungs),
+                      session.train_scorer(session.run_dir.child("halving_top1")))
+  best = method.result()["order"][0]
+  params = perturb.rebuild_member(session.loaded.params, int(seeds[best]), float(sigmas[best]),
+                                  session.gen.perturb)
+  spent = sum(r["forward_flops"] for records in method.records for r in records)
+  return [session.evaluate("halving_top1", "halving_top1", params, spent)]
+
+
 def test_compare_on_the_tiny_model(tmp_path, tiny_weights):
-  config = compare.CompareConfig.tiny(tiny_weights)
+  config = compare.CompareConfig.tiny(tiny_weights, methods=tuple(compare.METHODS))
   result = compare.run_compare(config, str(tmp_path))
-  assert [row["method"] for row in result["table"]] == list(compare.METHODS)
+  assert [row["method"] for row in result["table"]] == [
+      "base", "randopt", "es", "grpo", "halving_top1"]
+  rungs = [RunDir(str(tmp_path / "runs" / "halving_top1")).store(f"rung{i}").records
+           for i in range(2)]
+  assert [len(r) for r in rungs] == [4, 2]  # N = 4 on one example, the best 2 on the other
+  assert 0 < result["methods"]["halving_top1"]["points"][0]["train_flops"] < \
+      result["methods"]["randopt"]["points"][-1]["train_flops"]
   methods = result["methods"]
   assert methods["base"]["points"][0]["train_flops"] == 0.0
   assert [p["members"] for p in methods["randopt"]["points"]] == [2, 4]

@@ -10,7 +10,7 @@ import sys
 import pytest
 from absl import flags
 
-from thickets_jax import configs, presets
+from thickets_jax import benchmarks, configs, presets
 from thickets_jax.baselines import es, grpo
 from thickets_jax.errors import InputError
 from thickets_jax.llm import (compare, density, discordance, distill, export, plan, predict,
@@ -30,7 +30,9 @@ EXPERIMENTS = {"randopt": (randopt.RandOptConfig,), "density": (density.DensityC
                "predict": (predict.PredictConfig,), "fuzz_graders": (fuzz.FuzzConfig,),
                "export": (export.ExportConfig,), "scaling1d": (scaling.ScalingConfig,),
                "signals1d": (regimes.RegimesConfig, signal_runs.RunSpec),
-               "landscape": (signals_landscape.LandscapeSpec, llm_landscape.LandscapeConfig)}
+               "landscape": (signals_landscape.LandscapeSpec, llm_landscape.LandscapeConfig),
+               "benchmark": tuple(benchmarks.BENCHMARKS.get(name).config
+                                  for name in benchmarks.BENCHMARKS)}
 CONFIGS = [c for classes in EXPERIMENTS.values() for c in classes]
 
 
@@ -135,6 +137,29 @@ def test_entry_points_declare_no_setting_of_their_config(name):
              and isinstance(node.args[0], ast.Constant)}
   settings = {f.name for c in EXPERIMENTS[name] for f in configs.settings(c)}
   assert not defined & settings
+
+
+def test_a_setting_two_benchmarks_share_is_declared_once():
+  """Benchmarks share a setting only through a mixin of `benchmarks.base`: every flag name is
+  declared by one class, whatever the benchmarks that inherit it."""
+  declared = {}
+  for name in benchmarks.BENCHMARKS:
+    config_class = benchmarks.BENCHMARKS.get(name).config
+    for field in dataclasses.fields(config_class):
+      owner = next(base for base in reversed(config_class.__mro__)
+                   if field.name in getattr(base, "__annotations__", {}))
+      assert declared.setdefault(field.name, owner) is owner, field.name
+  assert declared["repeats"] is benchmarks.base.Repeats  # B1, B3, B5, B8
+  assert declared["b4_sizes"] is benchmarks.base.Sizes  # B4, ES
+
+
+def test_a_benchmark_runs_from_python_and_checks_its_settings_first():
+  line = benchmarks.run("B1", N=8, chunk_size=4, repeats=1)
+  assert line.startswith("B1: ") and "% of measured peak" in line
+  with pytest.raises(InputError, match="--b6_members 8 needs at least two chunks of --b6_chunk"):
+    benchmarks.run("B6", b6_members=8)
+  with pytest.raises(InputError, match="unknown --bench 'B99'"):
+    benchmarks.run("B99")
 
 
 def test_the_paper_presets_hold_the_reference_settings_and_plan_on_a_gpu_node():

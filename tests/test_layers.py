@@ -14,7 +14,7 @@ LAYERS = (
                     "cli", "configs")),
     ("members and storage", ("perturb", "population", "storage", "workdir", "plotting", "flops",
                              "bench")),
-    ("search methods", ("randopt", "halving", "landscape")),
+    ("search methods", ("search", "randopt", "halving", "landscape")),
     ("tasks", ("tasks",)),
     ("language models", ("llm.config", "llm.rope", "llm.architectures", "llm.model",
                          "llm.assets", "llm.weights", "llm.tokenizer", "llm.codec",
@@ -24,7 +24,7 @@ LAYERS = (
     ("training baselines", ("baselines", "llm.sft")),
     ("experiments", ("llm.session", "llm.randopt", "llm.density", "llm.discordance",
                      "llm.compare", "llm.distill", "llm.landscape", "llm.predict", "llm.export",
-                     "llm.dryrun", "signals", "presets")),
+                     "llm.dryrun", "signals", "presets", "benchmarks")),
 )
 
 

@@ -94,6 +94,15 @@ def population_mesh(devices: Optional[Sequence[jax.Device]] = None) -> Mesh:
   return Mesh(np.asarray(devices), (POPULATION_AXIS,))
 
 
+def chunk_mesh(chunk_size: int) -> tuple[Optional[Mesh], int]:
+  """The population mesh over all devices (None for one) and `chunk_size` rounded up to a
+  multiple of the device count, so every device gets members."""
+  devices = jax.devices()
+  if len(devices) == 1:
+    return None, chunk_size
+  return population_mesh(devices), -(-chunk_size // len(devices)) * len(devices)
+
+
 def iter_population(fn: Callable, params: PyTree, seeds: np.ndarray, sigmas: np.ndarray, *,
                     chunk_size: int, mesh: Optional[Mesh] = None,
                     args: tuple = ()) -> Iterator[tuple[slice, PyTree]]:

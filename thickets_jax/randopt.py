@@ -1,7 +1,8 @@
 """RandOpt: rank scored candidates, keep the top K, ensemble them (docs/method.md §1).
 
-`search(params, score_fn, seed, N=, sigmas=, K=)` is the whole method for any JAX model whose
-score is a function of its parameters; `member_outputs` runs the top K for an ensemble.
+`RandOpt` is the method behind the ask/tell interface (`thickets_jax.search`): one ask for all N
+members. `search(params, score_fn, seed, N=, sigmas=, K=)` runs it for any JAX model whose score
+is a function of its parameters; `member_outputs` runs the top K for an ensemble.
 Scoring is resumable: a `storage.CandidateStore` appends each chunk of scored candidates to a
 JSONL file as it finishes (flushed and fsynced), and `score_candidates` skips what the store
 already holds.
@@ -16,7 +17,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from thickets_jax import population
+from thickets_jax import population, search as search_api
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec
 from thickets_jax.storage import CandidateStore, Progress
@@ -120,6 +121,27 @@ def score_candidates(score_chunk: Callable[[np.ndarray, np.ndarray], Iterable[tu
   return [store.records[(s, g)] for s, g in zip(seeds.tolist(), sigmas.tolist())]
 
 
+class RandOpt(search_api.Method):
+  """One ask: every member on every train example (store "candidates"); then `scores` [N] and
+  `order` [N] (best first) hold the result."""
+
+  def __init__(self, seeds: np.ndarray, sigmas: np.ndarray, store: str = "candidates"):
+    self.seeds, self.sigmas, self.store = seeds, sigmas, store
+    self.scores: Optional[np.ndarray] = None
+    self.records: Sequence[dict] = ()
+
+  def ask(self) -> Optional[search_api.Ask]:
+    return None if self.scores is not None else search_api.Ask(self.seeds, self.sigmas,
+                                                               self.store)
+
+  def tell(self, scores: search_api.Scores) -> None:
+    self.scores, self.records = np.asarray(scores.mean, np.float64), scores.records
+
+  @property
+  def order(self) -> np.ndarray:
+    return rank(self.scores)
+
+
 @dataclasses.dataclass(frozen=True)
 class SearchResult:
   """The scored population of `search` and its top K; a member is `(seed, sigma, spec)`.
@@ -168,13 +190,16 @@ def search(params: PyTree, score_fn: Callable[[PyTree], Any], seed: int, *, N: i
   fn = population.population_fn(lambda p: {"score": score_fn(p)}, spec=spec)
   chunks = lambda s, g: population.iter_population(fn, params, s, g, chunk_size=chunk_size,
                                                    mesh=mesh)
-  if store is None:
-    scores = np.concatenate([out["score"] for _, out in chunks(seeds, member_sigmas)])
-  else:
-    records = score_candidates(chunks, seeds, member_sigmas, store)
-    scores = np.asarray([r["score"] for r in records])
-  scores = np.asarray(scores, np.float64)
-  return SearchResult(seeds, member_sigmas, scores, rank(scores), K, spec)
+
+  def score(ask: search_api.Ask) -> search_api.Scores:
+    if store is None:
+      return search_api.Scores.means(
+          np.concatenate([out["score"] for _, out in chunks(ask.seeds, ask.sigmas)]))
+    records = score_candidates(chunks, ask.seeds, ask.sigmas, store)
+    return search_api.Scores.means([r["score"] for r in records], records)
+
+  method = search_api.run(RandOpt(seeds, member_sigmas), score)
+  return SearchResult(seeds, member_sigmas, method.scores, method.order, K, spec)
 
 
 def member_outputs(params: PyTree, fn: Callable[..., PyTree], result: SearchResult, *args,

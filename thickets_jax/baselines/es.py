@@ -12,19 +12,20 @@ step: a scan over members adds one member's direction at a time to a float32 acc
 memory is the base, one direction and the accumulator whatever N, and bf16 weights get a
 float32 update. Antithetic pairs are the members (s, +σ) and (s, −σ).
 
-The defaults are the reference ES (N = 30, σ = 1e-3, α = 5e-4, z-scores, no 1/σ, no antithetic
+`ES` is the method behind the ask/tell interface (`thickets_jax.search`); `train` drives it with
+orbax checkpoints. The defaults are the reference ES (N = 30, σ = 1e-3, α = 5e-4, z-scores, no 1/σ, no antithetic
 pairs, no weight decay, plain SGD).
 """
 
 import dataclasses
-from typing import Any, Callable, ClassVar
+from typing import Any, Callable, ClassVar, Optional
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
 
-from thickets_jax import checkpoint, configs, population, rng
+from thickets_jax import checkpoint, configs, population, rng, search
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec, direction
 
@@ -153,10 +154,46 @@ def make_step(config: ESConfig, spec: PerturbSpec = PerturbSpec()) -> Callable:
   return step
 
 
+class ES(search.Method):
+  """ES behind the ask/tell interface: one ask per iteration, its members around the current
+  iterate under the store name `iteration_<t>`; each tell takes one step.
+
+  `state` ({"params", "opt_state", "iteration"}) is what `train` checkpoints; set it to a
+  restored state to resume.
+  """
+
+  def __init__(self, params: PyTree, config: ESConfig, *, iterations: int, seed: int,
+               spec: PerturbSpec = PerturbSpec()):
+    self.config, self.iterations, self.seed = config, iterations, seed
+    self.step = make_step(config, spec)
+    self.state = {"params": params, "opt_state": init(params, config),
+                  "iteration": jnp.int32(0)}
+
+  @property
+  def iteration(self) -> int:
+    return int(self.state["iteration"])
+
+  def ask(self) -> Optional[search.Ask]:
+    if self.iteration >= self.iterations:
+      return None
+    seeds, sigmas = iteration_members(self.seed, self.iteration, self.config)
+    return search.Ask(seeds, sigmas, f"iteration_{self.iteration:04d}",
+                      center=self.state["params"])
+
+  def tell(self, scores: search.Scores) -> None:
+    seeds, sigmas = iteration_members(self.seed, self.iteration, self.config)
+    params, opt_state = self.step(self.state["params"], self.state["opt_state"],
+                                  jnp.asarray(seeds, jnp.int32), jnp.asarray(sigmas, jnp.float32),
+                                  jnp.asarray(np.asarray(scores.mean, np.float32)))
+    self.state = {"params": params, "opt_state": opt_state,
+                  "iteration": jnp.int32(self.iteration + 1)}
+
+
 def train(params: PyTree, score: Callable, config: ESConfig, *, iterations: int, seed: int,
           spec: PerturbSpec = PerturbSpec(), checkpoints=None, checkpoint_every: int = 1,
           on_iteration: Callable = lambda iteration, params, scores: None) -> PyTree:
-  """Runs `iterations` ES iterations, or resumes them from `checkpoints`.
+  """Runs `iterations` ES iterations (`ES` driven by `search.run`), or resumes them from
+  `checkpoints`.
 
   Args:
     params: the starting parameters θ₀.
@@ -172,15 +209,17 @@ def train(params: PyTree, score: Callable, config: ESConfig, *, iterations: int,
     θ after `iterations` iterations; a resumed run returns the same bits as an uninterrupted one
     when `score` is deterministic.
   """
-  step = make_step(config, spec)
-  state = {"params": params, "opt_state": init(params, config), "iteration": jnp.int32(0)}
-  state = checkpoint.resume(checkpoints, state)
-  for iteration in range(int(state["iteration"]), iterations):
-    seeds, sigmas = iteration_members(seed, iteration, config)
-    scores = np.asarray(score(state["params"], iteration, seeds, sigmas), np.float32)
-    params, opt_state = step(state["params"], state["opt_state"], jnp.asarray(seeds, jnp.int32),
-                             jnp.asarray(sigmas, jnp.float32), jnp.asarray(scores))
-    state = {"params": params, "opt_state": opt_state, "iteration": jnp.int32(iteration + 1)}
-    on_iteration(iteration + 1, params, scores)
-    checkpoint.save_when_due(checkpoints, iteration + 1, iterations, checkpoint_every, state)
-  return state["params"]
+  method = ES(params, config, iterations=iterations, seed=seed, spec=spec)
+  method.state = checkpoint.resume(checkpoints, method.state)
+
+  def score_ask(ask: search.Ask) -> search.Scores:
+    return search.Scores.means(np.asarray(
+        score(ask.center, method.iteration, ask.seeds, ask.sigmas), np.float32))
+
+  def after_tell(ask: search.Ask, scores: search.Scores) -> None:
+    done = method.iteration
+    on_iteration(done, method.state["params"], np.asarray(scores.mean, np.float32))
+    checkpoint.save_when_due(checkpoints, done, iterations, checkpoint_every, method.state)
+
+  search.run(method, score_ask, after_tell)
+  return method.state["params"]

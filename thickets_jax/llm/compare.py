@@ -23,16 +23,17 @@ from typing import Callable, ClassVar
 import numpy as np
 from absl import logging
 
-from thickets_jax import checkpoint, configs, flops, metrics, plotting, population, randopt, rng
+from thickets_jax import (checkpoint, configs, flops, metrics, plotting, population, randopt, rng,
+                          search)
 from thickets_jax.baselines import es, grpo
 from thickets_jax.baselines.es import ESConfig
 from thickets_jax.baselines.grpo import GRPOConfig
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate, scoring
+from thickets_jax.registry import Registry
+from thickets_jax.llm import generate, registry, scoring
 from thickets_jax.llm.session import TINY, TINY_MODEL, OneModelConfig, model_task_run
 from thickets_jax.workdir import RunDir
 
-METHODS = ("base", "randopt", "es", "grpo")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +47,8 @@ class CompareConfig(OneModelConfig):
   prompts over hundreds of steps and does not move in six small steps).
   """
   task: str = "arithmetic"
-  methods: tuple[str, ...] = configs.setting(METHODS, f"Subset of {','.join(METHODS)}.")
+  methods: tuple[str, ...] = configs.setting(
+      ("base", "randopt", "es", "grpo"), "Methods to compare, from those registered in METHODS.")
   test_size: int = 64
   vote_k: int = configs.setting(
       4, "K of every test-time vote: RandOpt's top-K members, K samples of the others.")
@@ -77,10 +79,10 @@ class CompareConfig(OneModelConfig):
 
   def validate(self) -> None:
     super().validate()
-    unknown = [m for m in self.methods if m not in METHODS]
-    if unknown or not self.methods:
-      raise InputError(f"unknown method {unknown[0] if unknown else ''!r}; known: "
-                       f"{', '.join(METHODS)}.")
+    if not self.methods:
+      raise InputError(f"--methods is empty; known: {', '.join(METHODS)}.")
+    for method in self.methods:
+      METHODS.get(method)
     if len(set(self.methods)) != len(self.methods):
       raise InputError(f"--methods names a method twice: {','.join(self.methods)}.")
     for name in ("test_size", "vote_k", "es_iterations", "grpo_steps", "eval_every",
@@ -126,18 +128,70 @@ class _Evaluator:
     return record
 
 
-def _randopt(config, gen, train_set, test_set, run_dir: RunDir) -> list[dict]:
+@dataclasses.dataclass(frozen=True)
+class Session:
+  """What every compared method gets: the planned config, the model, the greedy generator,
+  the splits, the shared test evaluator and the comparison's run directory (a method keeps its
+  own files in `run_dir.child(<method>)`)."""
+  config: CompareConfig
+  loaded: registry.LoadedModel
+  gen: generate.Generator
+  train_set: scoring.TaskSet
+  test_set: scoring.TaskSet
+  evaluate: _Evaluator
+  run_dir: RunDir
+
+  def train_scorer(self, run_dir: RunDir) -> Callable[[search.Ask], search.Scores]:
+    """The `search.run` scorer of every member-based method: an ask's members decode the train
+    split (or its `ask.examples` slice, in batches no larger than the slice) greedily around
+    `ask.center`; their records (reward, accuracy, forward FLOPs) persist in `run_dir`'s store
+    `ask.store`, which a rerun reads instead of re-scoring. A slice's score is its reward summed
+    over its examples (weight: their count), the whole split's the mean (weight 1)."""
+    config = self.config
+
+    def score(ask: search.Ask) -> search.Scores:
+      gen, task_set = self.gen, self.train_set
+      if ask.examples is not None:
+        task_set = scoring.TaskSet(task_set.task, task_set.examples[slice(*ask.examples)])
+        size = len(task_set.examples)
+        gen = dataclasses.replace(config, batch_size=min(config.batch_size, size)).generator(
+            self.loaded, self.gen.perturb)
+      records = scoring.score_members(gen, [task_set], ask.seeds, ask.sigmas,
+                                      run_dir.store(ask.store),
+                                      members_per_batch=config.members_per_batch,
+                                      mesh=config.mesh(), params=ask.center)
+      rewards = [r["reward"][0] for r in records]
+      if ask.examples is None:
+        return search.Scores.means(rewards, records)
+      return search.Scores(np.asarray(rewards) * size, np.full(len(rewards), float(size)),
+                           records)
+    return score
+
+
+# A compared method: Session -> its points, ordered by training FLOPs ({"point", "method",
+# "train_flops", "single_accuracy", "single_se", "vote_accuracy", "vote_se", ...}). Adding a
+# baseline is one function registered here (with its settings as a sub-config of
+# CompareConfig); `--methods` takes the registered names.
+METHODS: Registry[Callable[[Session], list[dict]]] = Registry("method")
+
+
+@METHODS.register("base")
+def _base(session: Session) -> list[dict]:
+  return [session.evaluate("base", "base", session.loaded.params, 0.0)]
+
+
+@METHODS.register("randopt")
+def _randopt(session: Session) -> list[dict]:
   """Selection over N members; top-K voted (greedy members) after N/4, N/2 and N members."""
+  config, test_set, run_dir = session.config, session.test_set, session.run_dir.child("randopt")
   seeds, sigmas = population.draw_candidates(config.seed, config.N, config.sigmas)
-  records = scoring.score_members(gen, [train_set], seeds, sigmas, run_dir.store(),
-                                  members_per_batch=config.members_per_batch, mesh=config.mesh())
-  scores = np.asarray([r["reward"][0] for r in records])
-  cost = np.cumsum([r["forward_flops"] for r in records])
+  method = search.run(randopt.RandOpt(seeds, sigmas), session.train_scorer(run_dir))
+  cost = np.cumsum([r["forward_flops"] for r in method.records])
   points, n = [], len(test_set.examples)
   for count in sorted({max(config.vote_k, config.N // 4), max(config.vote_k, config.N // 2),
                        config.N}):
-    top = randopt.top_k(scores[:count], [config.vote_k])[config.vote_k]
-    tested = scoring.score_members(gen, [test_set], seeds[top], sigmas[top],
+    top = randopt.top_k(method.scores[:count], [config.vote_k])[config.vote_k]
+    tested = scoring.score_members(session.gen, [test_set], seeds[top], sigmas[top],
                                    run_dir.store("test_members"),
                                    members_per_batch=config.members_per_batch, mesh=config.mesh(),
                                    keep_examples=True)
@@ -146,45 +200,47 @@ def _randopt(config, gen, train_set, test_set, run_dir: RunDir) -> list[dict]:
     single = float(np.mean(correct[0]))
     points.append({"point": f"randopt_{count}", "method": "randopt", "members": count,
                    "train_flops": float(cost[count - 1]), "single_accuracy": single,
-                   "single_se": metrics.binomial_se(single, n), "vote_accuracy": vote, "vote_se": metrics.binomial_se(vote, n),
+                   "single_se": metrics.binomial_se(single, n), "vote_accuracy": vote,
+                   "vote_se": metrics.binomial_se(vote, n),
                    "test_flops_single": tested[0]["forward_flops"],
                    "test_flops_vote": float(sum(r["forward_flops"] for r in tested))})
   return points
 
 
-def _es(config, gen, train_set, run_dir: RunDir, evaluate, params) -> list[dict]:
+@METHODS.register("es")
+def _es(session: Session) -> list[dict]:
   """ES from the base; each iteration's members are scored greedily on the train split."""
-  es_config = config.es
+  config, run_dir = session.config, session.run_dir.child("es")
   history = run_dir.store("history", key=lambda r: r["iteration"])
-  update_flops = flops.es_update_flops(gen.config.num_params, es_config.population)
+  update_flops = flops.es_update_flops(session.gen.config.num_params, config.es.population)
+  method = es.ES(session.loaded.params, config.es, iterations=config.es_iterations,
+                 seed=config.seed, spec=session.gen.perturb)
+  checkpoints = checkpoint.TrainingCheckpoints(run_dir.checkpoints)
+  method.state = checkpoint.resume(checkpoints, method.state)
 
-  def score(params, iteration, seeds, sigmas):
-    records = scoring.score_members(gen, [train_set], seeds, sigmas,
-                                    run_dir.store(f"iteration_{iteration:04d}"),
-                                    members_per_batch=config.members_per_batch,
-                                    mesh=config.mesh(), params=params)
-    if iteration not in history:
-      history.append([{"iteration": iteration, "reward": [r["reward"][0] for r in records],
-                       "flops": sum(r["forward_flops"] for r in records) + update_flops}])
-    return [r["reward"][0] for r in records]
-
-  def after(done, params, scores):
+  def after_tell(ask: search.Ask, scores: search.Scores) -> None:
+    done = method.iteration
+    if done - 1 not in history:
+      history.append([{"iteration": done - 1, "reward": scores.mean.tolist(),
+                       "flops": sum(r["forward_flops"] for r in scores.records) + update_flops}])
     logging.info("ES iteration %d/%d: train reward mean %.3f, max %.3f", done,
-                 config.es_iterations, np.mean(scores), np.max(scores))
+                 config.es_iterations, np.mean(scores.mean), np.max(scores.mean))
     if done % config.eval_every == 0 or done == config.es_iterations:
       spent = sum(history.records[i]["flops"] for i in range(done))
-      evaluate(f"es_{done}", "es", params, spent, iteration=done)
+      session.evaluate(f"es_{done}", "es", method.state["params"], spent, iteration=done)
+    checkpoint.save_when_due(checkpoints, done, config.es_iterations, config.checkpoint_every,
+                             method.state)
 
-  es.train(params, score, es_config, iterations=config.es_iterations, seed=config.seed,
-           spec=gen.perturb, checkpoints=checkpoint.TrainingCheckpoints(run_dir.checkpoints),
-           checkpoint_every=config.checkpoint_every, on_iteration=after)
-  return _points(evaluate.store, "es")
+  search.run(method, session.train_scorer(run_dir), after_tell)
+  return _points(session.evaluate.store, "es")
 
 
-def _grpo(config, loaded, train_set, run_dir: RunDir, evaluate, params) -> list[dict]:
-  grpo_config = config.grpo
-  sampler = config.generator(loaded, temperature=grpo_config.temperature)
-  trainer = grpo.Trainer(sampler, train_set.task, train_set.examples, grpo_config, config.seed)
+@METHODS.register("grpo")
+def _grpo(session: Session) -> list[dict]:
+  config, run_dir = session.config, session.run_dir.child("grpo")
+  sampler = config.generator(session.loaded, temperature=config.grpo.temperature)
+  trainer = grpo.Trainer(sampler, session.train_set.task, session.train_set.examples,
+                         config.grpo, config.seed)
   history = run_dir.store("history", key=lambda r: r["step"])
 
   def after(done, params, record):
@@ -194,12 +250,12 @@ def _grpo(config, loaded, train_set, run_dir: RunDir, evaluate, params) -> list[
                  config.grpo_steps, record["reward_mean"], record["loss"], record["kl"])
     if done % config.eval_every == 0 or done == config.grpo_steps:
       spent = sum(history.records[s]["flops"]["total"] for s in range(1, done + 1))
-      evaluate(f"grpo_{done}", "grpo", params, spent, step=done)
+      session.evaluate(f"grpo_{done}", "grpo", params, spent, step=done)
 
-  grpo.train(params, trainer, steps=config.grpo_steps,
+  grpo.train(session.loaded.params, trainer, steps=config.grpo_steps,
              checkpoints=checkpoint.TrainingCheckpoints(run_dir.checkpoints),
              checkpoint_every=config.checkpoint_every, on_step=after)
-  return _points(evaluate.store, "grpo")
+  return _points(session.evaluate.store, "grpo")
 
 
 def _points(store, method: str) -> list[dict]:
@@ -214,19 +270,13 @@ def run_compare(config: CompareConfig, workdir: str) -> dict:
   config = config.planned()
   with model_task_run(config, workdir, "compare") as (run_dir, loaded, train_set, test_set, gen):
     sampler = config.generator(loaded, temperature=config.vote_temperature)
-    evaluate = _Evaluator(config, gen, sampler, test_set, run_dir)
-    methods: dict[str, Callable[[], list[dict]]] = {
-        "base": lambda: [evaluate("base", "base", loaded.params, 0.0)],
-        "randopt": lambda: _randopt(config, gen, train_set, test_set, run_dir.child("randopt")),
-        "es": lambda: _es(config, gen, train_set, run_dir.child("es"), evaluate, loaded.params),
-        "grpo": lambda: _grpo(config, loaded, train_set, run_dir.child("grpo"), evaluate,
-                              loaded.params),
-    }
+    session = Session(config, loaded, gen, train_set, test_set,
+                      _Evaluator(config, gen, sampler, test_set, run_dir), run_dir)
     results = {}
     for method in config.methods:
       start = time.perf_counter()
       logging.info("--- %s", method)
-      results[method] = {"points": methods[method](),
+      results[method] = {"points": METHODS.get(method)(session),
                          "wall_s_this_invocation": time.perf_counter() - start}
     result = {**config.identity(), "weights_source": loaded.source.describe(),
               "num_params": loaded.config.num_params,
