@@ -15,6 +15,7 @@ matrix of d₁, d₂); `residual` says how much of a member's perturbation lies 
 """
 
 import dataclasses
+import functools
 from typing import Any, Callable, ClassVar, Iterable, Optional, Sequence
 
 import jax
@@ -79,15 +80,24 @@ def filter_normalized(direction: PyTree, params: PyTree, spec: PerturbSpec) -> P
 def random_directions(params: PyTree, seed: int, spec: PerturbSpec) -> tuple[PyTree, PyTree]:
   """Two filter-normalised Gaussian directions from the run's `landscape` stream."""
   stream = rng.key(seed, "landscape")
-  build = jax.jit(lambda p, k: filter_normalized(perturb.direction(p, k, spec), p, spec))
-  return build(params, jax.random.fold_in(stream, 0)), build(params, jax.random.fold_in(stream, 1))
+  return tuple(_random_direction(params, jax.random.fold_in(stream, i), spec) for i in (0, 1))
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _random_direction(params: PyTree, key: jax.Array, spec: PerturbSpec) -> PyTree:
+  return filter_normalized(perturb.direction(params, key, spec), params, spec)
 
 
 def member_direction(params: PyTree, seed: int, sigma: float, spec: PerturbSpec) -> PyTree:
   """θ_member − θ = σ·d of the member `(seed, sigma, spec)`, float32."""
-  build = jax.jit(lambda p, s, g: jax.tree_util.tree_map(
-      lambda x: g * x, perturb.direction(p, rng.member_key(s), spec)))
-  return build(params, jnp.int32(seed), jnp.float32(sigma))
+  return _member_direction(params, jnp.int32(seed), jnp.float32(sigma), spec)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def _member_direction(params: PyTree, seed: jax.Array, sigma: jax.Array,
+                      spec: PerturbSpec) -> PyTree:
+  return jax.tree_util.tree_map(lambda x: sigma * x,
+                                perturb.direction(params, rng.member_key(seed), spec))
 
 
 def _dot(x: PyTree, y: PyTree) -> float:

@@ -14,6 +14,7 @@ generated and are never stored.
 """
 
 import dataclasses
+import functools
 from typing import Callable, Iterator, Optional, Sequence
 
 import jax
@@ -273,6 +274,20 @@ def batch_keys(sampling: Sampling, key: Optional[jax.Array], batches: int) -> ja
   return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batches))
 
 
+@functools.lru_cache(maxsize=None)
+def _programs(config: ModelConfig, sampling: Sampling, stop_ids: tuple[int, ...], pad_id: int,
+              layer_loop: Optional[str], perturb: PerturbSpec, member_axis: str,
+              factored: bool) -> tuple[Callable, Callable]:
+  """(the jitted base generation, the population program) of these settings, built once per
+  process: every `Generator` with the same settings (one per experiment phase, rung, sampler
+  temperature or test) shares their compilations. Parameters are arguments, never constants,
+  so sharing cannot mix two models' weights."""
+  run = token_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
+                        layer_loop=layer_loop)
+  return jax.jit(run), chunk.population_program(run, perturb, member_axis=member_axis,
+                                                factored=factored)
+
+
 class Generator:
   """Tokenise -> `token_generator` -> detokenise, for one loaded model, its base or members.
 
@@ -300,12 +315,10 @@ class Generator:
                        f"{self.perturb.stacked!r}")
     self.config, self.params, self.sampling = config, params, sampling
     self.shared_prefix = shared_prefix
-    run = token_generator(config, sampling, stop_ids=self.codec.stop_ids,
-                          pad_id=self.codec.pad_id, layer_loop=layer_loop)
-    self._base = jax.jit(run)
     self.factored = factored and self.perturb.noise == "lowrank"
-    self._population = chunk.population_program(run, self.perturb, member_axis=member_axis,
-                                                factored=self.factored)
+    self._base, self._population = _programs(
+        config, sampling, tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop,
+        self.perturb, member_axis, self.factored)
 
   def _encode(self, texts: Sequence[str], key: Optional[jax.Array]) -> tuple:
     """(prompts, masks, keys, prefix): the generation arguments of `texts`."""

@@ -9,14 +9,12 @@ every grid point's train MSE is persisted as it is scored.
 
 import dataclasses
 
-import jax
 import numpy as np
 from absl import logging
 
 from thickets_jax import cli, configs, landscape, plotting, population, randopt, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec
-from thickets_jax.signals import model as signal_model
 from thickets_jax.signals import runs
 
 MARGINS = (0.0, 0.5)  # relative: a point "better by 0.5" at least halves the base's MSE
@@ -67,32 +65,30 @@ def plane_for_seed(spec: LandscapeSpec, base: str, seed: int, run_dir: workdir.R
                                      pretrain_steps=run_spec.pretrain_steps)
   (post_ctx, post_fut, weights), _ = runs.data(run_spec)
 
-  def train_mse(p):
-    return signal_model.weighted_mse(signal_model.rollout(model, p, post_ctx, run_spec.fut),
-                                     post_fut, weights)
-
+  posttrain = (post_ctx, post_fut, weights)
+  perturb_spec = PerturbSpec()
+  compiled = runs.programs(model, run_spec.fut, perturb_spec)
   seeds, sigmas = population.draw_candidates(seed, spec.n, [run_spec.effective_sigma])
-  score_fn = population.population_fn(lambda p: {"mse": train_mse(p)})
   records = randopt.score_candidates(
-      lambda s, g: population.iter_population(score_fn, params, s, g, chunk_size=16),
+      lambda s, g: population.iter_population(compiled.scores, params, s, g, chunk_size=16,
+                                              args=posttrain),
       seeds, sigmas, run_dir.store())
   mse = np.asarray([r["mse"] for r in records])
   top = [{"seed": int(seeds[i]), "sigma": float(sigmas[i]), "train_mse": float(mse[i])}
          for i in randopt.top_k(-mse, [spec.k])[spec.k]]
-  perturb_spec = PerturbSpec()
   if spec.directions == "members":
     d1, d2 = (landscape.member_direction(params, m["seed"], m["sigma"], perturb_spec)
               for m in top[:2])
   else:
     d1, d2 = landscape.random_directions(params, seed, perturb_spec)
-  on_plane = jax.jit(jax.vmap(lambda a, b: train_mse(landscape.plane_point(params, d1, d2, a, b))))
 
   def score_points(ab):
-    return [{"score": float(s)} for s in np.asarray(on_plane(ab[:, 0], ab[:, 1]))]
+    scores = compiled.plane_mse(params, d1, d2, ab[:, 0], ab[:, 1], *posttrain)
+    return [{"score": float(s)} for s in np.asarray(scores)]
   coordinates = landscape.grid(spec.grid_extent, spec.points)
   scores = landscape.score_plane(score_points, coordinates,
                                  run_dir.store("plane", key=landscape.point_key), chunk_size=64)
-  base_mse = float(jax.jit(train_mse)(params))
+  base_mse = float(compiled.train_mse(params, *posttrain))
   return {"seed": seed, "base": base, "sigma": run_spec.effective_sigma, "base_mse": base_mse,
           "scores": scores.tolist(),
           "members": landscape.describe_members(params, d1, d2, top, perturb_spec),

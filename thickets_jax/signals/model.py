@@ -3,7 +3,8 @@
 The model sees only the last `ctx` values of a curve (x is not an input) and predicts the next.
 """
 
-from typing import Any
+import functools
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -60,6 +61,14 @@ def pretrain(model: SignalMLP, params: PyTree, family: str, key: jax.Array, *, c
   Returns:
     (trained params, [steps] losses).
   """
+  return _pretrainer(model, family, ctx, steps, batch, learning_rate)(params, key)
+
+
+@functools.lru_cache(maxsize=None)
+def _pretrainer(model: SignalMLP, family: str, ctx: int, steps: int, batch: int,
+                learning_rate: float) -> Callable:
+  """The jitted pretraining of `pretrain`, one per setting: every seed's base reuses its
+  compilation (the seed enters through the parameters and the key)."""
   sample_family = families.FAMILIES.get(family)
   x = families.grid(ctx + 1)
   optimizer = optax.adam(learning_rate)
@@ -79,7 +88,7 @@ def pretrain(model: SignalMLP, params: PyTree, family: str, key: jax.Array, *, c
     (p, _), losses = jax.lax.scan(step, (p, optimizer.init(p)), keys)
     return p, losses
 
-  return run(params, key)
+  return run
 
 
 def rollout(model: SignalMLP, params: PyTree, context: jax.Array, fut: int) -> jax.Array:

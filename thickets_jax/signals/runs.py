@@ -6,9 +6,10 @@ and ensemble (mean of the K rollouts) test MSE, plus the solution density of the
 """
 
 import dataclasses
+import functools
 import os
 import time
-from typing import Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -16,8 +17,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from thickets_jax import (checkpoint, configs, flops, halving, metrics, plotting, population,
-                          randopt, rng, workdir)
+from thickets_jax import (checkpoint, configs, flops, halving, landscape, metrics, plotting,
+                          population, randopt, rng, workdir)
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec
 from thickets_jax.registry import Registry
@@ -179,37 +180,30 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
                spec.name, spec.posttrain_size, len(weights), spec.test_size,
                signal_model.count_params(params))
 
-  def train_mse(p):
-    return signal_model.weighted_mse(signal_model.rollout(model, p, post_ctx, spec.fut),
-                                     post_fut, weights)
-
-  def test_rollouts(p):
-    return signal_model.rollout(model, p, test_ctx, spec.fut)  # [test, fut]
-
+  compiled = programs(model, spec.fut, spec.perturb_spec())
+  posttrain = (post_ctx, post_fut, weights)
   seeds, sigmas = population.draw_candidates(spec.seed, spec.n, [spec.effective_sigma])
-  perturb_spec = spec.perturb_spec()
   k_max = max(spec.ks)
   if spec.halving_eta:
-    mse, best, selection = _halving(spec, model, params, seeds, sigmas, (post_ctx, post_fut,
-                                                                        weights), run_dir,
+    mse, best, selection = _halving(spec, compiled, params, seeds, sigmas, posttrain, run_dir,
                                     chunk_size, mesh)
   else:
-    score_fn = population.population_fn(lambda p: {"mse": train_mse(p)}, spec=perturb_spec)
     records = randopt.score_candidates(
-        lambda s, g: population.iter_population(score_fn, params, s, g, chunk_size=chunk_size,
-                                                mesh=mesh),
+        lambda s, g: population.iter_population(compiled.scores, params, s, g,
+                                                chunk_size=chunk_size, mesh=mesh,
+                                                args=posttrain),
         seeds, sigmas, run_dir.store())
     mse = np.asarray([r["mse"] for r in records])
     best = randopt.top_k(-mse, spec.ks)
     selection = {"rows_scored": spec.n * len(weights)}
   selection["flops"] = flops.mlp_flops(signal_model.count_params(params),
                                        selection["rows_scored"] * spec.fut)
-  base_train_mse = float(jax.jit(train_mse)(params))
+  base_train_mse = float(compiled.train_mse(params, *posttrain))
 
-  test_fn = population.population_fn(test_rollouts, spec=perturb_spec)
-  top_pred = population.evaluate_population(test_fn, params, seeds[best[k_max]],
-                                            sigmas[best[k_max]], chunk_size=chunk_size, mesh=mesh)
-  base_pred = np.asarray(jax.jit(test_rollouts)(params))
+  top_pred = population.evaluate_population(compiled.test_rollouts, params, seeds[best[k_max]],
+                                            sigmas[best[k_max]], chunk_size=chunk_size,
+                                            mesh=mesh, args=(test_ctx,))
+  base_pred = np.asarray(compiled.rollout(params, test_ctx))
 
   def errors(pred):  # [test, fut] -> [test]
     return np.mean((pred - test_fut) ** 2, axis=-1)
@@ -233,8 +227,8 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
   if plot:
     shown = min(N_RANDOM_PLOTTED, spec.n)
     random_pred = population.evaluate_population(
-        population.population_fn(lambda p: test_rollouts(p)[0], spec=perturb_spec), params,
-        seeds[:shown], sigmas[:shown], chunk_size=chunk_size, mesh=mesh)
+        compiled.test_rollouts, params, seeds[:shown], sigmas[:shown], chunk_size=chunk_size,
+        mesh=mesh, args=(test_ctx[:1],))[:, 0]
     plotting.rollouts(
         run_dir.figure("rollouts"), np.asarray(families.grid(spec.ctx + spec.fut)),
         test_ctx[0], test_fut[0], base_pred[0], random_pred, top_pred[:, 0],
@@ -245,8 +239,50 @@ def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: i
   return result
 
 
-def _halving(spec: RunSpec, model, params, seeds, sigmas, posttrain, run_dir: workdir.RunDir,
-             chunk_size: int, mesh: Optional[Mesh]):
+@dataclasses.dataclass(frozen=True)
+class Programs:
+  """The compiled functions of a run. Data are arguments, not constants, so the runs of every
+  seed and regime with the same model, rollout length and noise share one compilation.
+
+  scores: population fn (params, seeds, sigmas, ctx, fut, weights) -> {"mse": [C]}.
+  slice_scores: the same -> {"score_sum": [C], "weight": [C]} (halving's rungs).
+  test_rollouts: population fn (params, seeds, sigmas, ctx) -> [C, n, fut].
+  train_mse: (params, ctx, fut, weights) -> []. rollout: (params, ctx) -> [n, fut].
+  plane_mse: (params, d1, d2, a [P], b [P], ctx, fut, weights) -> [P], the train MSE at
+    θ + a·d₁ + b·d₂ (`landscape.plane_point`).
+  """
+  scores: Callable
+  slice_scores: Callable
+  test_rollouts: Callable
+  train_mse: Callable
+  rollout: Callable
+  plane_mse: Callable
+
+
+@functools.lru_cache(maxsize=None)
+def programs(model: signal_model.SignalMLP, fut: int, spec: PerturbSpec) -> Programs:
+  def rollout(p, ctx):
+    return signal_model.rollout(model, p, ctx, fut)
+
+  def train_mse(p, ctx, future, weights):
+    return signal_model.weighted_mse(rollout(p, ctx), future, weights)
+
+  def slice_score(p, ctx, future, weights):
+    total = jnp.sum(weights)
+    return {"score_sum": -train_mse(p, ctx, future, weights) * total, "weight": total}
+
+  return Programs(
+      scores=population.population_fn(lambda p, *data: {"mse": train_mse(p, *data)}, spec=spec),
+      slice_scores=population.population_fn(slice_score, spec=spec),
+      test_rollouts=population.population_fn(rollout, spec=spec),
+      train_mse=jax.jit(train_mse), rollout=jax.jit(rollout),
+      plane_mse=jax.jit(jax.vmap(
+          lambda p, d1, d2, a, b, *data: train_mse(landscape.plane_point(p, d1, d2, a, b), *data),
+          in_axes=(None, None, None, 0, 0, None, None, None))))
+
+
+def _halving(spec: RunSpec, compiled: Programs, params, seeds, sigmas, posttrain,
+             run_dir: workdir.RunDir, chunk_size: int, mesh: Optional[Mesh]):
   """Successive halving over the distinct post-train rows (`halving`).
 
   Returns:
@@ -260,13 +296,9 @@ def _halving(spec: RunSpec, model, params, seeds, sigmas, posttrain, run_dir: wo
 
   def score_slice(rung):
     rows = slice(rung.start, rung.stop)
-    ctx, fut, w = context[rows], future[rows], weights[rows]
-    fn = population.population_fn(lambda p: {
-        "score_sum": -signal_model.weighted_mse(signal_model.rollout(model, p, ctx, spec.fut),
-                                                fut, w) * jnp.sum(w),
-        "weight": jnp.sum(w)}, spec=spec.perturb_spec())
-    return lambda s, g: population.iter_population(fn, params, s, g, chunk_size=chunk_size,
-                                                   mesh=mesh)
+    return lambda s, g: population.iter_population(
+        compiled.slice_scores, params, s, g, chunk_size=chunk_size, mesh=mesh,
+        args=(context[rows], future[rows], weights[rows]))
   out = halving.search(score_slice, seeds, sigmas, rungs,
                        [run_dir.store(f"rung{r.index}") for r in rungs])
   full = out["seen"] >= weights.sum() - 1e-6
