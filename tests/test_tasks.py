@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from thickets_jax.errors import InputError
-from thickets_jax.tasks import TASKS, countdown, fuzz, math
+from thickets_jax.tasks import TASKS, countdown, fuzz, math, rocstories, uspto
 
 P = countdown.Problem((3, 5, 7), 22)
 
@@ -127,6 +127,101 @@ def test_dataset_loaders_read_local_files_and_never_reuse_train(tmp_path):
     TASKS.get("gsm8k").splits(1, 0, 0, str(bad))
 
 
+STORY = ("Ann bought a kite.", "She took it to the park.", "The wind was strong.",
+         "The kite flew high.", "Ann smiled all day.")
+
+
+def _jsonl(path, records):
+  path.write_text("\n".join(json.dumps(r) for r in records) + "\n")
+  return str(path)
+
+
+def test_rocstories_shuffles_each_story_and_scores_orders_as_the_reference(tmp_path):
+  stories = [{f"sentence{i + 1}": f"{s} ({n})" for i, s in enumerate(STORY)} for n in range(5)]
+  path = _jsonl(tmp_path / "roc.jsonl", [{"storytitle": "t", **s} for s in stories])
+  task = TASKS.get("rocstories")
+  train, test = task.splits(2, 0, 0, path)
+  assert len(train) == 2 and len(test) == 3
+  for story, example in zip(stories, train + test):
+    shown = [line[3:] for line in example.prompt.splitlines() if line[:3] in
+             {f"{label}. " for label in rocstories.LABELS}]
+    assert [shown[rocstories.LABELS.index(label)] for label in example.gold] == list(
+        story.values())  # the gold order reads the story back
+    assert example.gold != "ABCDE"
+  assert task.splits(2, 0, 0, path) == (train, test)  # the shuffle is seeded
+  assert task.splits(2, 0, 1, path)[0] != train  # and the seed changes it
+  gold = "CAEBD"
+  assert task.reward("<answer>C A E B D</answer>", gold) == 1.0 and task.correct("<answer>c,a,e,b,d</answer>", gold)
+  assert task.reward("<answer>CAEDB</answer>", gold) == pytest.approx(0.6 * 3 / 5 + 0.4 * 2 / 4)
+  assert task.reward("<answer>DBEAC</answer>", gold) == pytest.approx(0.6 * 1 / 5)
+  for bad in ("<answer>CAEB</answer>", "<answer>CAEBDD</answer>", "<answer>CAEBF</answer>",
+              "C A E B D", "<answer>" + "A" * 300 + "</answer>"):
+    assert task.reward(bad, gold) == 0.0 and task.vote_key(bad, gold) is None
+  assert task.vote_key("<answer>C-A-E-B-D</answer>", gold) == "CAEBD"
+  with pytest.raises(InputError, match="reads --data PATH"):
+    task.splits(2, 0, 0, None)
+  with pytest.raises(InputError, match="lacks the field 'sentence2'"):
+    task.splits(1, 0, 0, _jsonl(tmp_path / "short.jsonl", [{"sentence1": "a"}] * 3))
+
+
+def test_uspto50k_reads_the_class_in_the_answer(tmp_path):
+  field = uspto.REACTION_FIELD
+  records = [{"id": i, "class": i % 10 + 1, field: f"CC(=O)O.N{'C' * i}>>CC(=O)N{'C' * i}"}
+             for i in range(6)]
+  task = TASKS.get("uspto50k")
+  train, test = task.splits(4, 0, 0, _jsonl(tmp_path / "uspto.jsonl", records))
+  assert [e.gold for e in train + test] == ["1", "2", "3", "4", "5", "6"]
+  assert records[0][field] in train[0].prompt and "10. functional group addition" in train[0].prompt
+  for answer, key in (("<answer>3</answer>", "3"), ("<answer> class 3. </answer>", "3"),
+                      ("<answer>10</answer>", "10"), ("<answer>03</answer>", "3"),
+                      ("<answer>11</answer>", None), ("<answer>0</answer>", None),
+                      ("<answer>3, 4</answer>", None), ("3", None)):
+    assert task.vote_key(answer, "3") == key, answer
+    assert task.reward(answer, "3") == float(key == "3")
+  with pytest.raises(InputError, match="integer from 1 to 10, got '12'"):
+    task.splits(1, 0, 0, _jsonl(tmp_path / "bad.jsonl", [{"class": 12, field: "C>>C"}] * 2))
+  with pytest.raises(InputError, match="reads --data PATH"):
+    task.splits(1, 0, 0, None)
+
+
+def test_olympiadbench_grades_its_final_answers_by_equivalence(tmp_path):
+  pytest.importorskip("math_verify")
+  records = [{"question": "What is 1/2 as a fraction?", "final_answer": ["$\\frac{1}{2}$"]},
+             {"question": "Give x.", "final_answer": "$\\sqrt{3}$"},
+             {"question": "Two roots?", "final_answer": ["$1$", "$2$"]}]
+  task = TASKS.get("olympiadbench")
+  train, test = task.splits(1, 0, 0, _jsonl(tmp_path / "olympiad.jsonl", records))
+  assert [e.gold for e in train + test] == ["\\frac{1}{2}", "\\sqrt{3}", "1,2"]
+  assert train[0].prompt.endswith(math.MATH_SUFFIX)
+  assert task.correct("so \\boxed{0.5}", train[0].gold)
+  assert not task.correct("\\boxed{0.25}", train[0].gold)
+  assert task.correct("\\boxed{\\sqrt 3}", test[0].gold)
+  with pytest.raises(InputError, match="lacks the field 'final_answer'"):
+    task.splits(1, 0, 0, _jsonl(tmp_path / "bad.jsonl", [{"question": "q"}] * 2))
+
+
+@pytest.mark.parametrize("name, record, gold", [
+    ("rocstories", {"prompt": "order these", "answer": "c a e b d"}, "CAEBD"),
+    ("rocstories", dict(zip(rocstories.SENTENCE_FIELDS, STORY)), rocstories.shuffle(STORY, 0)[1]),
+    ("uspto50k", {"prompt": "classify", "answer": 7}, "7"),
+    ("uspto50k", {uspto.REACTION_FIELD: "C>>CC"}, None),
+    ("olympiadbench", {"question": "q", "answer": "\\frac12"}, "\\frac12")])
+def test_the_new_tasks_prompt_records_round_trip(name, record, gold):
+  task = TASKS.get(name)
+  example = task.from_record(record)
+  assert example.gold == gold
+  assert task.from_record(task.to_record(example)) == example
+
+
+@pytest.mark.parametrize("name, record, sentence", [
+    ("rocstories", {"prompt": "p", "answer": "ABCD"}, "is not an order of the letters A–E"),
+    ("uspto50k", {"prompt": "p", "answer": "eleven"}, "integer from 1 to 10"),
+    ("uspto50k", {uspto.REACTION_FIELD: "CCO"}, "must be reaction SMILES with '>'")])
+def test_the_new_tasks_refuse_bad_prompt_records_in_one_sentence(name, record, sentence):
+  with pytest.raises(InputError, match=sentence):
+    TASKS.get(name).from_record(record)
+
+
 HOSTILE = st.one_of(
     st.text(max_size=400),
     st.builds(lambda s: f"<answer>{s}</answer>", st.text(alphabet="0123456789+-*/() .eE^%", max_size=300)),
@@ -139,7 +234,7 @@ HOSTILE = st.one_of(
 
 
 def _golds():
-  golds = {"gsm8k": "42", "math500": r"\frac{1}{2}"}
+  golds = dict(fuzz.SYNTHETIC_GOLDS)  # the dataset tasks' stand-in golds
   for name in TASKS.names():
     if name not in golds:
       train, _ = TASKS.get(name).splits(1, 1, 0, None)

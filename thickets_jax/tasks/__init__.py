@@ -6,7 +6,9 @@ uses, whether it is correct (accuracy), its canonical vote key (None casts no vo
 gold vote key. Model output is untrusted text: nothing here executes it.
 """
 
-from thickets_jax.tasks import arithmetic, countdown, gym, math  # registers their tasks
+from thickets_jax.tasks import (  # importing a module registers its tasks
+    arithmetic, countdown, gym, math, rocstories, uspto)
 from thickets_jax.tasks.base import TASKS, Example, Task
 
-__all__ = ["TASKS", "Example", "Task", "arithmetic", "countdown", "gym", "math"]
+__all__ = ["TASKS", "Example", "Task", "arithmetic", "countdown", "gym", "math", "rocstories",
+           "uspto"]

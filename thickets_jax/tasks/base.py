@@ -44,6 +44,7 @@ class Task:
 
 
 TASKS: Registry[Task] = Registry("task")
+MAX_TEXT = 20_000  # completions are cut to this before parsing (bounded work on hostile text)
 # A decimal number ("-1,234.5", "+7", "12"); no optional prefix before a digit, so scanning a
 # text with it takes linear time.
 NUMBER = re.compile(r"[+-]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?")

@@ -52,7 +52,8 @@ def fuzz(config: FuzzConfig, on_task=lambda name, counts: None) -> dict:
 _PIECES = ["<answer>", "</answer>", "<think>", "</think>", "\n", "####", "\\boxed{", "}", "{",
            "(", ")", "[", "]", ",", "-", "+", "*", "/", "**", ".", "1", "7", "42", "-3", "1e9",
            "９", "__import__('os')", "'", '"', " or ", "NaN", "inf", " "]
-_SYNTHETIC_GOLDS = {"gsm8k": "42", "math500": r"\frac{1}{2}"}
+SYNTHETIC_GOLDS = {"gsm8k": "42", "math500": r"\frac{1}{2}", "olympiadbench": r"\sqrt{3}",
+                    "rocstories": "CAEBD", "uspto50k": "3"}
 
 
 def _gold_answer(name: str, gold) -> str:
@@ -69,7 +70,7 @@ def _gold_answer(name: str, gold) -> str:
 def _wrap(name: str, text: str) -> str:
   if name == "gsm8k":
     return f"#### {text}"
-  if name == "math500":
+  if name in ("math500", "olympiadbench"):
     return f"\\boxed{{{text}}}"
   if name in ("arithmetic", "addition", "subtraction", "multiplication"):
     return text
@@ -78,7 +79,7 @@ def _wrap(name: str, text: str) -> str:
 
 # Tasks graded on a number found in free text (the last one; the one after "####"), or by
 # mathematical equivalence: a hedge or wrapper around the right value is right by their protocol.
-_FREE_TEXT_PROTOCOL = {"gsm8k", "math500", *arithmetic.ARITHMETIC_TASKS}
+_FREE_TEXT_PROTOCOL = {"gsm8k", "math500", "olympiadbench", *arithmetic.ARITHMETIC_TASKS}
 
 
 def _wrong_answers(rng: random.Random, name: str, answer: str) -> list[str]:
@@ -92,6 +93,11 @@ def _wrong_answers(rng: random.Random, name: str, answer: str) -> list[str]:
               str(int(float(answer)) + rng.randint(1, 99))]
     if name != "gsm8k" and len(answer.lstrip("-")) > 1:
       wrong.append(",".join(answer))
+  if name == "rocstories":  # another order of the same letters
+    order = list(answer)
+    while "".join(order) == answer:
+      rng.shuffle(order)
+    wrong += ["".join(order), " ".join(order)]
   if answer:
     i = rng.randrange(len(answer))
     changed = "#" if answer[i] != "#" else "%"
@@ -111,8 +117,8 @@ def fuzz_task(name: str, rng: random.Random, config: FuzzConfig) -> dict:
   """Counts of one task's grader calls, crashes, slow calls, rewards out of range and wrong
   answers accepted, over `config.inputs` inputs."""
   task = TASKS.get(name)
-  if name in _SYNTHETIC_GOLDS:
-    golds = [_SYNTHETIC_GOLDS[name]]
+  if name in SYNTHETIC_GOLDS:
+    golds = [SYNTHETIC_GOLDS[name]]
   else:
     golds = [e.gold for e in task.splits(8, 1, config.seed, None)[0]]
   counts = {"calls": 0, "crashes": 0, "slow": 0, "reward_out_of_range": 0, "wrong_accepts": 0,

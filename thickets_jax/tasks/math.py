@@ -1,98 +1,24 @@
-"""GSM8K and MATH-500 (docs/method.md §4), from a local JSONL/parquet file or the `datasets` cache.
+"""GSM8K, MATH-500 and OlympiadBench (docs/method.md §4), from a local JSONL/parquet file or
+the `datasets` cache.
 
 With `--data PATH` (one file): train = its first `train_size` records, test = the next
 `test_size` (0: all the rest). Without it, the `datasets` hub cache is read offline:
-GSM8K train from its train split and test from its test split (1319); MATH-500, which has one
-split of 500, train = the first `train_size`, test = the rest. Test never falls back to train.
+GSM8K train from its train split and test from its test split (1319); MATH-500 and
+OlympiadBench, which have one split, train = the first `train_size`, test = the rest. Test never
+falls back to train.
 """
 
-import contextlib
 import decimal
-import json
-import os
 import re
-from typing import Iterator, Optional
+from typing import Optional
 
 from thickets_jax.errors import InputError
-from thickets_jax.tasks.base import REFERENCE_PROTOCOL, TASKS, Example, Task, field
+from thickets_jax.tasks import data as records
+from thickets_jax.tasks.base import MAX_TEXT, REFERENCE_PROTOCOL, TASKS, Example, Task, field
 
 GSM8K_SUFFIX = ' Let\'s think step by step and output the final answer after "####".'
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
 _NUMBER = re.compile(r"-?\d[\d,]*(?:\.\d+)?|-?\.\d+")  # linear: no optional prefix before \d
-_MAX_TEXT = 20_000  # completions are cut to this before parsing (bounded work on hostile text)
-
-
-def read_records(path: str) -> list[dict]:
-  """Records of a JSONL or parquet file, in file order."""
-  if not os.path.isfile(path):
-    raise InputError(f"--data {path} is not a file.")
-  try:
-    if path.endswith(".parquet"):
-      import pyarrow.parquet as pq  # pylint: disable=g-import-not-at-top
-      return pq.read_table(path).to_pylist()
-    with open(path, encoding="utf-8") as f:
-      lines = f.read().splitlines()
-  except (OSError, ValueError) as e:
-    raise InputError(f"cannot read {path} as JSONL or parquet ({e}).") from None
-  records = []
-  for number, line in enumerate(lines, 1):
-    if line.strip():
-      try:
-        record = json.loads(line)
-      except json.JSONDecodeError as e:
-        raise InputError(f"{path} line {number} is not JSON ({e.msg}).") from None
-      if not isinstance(record, dict):
-        raise InputError(f"{path} line {number} is not a JSON object.")
-      records.append(record)
-  return records
-
-
-@contextlib.contextmanager
-def _offline() -> Iterator[None]:
-  """The Hugging Face libraries in offline mode while the block runs: the hub cache is read,
-  the network never (else a machine without it spends half a minute on retries). `datasets`
-  and `huggingface_hub` read HF_HUB_OFFLINE once, at import, hence the attributes."""
-  import datasets  # pylint: disable=g-import-not-at-top
-  import huggingface_hub  # pylint: disable=g-import-not-at-top
-  modules = (datasets.config, huggingface_hub.constants)
-  before = [m.HF_HUB_OFFLINE for m in modules]
-  for m in modules:
-    m.HF_HUB_OFFLINE = True
-  try:
-    yield
-  finally:
-    for m, value in zip(modules, before):
-      m.HF_HUB_OFFLINE = value
-
-
-def _hub_split(repo: str, config: Optional[str], split: str) -> list[dict]:
-  import datasets  # pylint: disable=g-import-not-at-top
-  try:
-    with _offline():
-      return list(datasets.load_dataset(repo, config, split=split,
-                                        download_mode="reuse_cache_if_exists"))
-  except Exception as e:  # pylint: disable=broad-except  # any miss means: not in the cache
-    raise InputError(f"the task needs {repo} ({split}): pass --data PATH (JSONL or parquet) or "
-                     f"put it in the datasets cache on a machine with internet "
-                     f"(datasets.load_dataset({repo!r}{', ' + repr(config) if config else ''})); "
-                     f"reading the cache failed: {type(e).__name__}.") from None
-
-
-def _check_fields(records: list[dict], fields: tuple[str, ...], source: str) -> None:
-  for i, record in enumerate(records):
-    missing = [f for f in fields if f not in record]
-    if missing:
-      raise InputError(f"record {i} of {source} lacks the field {missing[0]!r}.")
-
-
-def _file_splits(path, fields, train_size, test_size):
-  records = read_records(path)
-  _check_fields(records, fields, path)
-  if len(records) <= train_size:
-    raise InputError(f"{path} has {len(records)} records: none left for a test split after "
-                     f"{train_size} train records.")
-  stop = len(records) if test_size <= 0 else train_size + test_size
-  return records[:train_size], records[train_size:stop]
 
 
 # ---------------------------------------------------------------- GSM8K
@@ -111,7 +37,7 @@ def canonical_number(text: str) -> Optional[str]:
 
 def gsm8k_extract(completion: str) -> Optional[str]:
   """The number after the last '####', else the last number in the text (its tail is read)."""
-  completion = completion[-_MAX_TEXT:]
+  completion = completion[-MAX_TEXT:]
   if "####" in completion:
     match = _NUMBER.search(completion.rsplit("####", 1)[1])
     if match:
@@ -130,10 +56,10 @@ def _gsm8k_example(record: dict) -> Example:
 def gsm8k_splits(train_size: int, test_size: int, seed: int, data: Optional[str]):
   del seed
   if data:
-    train, test = _file_splits(data, ("question", "answer"), train_size, test_size)
+    train, test = records.file_splits(data, ("question", "answer"), train_size, test_size)
   else:
-    train = _hub_split("openai/gsm8k", "main", "train")[:train_size]
-    test = _hub_split("openai/gsm8k", "main", "test")
+    train = records.hub_split("openai/gsm8k", "main", "train")[:train_size]
+    test = records.hub_split("openai/gsm8k", "main", "test")
     test = test if test_size <= 0 else test[:test_size]
   return [_gsm8k_example(r) for r in train], [_gsm8k_example(r) for r in test]
 
@@ -175,7 +101,7 @@ MAX_BOXED_CHARS = 1000  # a longer "final answer" is no answer (and math-verify 
 def last_boxed(text: str) -> Optional[str]:
   """Content of the last \\boxed{...} (or \\fbox{...}), braces balanced; None if there is none
   or it is longer than `MAX_BOXED_CHARS`."""
-  text = text[-_MAX_TEXT:]
+  text = text[-MAX_TEXT:]
   start = max(text.rfind("\\boxed{"), text.rfind("\\fbox{"))
   if start < 0:
     return None
@@ -226,11 +152,11 @@ def math_correct(completion: str, gold: str) -> bool:
 def math500_splits(train_size: int, test_size: int, seed: int, data: Optional[str]):
   del seed
   if data:
-    train, test = _file_splits(data, ("problem", "answer"), train_size, test_size)
+    train, test = records.file_splits(data, ("problem", "answer"), train_size, test_size)
   else:
-    records = _hub_split("HuggingFaceH4/MATH-500", None, "test")
-    train = records[:train_size]
-    test = records[train_size:] if test_size <= 0 else records[train_size:train_size + test_size]
+    rows = records.hub_split("HuggingFaceH4/MATH-500", None, "test")
+    train = rows[:train_size]
+    test = rows[train_size:] if test_size <= 0 else rows[train_size:train_size + test_size]
   make = lambda r: Example(r["problem"] + MATH_SUFFIX, str(r["answer"]))
   return [make(r) for r in train], [make(r) for r in test]
 
@@ -240,3 +166,39 @@ TASKS.register("math500")(Task(
     reward=lambda c, g: float(math_correct(c, g)), correct=math_correct,
     vote_key=math_vote_key, needs_data=True, protocol=REFERENCE_PROTOCOL,
     **_answer_codec("problem", MATH_SUFFIX)))
+
+
+# ---------------------------------------------------------------- OlympiadBench
+
+# The reference's source: `Hothan/OlympiadBench`, its open-ended, text-only, English maths
+# problems with a final answer (configuration OE_TO_maths_en_COMP, 674 problems).
+OLYMPIAD_SOURCE = ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train")
+
+
+def olympiad_answer(final_answer) -> str:
+  """The gold LaTeX of a record's `final_answer` (a list of strings, or one string), the
+  dollar signs that delimit it taken off; several answers are joined with commas."""
+  answers = final_answer if isinstance(final_answer, list) else [final_answer]
+  if not answers or not all(isinstance(a, str) for a in answers):
+    raise InputError(f"an OlympiadBench final_answer must be a string or a list of strings, got "
+                     f"{str(final_answer)[:60]!r}.")
+  return ",".join(a.strip().strip("$").strip() for a in answers)
+
+
+def olympiad_splits(train_size: int, test_size: int, seed: int, data: Optional[str]):
+  del seed
+  if data:
+    train, test = records.file_splits(data, ("question", "final_answer"), train_size, test_size)
+  else:
+    rows = records.hub_split(*OLYMPIAD_SOURCE)
+    train = rows[:train_size]
+    test = rows[train_size:] if test_size <= 0 else rows[train_size:train_size + test_size]
+  make = lambda r: Example(str(r["question"]) + MATH_SUFFIX, olympiad_answer(r["final_answer"]))
+  return [make(r) for r in train], [make(r) for r in test]
+
+
+TASKS.register("olympiadbench")(Task(
+    name="olympiadbench", splits=olympiad_splits,
+    reward=lambda c, g: float(math_correct(c, g)), correct=math_correct,
+    vote_key=math_vote_key, needs_data=True, protocol=REFERENCE_PROTOCOL,
+    **_answer_codec("question", MATH_SUFFIX)))
