@@ -165,6 +165,8 @@ def rollout(generator: generate.Generator, params: PyTree, task: Task,
   rows = generate.training_rows(generator.codec, texts, ids)
   decoded = [generator.codec.decode(row) for row in ids]
   golds = [e.gold for e in examples for _ in range(group_size)]
+  if task.prepare is not None:
+    task.prepare(decoded, golds)
   rewards = np.asarray([task.reward(t, g) for t, g in zip(decoded, golds)], np.float32)
   return Rollouts(**rows, rewards=rewards.reshape(len(examples), group_size))
 

@@ -25,6 +25,8 @@ class TaskSet:
 def grade(completions: Sequence[str], task_set: TaskSet) -> dict:
   """Per-example reward, correctness and vote key of one model's completions on one task."""
   examples = task_set.examples
+  if task_set.task.prepare is not None:
+    task_set.task.prepare(completions, [e.gold for e in examples])
   return {
       "reward": [task_set.task.reward(c, e.gold) for c, e in zip(completions, examples)],
       "correct": [bool(task_set.task.correct(c, e.gold)) for c, e in zip(completions, examples)],

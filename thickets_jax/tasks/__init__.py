@@ -7,8 +7,8 @@ gold vote key. Model output is untrusted text: nothing here executes it.
 """
 
 from thickets_jax.tasks import (  # importing a module registers its tasks
-    arithmetic, countdown, gym, math, rocstories, uspto)
+    arithmetic, countdown, gym, math, mbpp, rocstories, uspto)
 from thickets_jax.tasks.base import TASKS, Example, Task
 
-__all__ = ["TASKS", "Example", "Task", "arithmetic", "countdown", "gym", "math", "rocstories",
-           "uspto"]
+__all__ = ["TASKS", "Example", "Task", "arithmetic", "countdown", "gym", "math", "mbpp",
+           "rocstories", "uspto"]

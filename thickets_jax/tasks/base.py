@@ -2,7 +2,7 @@
 
 import dataclasses
 import re
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Optional, Sequence
 
 from thickets_jax.errors import InputError
 from thickets_jax.registry import Registry
@@ -41,6 +41,12 @@ class Task:
   to_record: Callable[[Example], dict] = lambda example: {"prompt": example.prompt}
   from_record: Callable[[dict], Example] = lambda record: Example(field(record, "prompt", str),
                                                                   None)
+  # Optional: (completions, golds) -> None, called before a batch is graded, e.g. to run the
+  # batch's programs in parallel sandboxes (mbpp).
+  prepare: Optional[Callable[[Sequence[str], Sequence[Any]], None]] = None
+  # The bound of one grader call where grading may run that long (mbpp: the sandbox's wall
+  # clock); None: graders are linear-time and fast.
+  time_limit_s: Optional[float] = None
 
 
 TASKS: Registry[Task] = Registry("task")

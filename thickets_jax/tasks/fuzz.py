@@ -5,7 +5,8 @@ For every registered task (dataset tasks get a synthetic gold) each input goes t
 to `max_chars` characters, and wrong answers: the gold perturbed so that its value changes
 (sign flipped, a digit changed, an item added or dropped, text appended), wrapped the way the
 task expects answers. Counted per task: calls, crashes (any exception), calls slower than
-`slow_s`, rewards outside [0, max_reward], and wrong answers marked correct.
+`slow_s` (or than the task's own `time_limit_s`: mbpp's sandbox), rewards outside [0, max_reward],
+and wrong answers marked correct.
 """
 
 import dataclasses
@@ -14,7 +15,7 @@ import time
 
 from thickets_jax import configs
 from thickets_jax.errors import InputError
-from thickets_jax.tasks import arithmetic, countdown
+from thickets_jax.tasks import arithmetic, countdown, mbpp
 from thickets_jax.tasks.base import TASKS
 
 
@@ -53,7 +54,14 @@ _PIECES = ["<answer>", "</answer>", "<think>", "</think>", "\n", "####", "\\boxe
            "(", ")", "[", "]", ",", "-", "+", "*", "/", "**", ".", "1", "7", "42", "-3", "1e9",
            "９", "__import__('os')", "'", '"', " or ", "NaN", "inf", " "]
 SYNTHETIC_GOLDS = {"gsm8k": "42", "math500": r"\frac{1}{2}", "olympiadbench": r"\sqrt{3}",
-                    "rocstories": "CAEBD", "uspto50k": "3"}
+                    "rocstories": "CAEBD", "uspto50k": "3",
+                    "mbpp": mbpp.Problem(("assert double(2) == 4", "assert double(-3) == -6"))}
+_MBPP_RIGHT = "def double(x):\n    return 2 * x"
+_MBPP_WRONG = ("def double(x):\n    return 2 * x + 1", "def double(x):\n    return x",
+               "def double(x):\n    return abs(2 * x)", "double = lambda x: 4",
+               "def double(x):\n    while True:\n        pass",
+               "import os\ndef double(x):\n    os.system('true')\n    return 2 * x",
+               "def double(x):\n    return [2 * x]")
 
 
 def _gold_answer(name: str, gold) -> str:
@@ -62,6 +70,8 @@ def _gold_answer(name: str, gold) -> str:
     return ""  # countdown's right answers are expressions; wrong ones are built separately
   if isinstance(gold, arithmetic.Problem):
     return str(gold.value)
+  if isinstance(gold, mbpp.Problem):
+    return _MBPP_RIGHT
   if isinstance(gold, tuple):
     return gold[1]["answer"]
   return gold
@@ -85,6 +95,8 @@ _FREE_TEXT_PROTOCOL = {"gsm8k", "math500", "olympiadbench", *arithmetic.ARITHMET
 def _wrong_answers(rng: random.Random, name: str, answer: str) -> list[str]:
   """Texts whose value differs from `answer`'s under the task's protocol (GSM8K reads "4,2" as
   42 by its comma stripping, so digit lists are not wrong answers there)."""
+  if name == "mbpp":
+    return list(_MBPP_WRONG)
   wrong = [answer + "0"]
   if name not in _FREE_TEXT_PROTOCOL:
     wrong += [answer + " or 1", "[" + answer + "]", answer + " and more text"]
@@ -144,7 +156,7 @@ def fuzz_task(name: str, rng: random.Random, config: FuzzConfig) -> dict:
         continue
       seconds = time.perf_counter() - start
       counts["slowest_s"] = max(counts["slowest_s"], seconds)
-      counts["slow"] += seconds > config.slow_s
+      counts["slow"] += seconds > max(config.slow_s, task.time_limit_s or 0.0)
       if grade is task.reward and not 0.0 <= value <= task.max_reward:
         counts["reward_out_of_range"] += 1
       if grade is task.correct and wrong and value:
