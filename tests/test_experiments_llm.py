@@ -220,6 +220,25 @@ def test_run_discordance_on_the_tiny_model(tmp_path, tiny_weights):
     assert os.path.getsize(os.path.join(workdir, name)) > 0
 
 
+def test_discordance_over_the_papers_seven_tasks_on_the_tiny_model(tmp_path, tiny_weights):
+  """`--tasks paper`: four domains, six of them read from fixture files named per task."""
+  data = toys.paper_task_files(tmp_path)
+  config = discordance.DiscordanceConfig.tiny(tiny_weights, tasks=("paper",), data=data, N=4,
+                                              members_per_batch=4)
+  assert config.tasks == discordance.PAPER_TASKS
+  result = discordance.run_discordance(config, str(tmp_path / "disc"))
+  (point,) = result["points"]
+  assert point["discordance_reward"]["upper_bound"] == pytest.approx(7 / 6)
+  assert set(point["base_at_bound"]) == set(discordance.PAPER_TASKS)
+  assert all(len(row) == 7 for row in point["percentile_ranks_reward"])
+  for name in ("spectra_tiny-random-llama.png", "pca_tiny-random-llama.png"):
+    assert os.path.getsize(tmp_path / "disc" / name) > 0
+  with pytest.raises(InputError, match="one --data file cannot serve gsm8k and math500 and .*; "
+                                       "name each task's file: --data gsm8k=FILE,math500=FILE"):
+    discordance.DiscordanceConfig.tiny(tiny_weights, tasks=("paper",),
+                                       data=data.split(",")[0].split("=")[1]).find_inputs()
+
+
 def _garbage_checkpoint(tmp_path, tiny_weights, damage):
   """A copy of the tiny checkpoint with one file made hostile."""
   import shutil  # pylint: disable=g-import-not-at-top

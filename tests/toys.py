@@ -40,3 +40,30 @@ def child_env(**more) -> dict:
   if xla:
     env["XLA_FLAGS"] = " ".join(xla)
   return {**env, **more}
+
+
+def paper_task_files(directory) -> str:
+  """Small record files of the paper's six dataset tasks, in each dataset's own fields, written
+  here (never a copy of a benchmark); returns the `--data TASK=FILE,...` that names them."""
+  import json  # pylint: disable=g-import-not-at-top
+  records = {
+      "gsm8k": [{"question": f"Tom has {i} apples and buys 2. How many?",
+                 "answer": f"{i} + 2 = {i + 2}\n#### {i + 2}"} for i in range(4)],
+      "math500": [{"problem": f"What is ${i} + 1$?", "answer": str(i + 1)} for i in range(4)],
+      "olympiadbench": [{"question": f"Find $x$ with $x - {i} = 0$.", "final_answer": [f"${i}$"]}
+                        for i in range(4)],
+      "mbpp": [{"text": f"Write a function add_{i}(x) that adds {i}.", "test_setup_code": "",
+                "test_list": [f"assert add_{i}(1) == {1 + i}", f"assert add_{i}(5) == {5 + i}"]}
+               for i in range(4)],
+      "rocstories": [{f"sentence{j + 1}": f"Story {i}, event {j}." for j in range(5)}
+                     for i in range(4)],
+      "uspto50k": [{"class": i + 1, "reactants>reagents>production": f"CC{'C' * i}O>>CC{'C' * i}=O"}
+                   for i in range(4)],
+  }
+  files = []
+  for task, rows in records.items():
+    path = os.path.join(str(directory), f"{task}.jsonl")
+    with open(path, "w") as f:
+      f.write("\n".join(json.dumps(r) for r in rows) + "\n")
+    files.append(f"{task}={path}")
+  return ",".join(files)

@@ -24,13 +24,17 @@ from thickets_jax.workdir import RunDir
 # (docs/results.md). The reasoning-gym tasks are not among them: SmolLM2-135M never writes the
 # <answer> tags they grade; on `subtraction` all its members score the same.
 DISCORDANCE_TASKS = ("arithmetic", "addition", "multiplication")
+# The paper's seven evaluation tasks in four domains (Figures 3b and 4): `--tasks paper`.
+PAPER_TASKS = ("countdown", "gsm8k", "math500", "olympiadbench", "mbpp", "rocstories",
+               "uspto50k")
 
 
 @dataclasses.dataclass(frozen=True)
 class DiscordanceConfig(ModelsConfig):
   """Spectral discordance of N members over M tasks, per model (the paper's Figure 4)."""
   tasks: tuple[str, ...] = configs.setting(
-      DISCORDANCE_TASKS, "Registered task names, M >= 2, distinct.")
+      DISCORDANCE_TASKS, "Registered task names, M >= 2, distinct; 'paper': the paper's seven "
+      "(countdown, gsm8k, math500, olympiadbench, mbpp, rocstories, uspto50k).")
   clusters: int = configs.setting(3, "k of the k-means clustering of performance vectors.")
   spectra_shown: int = configs.setting(100, "Seeds drawn in spectra_<model>.png (>= 1).")
   N: int = 16
@@ -43,6 +47,11 @@ class DiscordanceConfig(ModelsConfig):
     return cls(**{**TINY, "weights": weights, "models": (TINY_MODEL,), "N": 6,
                   "tasks": ("countdown", "basic_arithmetic", "letter_counting"), "clusters": 2,
                   "sigmas": (0.05, 0.2), "members_per_batch": 3, **overrides})
+
+  def __post_init__(self):
+    if self.tasks == ("paper",):
+      object.__setattr__(self, "tasks", PAPER_TASKS)
+    super().__post_init__()
 
   def validate(self) -> None:
     super().validate()

@@ -82,7 +82,9 @@ class ScoringConfig(configs.Config):
       choices=perturb.NOISE_FAMILIES)
   rank: int = configs.setting(4, "Rank r of --noise lowrank.")
   data: Optional[str] = configs.setting(
-      None, "JSONL/parquet file for dataset tasks (gsm8k, math500).")
+      None, "JSONL/parquet file of the dataset task (gsm8k, math500, olympiadbench, mbpp, "
+      "rocstories, uspto50k), or TASK=FILE,... for several (a task not named reads the "
+      "datasets cache).")
   model_parallel: Optional[int] = configs.setting(
       None, "Devices per member on a (population, model) mesh (0: no mesh; needs --member_axis "
       "vmap) (default: the execution plan's: on accelerators the smallest degree that divides "
@@ -169,6 +171,7 @@ class ScoringConfig(configs.Config):
                        f"{', '.join(generate.LAYER_LOOPS)}.")
     if not self.model_names():
       raise InputError("give at least one model.")
+    self.data_files()  # a TASK=FILE list parses
     for field in ("N", "train_size", "max_new_tokens", "batch_size", "members_per_batch",
                   "rank"):
       if getattr(self, field) is not None and getattr(self, field) <= 0:
@@ -196,18 +199,40 @@ class ScoringConfig(configs.Config):
       if not self.dry_run:
         registry.find_weights(entry, self.weights)
     dataset_tasks = [name for name in self.task_names() if TASKS.get(name).needs_data]
-    if self.data and len(dataset_tasks) > 1:
-      raise InputError(f"one --data file cannot serve {' and '.join(dataset_tasks)}; score them "
-                       "in separate runs.")
-    if self.data and not os.path.isfile(self.data):
-      raise InputError(f"--data {self.data} is not a file.")
+    if self.data and "=" not in self.data and len(dataset_tasks) > 1:
+      raise InputError(f"one --data file cannot serve {' and '.join(dataset_tasks)}; name each "
+                       f"task's file: --data {dataset_tasks[0]}=FILE,{dataset_tasks[1]}=FILE.")
+    for task_name in self.task_names():
+      path = self.data_for(task_name)
+      if path and not os.path.isfile(path):
+        raise InputError(f"--data {path} is not a file.")
+
+  def data_files(self) -> dict[str, str]:
+    """`data` as {task: file} (TASK=FILE,... form); {} for one plain file or none."""
+    if not self.data or "=" not in self.data:
+      return {}
+    files = {}
+    for item in self.data.split(","):
+      task_name, sep, path = item.partition("=")
+      if not sep or not path or task_name.strip() not in TASKS:
+        raise InputError(f"--data takes FILE or TASK=FILE,... with registered tasks, got "
+                         f"{item!r}.")
+      files[task_name.strip()] = path
+    return files
+
+  def data_for(self, task_name: str) -> Optional[str]:
+    """The data file of `task_name`: its TASK=FILE entry, or the one plain file."""
+    if self.data and "=" not in self.data:
+      return self.data
+    return self.data_files().get(task_name)
 
   def mesh(self):
     return sharding.make_mesh(self.model_parallel) if self.model_parallel else None
 
   def splits(self, task_name: str, test_size: int):
     """(train, test) examples; read before any model is loaded, so missing data fails first."""
-    return TASKS.get(task_name).splits(self.train_size, test_size, self.seed, self.data)
+    return TASKS.get(task_name).splits(self.train_size, test_size, self.seed,
+                                       self.data_for(task_name))
 
   def load(self, model: str) -> registry.LoadedModel:
     """The model, its parameters placed by the sharding table when `model_parallel` is set."""
