@@ -9,6 +9,7 @@ import socket
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from thickets_jax.errors import InputError
@@ -237,6 +238,43 @@ def test_discordance_over_the_papers_seven_tasks_on_the_tiny_model(tmp_path, tin
                                        "name each task's file: --data gsm8k=FILE,math500=FILE"):
     discordance.DiscordanceConfig.tiny(tiny_weights, tasks=("paper",),
                                        data=data.split(",")[0].split("=")[1]).find_inputs()
+
+
+def test_a_chunk_is_graded_while_the_next_one_generates(tiny_weights, monkeypatch):
+  from thickets_jax.llm import scoring  # pylint: disable=g-import-not-at-top
+  from thickets_jax.tasks import TASKS  # pylint: disable=g-import-not-at-top
+  import threading  # pylint: disable=g-import-not-at-top
+  import time  # pylint: disable=g-import-not-at-top
+  config = randopt.RandOptConfig.tiny(tiny_weights).planned()
+  gen = config.generator(registry.load(session.TINY_MODEL, tiny_weights))
+  task_set = scoring.TaskSet(TASKS.get("arithmetic"), config.splits("arithmetic", 1)[0])
+  events, real_generate, real_summarize = [], gen.population_token_ids, scoring.summarize
+
+  def generating(*args, **kwargs):
+    for i, out in enumerate(real_generate(*args, **kwargs)):
+      events.append(("generated", i))
+      yield out
+      events.append(("generating", i + 1))
+
+  def slow_summarize(*args, **kwargs):
+    events.append(("grading", threading.current_thread() is threading.main_thread()))
+    time.sleep(0.5)
+    return real_summarize(*args, **kwargs)
+  monkeypatch.setattr(gen, "population_token_ids", generating)
+  monkeypatch.setattr(scoring, "summarize", slow_summarize)
+  chunks = scoring.member_chunks(gen, [task_set], members_per_batch=1)
+  seeds, sigmas = np.arange(3), np.full(3, 0.05)
+  for part, _ in chunks(seeds, sigmas):
+    events.append(("scored", part.start))
+  assert [e for e in events if e[0] == "scored"] == [("scored", 0), ("scored", 1), ("scored", 2)]
+  assert ("grading", True) not in events  # graded on a host thread, not in the loop
+  # chunk 0's scores are handed over once chunk 1 is generated: its grading overlapped that
+  assert events.index(("generated", 1)) < events.index(("scored", 0))
+  assert events.index(("generated", 2)) < events.index(("scored", 1))
+  fresh = scoring.member_chunks(config.generator(registry.load(session.TINY_MODEL, tiny_weights)),
+                                [task_set], members_per_batch=1)
+  monkeypatch.undo()
+  assert [out for _, out in chunks(seeds, sigmas)] == [out for _, out in fresh(seeds, sigmas)]
 
 
 def _garbage_checkpoint(tmp_path, tiny_weights, damage):

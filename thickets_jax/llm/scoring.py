@@ -5,6 +5,7 @@ output); all prompts of all tasks go through one `Generator` call per chunk of m
 chunk's scores are appended to the run's `CandidateStore` as soon as it finishes.
 """
 
+import concurrent.futures
 import dataclasses
 from typing import Iterator, Optional, Sequence
 
@@ -98,22 +99,34 @@ def member_chunks(generator: Generator, task_sets: Sequence[TaskSet], *, members
   `forward_flops` and its fraction of completions `truncated` at max_new_tokens, chunk by
   chunk. Members perturb `params` (default: the generator's).
 
-  `summary_kwargs` go to `summarize`.
+  Grading overlaps generation: chunk i is graded on a host thread while the device generates
+  chunk i + 1 (the compiled call releases the GIL), so a chunk's scores are yielded, and
+  persisted by the caller, one chunk's generation later. `summary_kwargs` go to `summarize`.
   """
   prompts = _prompts(task_sets)
   prompt_lengths = _prompt_lengths(generator, prompts)
 
+  def grade_chunk(ids: np.ndarray) -> dict:
+    summaries = []
+    for member in ids:
+      texts = [generator.codec.decode(row) for row in member]
+      summaries.append({**summarize(_split(texts, task_sets), task_sets, **summary_kwargs),
+                        "forward_flops": forward_flops(generator, prompt_lengths, member),
+                        "truncated": truncated(generator, member)})
+    return {key: [s[key] for s in summaries] for key in summaries[0]}
+
   def score_chunk(seeds: np.ndarray, sigmas: np.ndarray) -> Iterator[tuple[slice, dict]]:
-    for part, ids in generator.population_token_ids(seeds, sigmas, prompts, params=params,
-                                                    members_per_batch=members_per_batch,
-                                                    mesh=mesh):
-      summaries = []
-      for member in ids:
-        texts = [generator.codec.decode(row) for row in member]
-        summaries.append({**summarize(_split(texts, task_sets), task_sets, **summary_kwargs),
-                          "forward_flops": forward_flops(generator, prompt_lengths, member),
-                          "truncated": truncated(generator, member)})
-      yield part, {key: [s[key] for s in summaries] for key in summaries[0]}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as grader:
+      pending = None
+      for part, ids in generator.population_token_ids(seeds, sigmas, prompts, params=params,
+                                                      members_per_batch=members_per_batch,
+                                                      mesh=mesh):
+        graded = (part, grader.submit(grade_chunk, ids))
+        if pending is not None:
+          yield pending[0], pending[1].result()
+        pending = graded
+      if pending is not None:
+        yield pending[0], pending[1].result()
   return score_chunk
 
 
