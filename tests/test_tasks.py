@@ -8,7 +8,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings, strategies as st
 
 from thickets_jax.errors import InputError
-from thickets_jax.tasks import TASKS, countdown, fuzz, math, rocstories, uspto
+from thickets_jax.tasks import TASKS, countdown, fuzz, math, uspto
 
 P = countdown.Problem((3, 5, 7), 22)
 
@@ -136,42 +136,42 @@ def _jsonl(path, records):
   return str(path)
 
 
-def test_rocstories_shuffles_each_story_and_scores_orders_as_the_reference(tmp_path):
-  stories = [{f"sentence{i + 1}": f"{s} ({n})" for i, s in enumerate(STORY)} for n in range(5)]
-  path = _jsonl(tmp_path / "roc.jsonl", [{"storytitle": "t", **s} for s in stories])
+def test_rocstories_reads_the_shuffled_stories_and_scores_orders_as_the_reference(tmp_path):
+  stories = [{"title": f"Kite {n}", "shuffled_sentences": [f"{STORY[i]} ({n})" for i in
+                                                            (2, 0, 4, 1, 3)],
+              "gold_order": [1, 3, 0, 4, 2]} for n in range(5)]
+  path = _jsonl(tmp_path / "roc.jsonl", stories)
   task = TASKS.get("rocstories")
   train, test = task.splits(2, 0, 0, path)
   assert len(train) == 2 and len(test) == 3
-  for story, example in zip(stories, train + test):
-    shown = [line[3:] for line in example.prompt.splitlines() if line[:3] in
-             {f"{label}. " for label in rocstories.LABELS}]
-    assert [shown[rocstories.LABELS.index(label)] for label in example.gold] == list(
-        story.values())  # the gold order reads the story back
-    assert example.gold != "ABCDE"
-  assert task.splits(2, 0, 0, path) == (train, test)  # the shuffle is seeded
-  assert task.splits(2, 0, 1, path)[0] != train  # and the seed changes it
+  assert {e.gold for e in train + test} == {"BDAEC"}  # gold_order [1, 3, 0, 4, 2] as letters
+  assert "Title: Kite 0\nA. The wind was strong. (0)" in train[0].prompt
   gold = "CAEBD"
-  assert task.reward("<answer>C A E B D</answer>", gold) == 1.0 and task.correct("<answer>c,a,e,b,d</answer>", gold)
-  assert task.reward("<answer>CAEDB</answer>", gold) == pytest.approx(0.6 * 3 / 5 + 0.4 * 2 / 4)
+  assert task.reward("<answer>C A E B D</answer>", gold) == 1.0
+  assert task.correct("<answer>c,a,e,b,d</answer>", gold)
+  assert task.correct("I think it goes\nC, A, E, B, D", gold)  # a last line that is an order
+  # positions 3 of 5; pairs CA, AE, EB in order, BD not: the reference's 0.6/0.4 shaping
+  assert task.reward("<answer>CAEDB</answer>", gold) == pytest.approx(0.6 * 3 / 5 + 0.4 * 3 / 4)
   assert task.reward("<answer>DBEAC</answer>", gold) == pytest.approx(0.6 * 1 / 5)
   for bad in ("<answer>CAEB</answer>", "<answer>CAEBDD</answer>", "<answer>CAEBF</answer>",
-              "C A E B D", "<answer>" + "A" * 300 + "</answer>"):
+              "no order here", "<answer>" + "A" * 300 + "</answer>"):
     assert task.reward(bad, gold) == 0.0 and task.vote_key(bad, gold) is None
   assert task.vote_key("<answer>C-A-E-B-D</answer>", gold) == "CAEBD"
-  with pytest.raises(InputError, match="reads --data PATH"):
-    task.splits(2, 0, 0, None)
-  with pytest.raises(InputError, match="lacks the field 'sentence2'"):
-    task.splits(1, 0, 0, _jsonl(tmp_path / "short.jsonl", [{"sentence1": "a"}] * 3))
+  with pytest.raises(InputError, match="lacks the field 'gold_order'"):
+    task.splits(1, 0, 0, _jsonl(tmp_path / "short.jsonl", [{"shuffled_sentences": []}] * 3))
+  with pytest.raises(InputError, match="'gold_order' must be a permutation of 0–4"):
+    task.splits(1, 0, 0, _jsonl(tmp_path / "perm.jsonl", [{**stories[0], "gold_order": [0] * 5}] * 3))
 
 
 def test_uspto50k_reads_the_class_in_the_answer(tmp_path):
   field = uspto.REACTION_FIELD
-  records = [{"id": i, "class": i % 10 + 1, field: f"CC(=O)O.N{'C' * i}>>CC(=O)N{'C' * i}"}
-             for i in range(6)]
+  records = [{"id": i, "class": i % 10 + 1, "prod_smiles": "CC",
+              field: f"[CH3:1][C:2](=O)O.N{'C' * i}>>CC(=O)N{'C' * i}"} for i in range(6)]
   task = TASKS.get("uspto50k")
   train, test = task.splits(4, 0, 0, _jsonl(tmp_path / "uspto.jsonl", records))
   assert [e.gold for e in train + test] == ["1", "2", "3", "4", "5", "6"]
-  assert records[0][field] in train[0].prompt and "10. functional group addition" in train[0].prompt
+  assert "Reaction: [CH3][C](=O)O.N>>CC(=O)N\n" in train[0].prompt  # atom maps taken off
+  assert "10. functional group addition" in train[0].prompt
   for answer, key in (("<answer>3</answer>", "3"), ("<answer> class 3. </answer>", "3"),
                       ("<answer>10</answer>", "10"), ("<answer>03</answer>", "3"),
                       ("<answer>11</answer>", None), ("<answer>0</answer>", None),
@@ -191,7 +191,7 @@ def test_olympiadbench_grades_its_final_answers_by_equivalence(tmp_path):
              {"question": "Two roots?", "final_answer": ["$1$", "$2$"]}]
   task = TASKS.get("olympiadbench")
   train, test = task.splits(1, 0, 0, _jsonl(tmp_path / "olympiad.jsonl", records))
-  assert [e.gold for e in train + test] == ["\\frac{1}{2}", "\\sqrt{3}", "1,2"]
+  assert [e.gold for e in train + test] == ["\\frac{1}{2}", "\\sqrt{3}", "1"]  # the first
   assert train[0].prompt.endswith(math.MATH_SUFFIX)
   assert task.correct("so \\boxed{0.5}", train[0].gold)
   assert not task.correct("\\boxed{0.25}", train[0].gold)
@@ -202,7 +202,7 @@ def test_olympiadbench_grades_its_final_answers_by_equivalence(tmp_path):
 
 @pytest.mark.parametrize("name, record, gold", [
     ("rocstories", {"prompt": "order these", "answer": "c a e b d"}, "CAEBD"),
-    ("rocstories", dict(zip(rocstories.SENTENCE_FIELDS, STORY)), rocstories.shuffle(STORY, 0)[1]),
+    ("rocstories", {"shuffled_sentences": list(STORY), "gold_order": [4, 3, 2, 1, 0]}, "EDCBA"),
     ("uspto50k", {"prompt": "classify", "answer": 7}, "7"),
     ("uspto50k", {uspto.REACTION_FIELD: "C>>CC"}, None),
     ("olympiadbench", {"question": "q", "answer": "\\frac12"}, "\\frac12")])

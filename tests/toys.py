@@ -55,10 +55,11 @@ def paper_task_files(directory) -> str:
       "mbpp": [{"text": f"Write a function add_{i}(x) that adds {i}.", "test_setup_code": "",
                 "test_list": [f"assert add_{i}(1) == {1 + i}", f"assert add_{i}(5) == {5 + i}"]}
                for i in range(4)],
-      "rocstories": [{f"sentence{j + 1}": f"Story {i}, event {j}." for j in range(5)}
+      "rocstories": [{"title": f"Story {i}", "gold_order": [2, 0, 4, 1, 3],
+                      "shuffled_sentences": [f"Story {i}, event {j}." for j in (1, 3, 0, 4, 2)]}
                      for i in range(4)],
-      "uspto50k": [{"class": i + 1, "reactants>reagents>production": f"CC{'C' * i}O>>CC{'C' * i}=O"}
-                   for i in range(4)],
+      "uspto50k": [{"class": i + 1, "rxn_smiles": f"[CH3:1]C{'C' * i}O>>CC{'C' * i}=O",
+                    "prod_smiles": f"CC{'C' * i}=O"} for i in range(4)],
   }
   files = []
   for task, rows in records.items():

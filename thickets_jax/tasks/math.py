@@ -14,7 +14,8 @@ from typing import Optional
 
 from thickets_jax.errors import InputError
 from thickets_jax.tasks import data as records
-from thickets_jax.tasks.base import MAX_TEXT, REFERENCE_PROTOCOL, TASKS, Example, Task, field
+from thickets_jax.tasks.base import (MAX_TEXT, REFERENCE_PROTOCOL, TASKS, Example, Protocol, Task,
+                                     field)
 
 GSM8K_SUFFIX = ' Let\'s think step by step and output the final answer after "####".'
 MATH_SUFFIX = "\nPlease reason step by step, and put your final answer within \\boxed{}."
@@ -171,18 +172,20 @@ TASKS.register("math500")(Task(
 # ---------------------------------------------------------------- OlympiadBench
 
 # The reference's source: `Hothan/OlympiadBench`, its open-ended, text-only, English maths
-# problems with a final answer (configuration OE_TO_maths_en_COMP, 674 problems).
+# problems with a final answer (configuration OE_TO_maths_en_COMP, 674 problems); 2048 new
+# tokens, the reference handler's.
 OLYMPIAD_SOURCE = ("Hothan/OlympiadBench", "OE_TO_maths_en_COMP", "train")
+OLYMPIAD_PROTOCOL = Protocol(train_size=200, max_new_tokens=2048)
 
 
 def olympiad_answer(final_answer) -> str:
-  """The gold LaTeX of a record's `final_answer` (a list of strings, or one string), the
-  dollar signs that delimit it taken off; several answers are joined with commas."""
-  answers = final_answer if isinstance(final_answer, list) else [final_answer]
+  """The gold LaTeX of a record's `final_answer` (a list of strings, or one string): its first
+  answer, as the reference takes it, the dollar signs that delimit it taken off."""
+  answers = list(final_answer) if not isinstance(final_answer, str) else [final_answer]
   if not answers or not all(isinstance(a, str) for a in answers):
     raise InputError(f"an OlympiadBench final_answer must be a string or a list of strings, got "
                      f"{str(final_answer)[:60]!r}.")
-  return ",".join(a.strip().strip("$").strip() for a in answers)
+  return answers[0].strip().strip("$").strip()
 
 
 def olympiad_splits(train_size: int, test_size: int, seed: int, data: Optional[str]):
@@ -200,5 +203,5 @@ def olympiad_splits(train_size: int, test_size: int, seed: int, data: Optional[s
 TASKS.register("olympiadbench")(Task(
     name="olympiadbench", splits=olympiad_splits,
     reward=lambda c, g: float(math_correct(c, g)), correct=math_correct,
-    vote_key=math_vote_key, needs_data=True, protocol=REFERENCE_PROTOCOL,
+    vote_key=math_vote_key, needs_data=True, protocol=OLYMPIAD_PROTOCOL,
     **_answer_codec("question", MATH_SUFFIX)))

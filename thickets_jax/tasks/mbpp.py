@@ -2,9 +2,10 @@
 
 Records carry the dataset's own fields: `text` (the description), `test_list` (assert
 statements) and `test_setup_code` (may be empty). The reference's source is the `datasets` copy
-of MBPP (`google-research-datasets/mbpp`, configuration `full`: train 374, test 500); train =
-the first `train_size` of its train split, test = its test split; `--data PATH` (JSONL or
-parquet) gives train and test from one file instead.
+of MBPP (`google-research-datasets/mbpp`, configuration `full`), its train, validation and test
+splits in that order (374 + 90 + 500 problems): train = the first `train_size`, test = the rest,
+as the reference slices them; `--data PATH` (JSONL or parquet) gives them from one file
+instead. Protocol: 200 train problems, 2048 new tokens (the reference handler's).
 
 The program is the last `<answer>…</answer>` block, else the last fenced Python block, as the
 reference takes it. It runs only in `sandbox.run` (a separate limited process; never here),
@@ -28,10 +29,10 @@ from typing import Optional, Sequence
 from thickets_jax.errors import InputError
 from thickets_jax.tasks import data as records
 from thickets_jax.tasks import sandbox
-from thickets_jax.tasks.base import (MAX_TEXT, REFERENCE_PROTOCOL, TASKS, Example, Task, field,
-                                     last_block)
+from thickets_jax.tasks.base import MAX_TEXT, TASKS, Example, Protocol, Task, field, last_block
 
 SOURCE = ("google-research-datasets/mbpp", "full")
+PROTOCOL = Protocol(train_size=200, max_new_tokens=2048)
 _FENCE = re.compile(r"```(?:python|py)?[ \t]*\n")
 MAX_PROGRAM_CHARS = 20_000
 
@@ -127,9 +128,10 @@ def splits(train_size: int, test_size: int, seed: int, data: Optional[str]):
   if data:
     train, test = records.file_splits(data, ("text", "test_list"), train_size, test_size)
   else:
-    train = records.hub_split(*SOURCE, "train")[:train_size]
-    test = records.hub_split(*SOURCE, "test")
-    test = test if test_size <= 0 else test[:test_size]
+    rows = [row for split in ("train", "validation", "test")
+            for row in records.hub_split(*SOURCE, split)]
+    train = rows[:train_size]
+    test = rows[train_size:] if test_size <= 0 else rows[train_size:train_size + test_size]
   return [example(r) for r in train], [example(r) for r in test]
 
 
@@ -149,6 +151,6 @@ def _from_record(record: dict) -> Example:
 
 TASKS.register("mbpp")(Task(
     name="mbpp", splits=splits, reward=lambda c, g: float(correct(c, g)), correct=correct,
-    vote_key=vote_key, needs_data=True, protocol=REFERENCE_PROTOCOL, prepare=prepare,
+    vote_key=vote_key, needs_data=True, protocol=PROTOCOL, prepare=prepare,
     time_limit_s=sandbox.Limits().wall_s,
     to_record=_to_record, from_record=_from_record))

@@ -1,11 +1,13 @@
 """USPTO-50K reaction classification: the class (1–10) of a reaction given as reaction SMILES.
 
-Records carry the USPTO-50K CSV's own fields (Schneider et al. 2016, as distributed with
-retrosynthesis benchmarks): `reactants>reagents>production` (the reaction SMILES) and `class`
-(1–10). The data come from `--data PATH` (JSONL or parquet); we know of no copy on the Hugging
-Face hub whose fields we could name as the reference's, so none is read from the `datasets`
-cache. The answer is the class number in the last `<answer>` block (optionally "class 3");
-reward = correct = the class matches; vote key = the class.
+Records carry the fields of the USPTO-50K parquet files the reference reads (Schneider et al.
+2016's 50k reactions, classes 1–10): `rxn_smiles` (atom-mapped reaction SMILES; the mapping
+numbers are taken off for the prompt, as the reference does) and `class`. The reference names no
+hub copy (it reads local `train.parquet` / `test.parquet`), so the data come from `--data PATH`
+(JSONL or parquet) only. The answer is the class number in the last `<answer>` block
+(optionally "class 3"); reward = correct = the class matches; vote key = the class. Protocol:
+the reference handler's, 200 train reactions and 64 new tokens (a brief reasoning, then the
+class).
 """
 
 import re
@@ -13,10 +15,11 @@ from typing import Optional
 
 from thickets_jax.errors import InputError
 from thickets_jax.tasks import data as records
-from thickets_jax.tasks.base import (MAX_TEXT, REFERENCE_PROTOCOL, TASKS, Example, Task, field,
-                                     last_block)
+from thickets_jax.tasks.base import MAX_TEXT, TASKS, Example, Protocol, Task, field, last_block
 
-REACTION_FIELD = "reactants>reagents>production"
+REACTION_FIELD = "rxn_smiles"
+PROTOCOL = Protocol(train_size=200, max_new_tokens=64)
+_ATOM_MAP = re.compile(r":\d+\]")
 CLASSES = ("heteroatom alkylation and arylation", "acylation and related processes",
            "C–C bond formation", "heterocycle formation", "protections", "deprotections",
            "reductions", "oxidations", "functional group interconversion",
@@ -26,10 +29,10 @@ _ANSWER = re.compile(r"\s*(?:class\s*)?(\d{1,2})\s*\.?\s*", re.IGNORECASE)
 
 def prompt(reaction: str) -> str:
   classes = "\n".join(f"{i}. {name}" for i, name in enumerate(CLASSES, 1))
-  return ("Classify the chemical reaction below, written as reaction SMILES "
-          "(reactants>reagents>product), into one of the ten USPTO-50K reaction classes:\n"
-          f"{classes}\nReaction: {reaction}\nShow your work in <think> </think> tags and return "
-          "the class number in <answer> </answer> tags, for example <answer>3</answer>.")
+  return ("Classify the chemical reaction below (reaction SMILES, reactants >> product) into "
+          f"one of the ten USPTO-50K reaction classes:\n{classes}\nReaction: "
+          f"{_ATOM_MAP.sub(']', reaction)}\nName the key transformation briefly, then give the "
+          "class number in <answer> </answer> tags, for example <answer>3</answer>.")
 
 
 def parse_class(completion: str) -> Optional[str]:
@@ -82,5 +85,5 @@ def _from_record(record: dict) -> Example:
 TASKS.register("uspto50k")(Task(
     name="uspto50k", splits=splits, reward=lambda c, g: float(correct(c, g)), correct=correct,
     vote_key=lambda completion, gold: parse_class(completion), needs_data=True,
-    protocol=REFERENCE_PROTOCOL,
+    protocol=PROTOCOL,
     to_record=lambda e: {"prompt": e.prompt, "answer": e.gold}, from_record=_from_record))
