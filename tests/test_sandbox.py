@@ -1,7 +1,6 @@
 """Model-written programs run only in the sandbox: hostile ones score 0, stop within their
 limits and leave nothing behind; MBPP grading, extraction, votes and records."""
 
-import glob
 import json
 import os
 import tempfile
@@ -54,17 +53,16 @@ HOSTILE = {
 
 
 @pytest.mark.parametrize("name", sorted(HOSTILE))
-def test_a_hostile_program_scores_0_stops_within_its_limits_and_leaves_nothing(name):
-  before = set(glob.glob(os.path.join(tempfile.gettempdir(), "thickets_sandbox_*")))
+def test_a_hostile_program_scores_0_stops_within_its_limits_and_leaves_nothing(name, tmp_path):
   with open(OURS, "rb") as f:
     ours = f.read()
   start = time.perf_counter()
-  outcome = sandbox.run(HOSTILE[name], TESTS, limits=LIMITS)
+  outcome = sandbox.run(HOSTILE[name], TESTS, limits=LIMITS, parent=str(tmp_path))
   seconds = time.perf_counter() - start
   assert not (outcome.results and all(r["passed"] for r in outcome.results)), outcome
   assert seconds < LIMITS.wall_s + 2
   assert not os.path.exists(OUTSIDE)
-  assert set(glob.glob(os.path.join(tempfile.gettempdir(), "thickets_sandbox_*"))) == before
+  assert not os.listdir(tmp_path)  # its directory, and all it wrote there, is gone
   with open(OURS, "rb") as f:
     assert f.read() == ours
   assert len(outcome.output) <= 1 << 20

@@ -144,15 +144,16 @@ def _standard_library() -> list[str]:
   return sorted({paths["stdlib"], paths["platstdlib"]})
 
 
-def run(program: str, tests: Sequence[str], setup: str = "",
-        limits: Limits = Limits()) -> Outcome:
+def run(program: str, tests: Sequence[str], setup: str = "", limits: Limits = Limits(),
+        parent: Optional[str] = None) -> Outcome:
   """Runs `setup` + `program`, then each test statement (an `assert`), in a new sandboxed
-  process (module docstring); never raises for anything the program does."""
+  process (module docstring) whose directory is made in `parent` (default: the system's
+  temporary directory); never raises for anything the program does."""
   nonce = secrets.token_hex(16)
   spec = {"program": program, "tests": list(tests), "setup": setup, "nonce": nonce,
           "limits": _limits(limits), "readable": _standard_library(),
           "blocked": list(_BLOCKED_MODULES)}
-  directory = tempfile.mkdtemp(prefix="thickets_sandbox_")
+  directory = tempfile.mkdtemp(prefix="thickets_sandbox_", dir=parent)
   try:
     output_path = os.path.join(directory, ".output")
     with open(output_path, "wb") as output:
