@@ -35,7 +35,7 @@ from typing import Optional, Sequence
 
 _BLOCKED_MODULES = ("ctypes", "_ctypes", "_posixsubprocess", "_xxsubinterpreters", "cffi",
                     "mmap", "_testcapi", "_testinternalcapi", "faulthandler", "resource")
-_OUTPUT_BYTES = 1 << 20  # stdout + stderr kept to this (the file-size limit caps the file)
+_OUTPUT_CHARS = 4096  # the tail of stdout + stderr an Outcome keeps (outcomes are cached)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,7 +53,8 @@ class Limits:
 class Outcome:
   """A run's end: `results` [tests] ({"passed": bool, "value": repr of the assert's left side
   or "error: <type>"}), or None when the runner did not report (killed, crashed, timed out);
-  `status` the exit status (negative: the signal), `timed_out` when the wall clock killed it."""
+  `status` the exit status (negative: the signal), `timed_out` when the wall clock killed it,
+  `output` the last 4096 characters of its stdout and stderr."""
   results: Optional[list[dict]]
   status: int
   timed_out: bool
@@ -168,8 +169,8 @@ def run(program: str, tests: Sequence[str], setup: str = "", limits: Limits = Li
         timed_out = True
       finally:
         _kill_session(child)
-    with open(output_path, "rb") as f:
-      text = f.read(_OUTPUT_BYTES * 4).decode("utf-8", "replace")
+    with open(output_path, "rb") as f:  # at most the file-size limit
+      text = f.read(limits.file_bytes + 1).decode("utf-8", "replace")
   finally:
     shutil.rmtree(directory, ignore_errors=True)
   results = None
@@ -180,7 +181,7 @@ def run(program: str, tests: Sequence[str], setup: str = "", limits: Limits = Li
       except ValueError:
         results = None
       break
-  return Outcome(results, child.returncode, timed_out, text[-_OUTPUT_BYTES:])
+  return Outcome(results, child.returncode, timed_out, text[-_OUTPUT_CHARS:])
 
 
 def _kill_session(child: subprocess.Popen) -> None:
