@@ -168,6 +168,7 @@ class ES(search.Method):
     self.step = make_step(config, spec)
     self.state = {"params": params, "opt_state": init(params, config),
                   "iteration": jnp.int32(0)}
+    self._asked: Optional[search.Ask] = None  # the outstanding ask, told next
 
   @property
   def iteration(self) -> int:
@@ -177,16 +178,33 @@ class ES(search.Method):
     if self.iteration >= self.iterations:
       return None
     seeds, sigmas = iteration_members(self.seed, self.iteration, self.config)
-    return search.Ask(seeds, sigmas, f"iteration_{self.iteration:04d}",
-                      center=self.state["params"])
+    self._asked = search.Ask(seeds, sigmas, f"iteration_{self.iteration:04d}",
+                             center=self.state["params"])
+    return self._asked
 
   def tell(self, scores: search.Scores) -> None:
-    seeds, sigmas = iteration_members(self.seed, self.iteration, self.config)
     params, opt_state = self.step(self.state["params"], self.state["opt_state"],
-                                  jnp.asarray(seeds, jnp.int32), jnp.asarray(sigmas, jnp.float32),
+                                  jnp.asarray(self._asked.seeds, jnp.int32),
+                                  jnp.asarray(self._asked.sigmas, jnp.float32),
                                   jnp.asarray(np.asarray(scores.mean, np.float32)))
     self.state = {"params": params, "opt_state": opt_state,
                   "iteration": jnp.int32(self.iteration + 1)}
+
+
+def run_resumable(method: ES, score: Callable[[search.Ask], search.Scores], checkpoints=None,
+                  checkpoint_every: int = 1,
+                  after_tell: Callable[[search.Ask, search.Scores], None] = lambda a, s: None
+                  ) -> ES:
+  """`search.run` of `method`, first restored from `checkpoints` (a
+  `checkpoint.TrainingCheckpoints`, or None); after each tell `after_tell`, then the state is
+  checkpointed every `checkpoint_every` iterations and after the last."""
+  method.state = checkpoint.resume(checkpoints, method.state)
+
+  def after(ask: search.Ask, scores: search.Scores) -> None:
+    after_tell(ask, scores)
+    checkpoint.save_when_due(checkpoints, method.iteration, method.iterations, checkpoint_every,
+                             method.state)
+  return search.run(method, score, after)
 
 
 def train(params: PyTree, score: Callable, config: ESConfig, *, iterations: int, seed: int,
@@ -210,16 +228,13 @@ def train(params: PyTree, score: Callable, config: ESConfig, *, iterations: int,
     when `score` is deterministic.
   """
   method = ES(params, config, iterations=iterations, seed=seed, spec=spec)
-  method.state = checkpoint.resume(checkpoints, method.state)
 
   def score_ask(ask: search.Ask) -> search.Scores:
     return search.Scores.means(np.asarray(
         score(ask.center, method.iteration, ask.seeds, ask.sigmas), np.float32))
 
   def after_tell(ask: search.Ask, scores: search.Scores) -> None:
-    done = method.iteration
-    on_iteration(done, method.state["params"], np.asarray(scores.mean, np.float32))
-    checkpoint.save_when_due(checkpoints, done, iterations, checkpoint_every, method.state)
+    on_iteration(method.iteration, method.state["params"], np.asarray(scores.mean, np.float32))
 
-  search.run(method, score_ask, after_tell)
+  run_resumable(method, score_ask, checkpoints, checkpoint_every, after_tell)
   return method.state["params"]

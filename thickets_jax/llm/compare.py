@@ -215,8 +215,6 @@ def _es(session: Session) -> list[dict]:
   update_flops = flops.es_update_flops(session.gen.config.num_params, config.es.population)
   method = es.ES(session.loaded.params, config.es, iterations=config.es_iterations,
                  seed=config.seed, spec=session.gen.perturb)
-  checkpoints = checkpoint.TrainingCheckpoints(run_dir.checkpoints)
-  method.state = checkpoint.resume(checkpoints, method.state)
 
   def after_tell(ask: search.Ask, scores: search.Scores) -> None:
     done = method.iteration
@@ -228,10 +226,10 @@ def _es(session: Session) -> list[dict]:
     if done % config.eval_every == 0 or done == config.es_iterations:
       spent = sum(history.records[i]["flops"] for i in range(done))
       session.evaluate(f"es_{done}", "es", method.state["params"], spent, iteration=done)
-    checkpoint.save_when_due(checkpoints, done, config.es_iterations, config.checkpoint_every,
-                             method.state)
 
-  search.run(method, session.train_scorer(run_dir), after_tell)
+  es.run_resumable(method, session.train_scorer(run_dir),
+                   checkpoint.TrainingCheckpoints(run_dir.checkpoints), config.checkpoint_every,
+                   after_tell)
   return _points(session.evaluate.store, "es")
 
 
