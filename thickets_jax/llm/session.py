@@ -199,7 +199,7 @@ class ScoringConfig(configs.Config):
       if not self.dry_run:
         registry.find_weights(entry, self.weights)
     dataset_tasks = [name for name in self.task_names() if TASKS.get(name).needs_data]
-    if self.data and "=" not in self.data and len(dataset_tasks) > 1:
+    if self.data and not self.data_files() and len(dataset_tasks) > 1:
       raise InputError(f"one --data file cannot serve {' and '.join(dataset_tasks)}; name each "
                        f"task's file: --data {dataset_tasks[0]}=FILE,{dataset_tasks[1]}=FILE.")
     for task_name in self.task_names():
@@ -222,9 +222,8 @@ class ScoringConfig(configs.Config):
 
   def data_for(self, task_name: str) -> Optional[str]:
     """The data file of `task_name`: its TASK=FILE entry, or the one plain file."""
-    if self.data and "=" not in self.data:
-      return self.data
-    return self.data_files().get(task_name)
+    files = self.data_files()
+    return files.get(task_name) if files else self.data
 
   def mesh(self):
     return sharding.make_mesh(self.model_parallel) if self.model_parallel else None
