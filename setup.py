@@ -29,6 +29,6 @@ setup(
     extras_require={
         # torch only for parity tests and peer benchmarks; pinned so pip takes the CPU build.
         "test": ["pytest>=8", "pytest-xdist>=3.6", "hypothesis>=6.100", "torch==2.13.0",
-                 "accelerate>=1.0"],
+                 "accelerate>=1.0", "peft>=0.17"],
     },
 )

@@ -53,7 +53,9 @@ def _table(result, ks) -> str:
                  f"evaluations, {result['selection']['forward_flops']:.3g} FLOPs")
   lines.append(f"top-1 test accuracy     {result['top1_accuracy']:.3f}")
   for k in ks:
-    lines.append(f"K={k:<4d} ensemble {result['ensemble_accuracy'][str(k)]:.3f}   "
+    averaged = result["averaged_weights_accuracy"].get(str(k))
+    lines.append(f"K={k:<4d} vote {result['ensemble_accuracy'][str(k)]:.3f}   " +
+                 (f"averaged weights {averaged:.3f}   " if averaged is not None else "") +
                  f"oracle pass@K {result['oracle_pass_at_k'][str(k)]:.3f}")
   return "\n".join(lines)
 

@@ -43,6 +43,8 @@ def test_run_randopt_resumes_and_reevaluates(tmp_path, tiny_weights):
   config = randopt.RandOptConfig.tiny(tiny_weights)
   result = randopt.run_randopt(config, workdir)
   assert set(result["ensemble_accuracy"]) == {"1", "2"} and result["test_size"] == 3
+  averaged = _read(os.path.join(workdir, "averaged_top2_test.json"))  # K = 1 is top-1 itself
+  assert result["averaged_weights_accuracy"] == {"2": averaged}
   assert _read(os.path.join(workdir, "results.json")) == json.loads(json.dumps(result))
   top = _read(os.path.join(workdir, "topk.json"))
   assert [set(m) >= {"seed", "sigma", "train_score"} for m in top["members"]] == [True, True]

@@ -11,7 +11,7 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 # Bottom to top; a module's layer is that of its longest listed prefix.
 LAYERS = (
     ("foundation", ("errors", "rng", "tree", "registry", "distributed", "checkpoint", "metrics",
-                    "cli", "configs")),
+                    "cli", "configs", "scales")),
     ("members and storage", ("perturb", "population", "storage", "workdir", "plotting", "flops",
                              "bench")),
     ("search methods", ("search", "randopt", "halving", "landscape")),
@@ -20,7 +20,7 @@ LAYERS = (
                          "llm.assets", "llm.weights", "llm.tokenizer", "llm.codec",
                          "llm.registry", "llm.sharding", "llm.chunk", "llm.generate",
                          "llm.plan", "llm.teacher_forcing", "llm.scoring", "llm.torch_twin",
-                         "llm.roofline")),
+                         "llm.roofline", "llm.adapter")),
     ("training baselines", ("baselines", "llm.sft")),
     ("experiments", ("llm.session", "llm.randopt", "llm.density", "llm.discordance",
                      "llm.compare", "llm.distill", "llm.landscape", "llm.predict", "llm.export",

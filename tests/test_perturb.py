@@ -185,7 +185,7 @@ def test_member_factors_are_the_low_rank_displacement_unmaterialised(relative):
 
 def test_records_written_before_low_rank_noise_read_as_full_rank():
   old = {k: v for k, v in P.PerturbSpec().to_json().items()
-         if k not in ("noise", "rank", "vector_noise")}
+         if k not in ("noise", "rank", "vector_noise", "scale", "masses")}
   assert P.PerturbSpec.from_json(old) == P.PerturbSpec()
   with pytest.raises(InputError, match="needs the independent mode"):
     P.PerturbSpec(noise="lowrank", mode="upstream")
@@ -195,7 +195,8 @@ def test_a_run_directory_written_before_the_later_settings_still_resumes(tmp_pat
   from thickets_jax import workdir  # pylint: disable=g-import-not-at-top
   spec = {"n": 8, "noise": "full", "rank": 4, "perturbation": P.PerturbSpec().to_json()}
   older = {"n": 8, "perturbation": {k: v for k, v in P.PerturbSpec().to_json().items()
-                                    if k not in ("noise", "rank", "vector_noise")}}
+                                    if k not in ("noise", "rank", "vector_noise", "scale",
+                                                 "masses")}}
   run = workdir.RunDir.prepare(str(tmp_path))
   run.write("spec", older)
   run.claim(spec)  # the same run: older runs drew full-rank noise
@@ -205,3 +206,16 @@ def test_a_run_directory_written_before_the_later_settings_still_resumes(tmp_pat
   run.write("spec", older)
   with pytest.raises(InputError, match=r"other settings \(perturbation.rank\)"):
     run.claim({**spec, "perturbation": {**spec["perturbation"], "rank": 8}})
+
+
+def test_the_averaged_member_carries_the_mean_displacement():
+  params = {**_params(), "step": jnp.zeros((), jnp.int32)}
+  spec = P.PerturbSpec(stacked="^layers/")
+  seeds, sigmas = jnp.asarray([3, 9, 4], jnp.int32), jnp.asarray([0.1, -0.2, 0.05], jnp.float32)
+  averaged = P.averaged_member(params, seeds, sigmas, spec)
+  members = [P.rebuild_member(params, int(s), float(g), spec) for s, g in zip(seeds, sigmas)]
+  expected = jax.tree.map(lambda base, *m: base + sum(x - base for x in m) / 3, params, *members)
+  chex.assert_trees_all_close(averaged, expected, atol=1e-6)
+  one = P.averaged_member(params, seeds[:1], sigmas[:1], spec)
+  chex.assert_trees_all_close(one, members[0], atol=1e-7)
+  assert averaged["step"].dtype == jnp.int32

@@ -48,13 +48,14 @@ class Config:
 
 
 def setting(default: Any, help: str, *, flag: Optional[str] = None,  # pylint: disable=redefined-builtin
-            choices: Optional[tuple[str, ...]] = None) -> Any:
+            choices: Optional[tuple[str, ...]] = None, kw_only: bool = False) -> Any:
   """A config field a user may set: `default`, its `help`, its flag name (default: the field's
-  name with the config's `FLAG_PREFIX`) and, for strings, the `choices` it takes."""
+  name with the config's `FLAG_PREFIX`) and, for strings, the `choices` it takes. A `kw_only`
+  field may be declared in a base class of configs that have fields without defaults."""
   metadata = {"help": help, "flag": flag, "choices": tuple(choices) if choices else None}
   if isinstance(default, (list, dict, set)):
     raise TypeError(f"a setting's default must be immutable, got {default!r}")
-  return dataclasses.field(default=default, metadata=metadata)
+  return dataclasses.field(default=default, metadata=metadata, kw_only=kw_only)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,13 +23,14 @@ Noise families (`PerturbSpec.noise`):
 """
 
 import dataclasses
+import functools
 import re
 from typing import Any, Optional
 
 import jax
 import jax.numpy as jnp
 
-from thickets_jax import rng, tree
+from thickets_jax import rng, scales, tree
 from thickets_jax.errors import InputError
 
 PyTree = Any
@@ -38,7 +39,8 @@ MODES = ("independent", "upstream")
 NOISE_DTYPES = ("float32", "bfloat16")
 NOISE_FAMILIES = ("full", "lowrank")
 # Fields added after the first runs were written; a record without them is a full-rank run.
-_LATER_FIELDS = {"noise": "full", "rank": 4, "vector_noise": True}
+_LATER_FIELDS = {"noise": "full", "rank": 4, "vector_noise": True, "scale": "isotropic",
+                 "masses": scales.DEFAULT_MASSES}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +58,10 @@ class PerturbSpec:
     noise_dtype: dtype the standard normals are drawn in; they are added to θ in float32.
     noise: "full" or "lowrank" (module docstring). rank: r of low-rank noise.
     vector_noise: under low-rank noise, whether leaves that are not 2-D get full-rank noise.
+    scale: what each tensor's noise is divided by (`scales.SCALES`, defined in
+      `thickets_jax.scales`): "isotropic" (nothing), "frobenius", "natural" or "modular".
+    masses: "GROUP=MASS,..." of every module group (`scales.GROUPS`), read by the "modular"
+      scale (kept in `scales.canonical_masses` form).
   """
   mode: str = "independent"
   relative: bool = False
@@ -65,8 +71,11 @@ class PerturbSpec:
   noise: str = "full"
   rank: int = 4
   vector_noise: bool = True
+  scale: str = "isotropic"
+  masses: str = scales.DEFAULT_MASSES
 
   def __post_init__(self):
+    object.__setattr__(self, "masses", scales.canonical_masses(self.masses))
     if self.mode not in MODES:
       raise InputError(f"unknown perturbation mode {self.mode!r}; known: {', '.join(MODES)}.")
     if self.noise_dtype not in NOISE_DTYPES:
@@ -79,6 +88,7 @@ class PerturbSpec:
                        "each leaf's own key).")
     if self.rank <= 0:
       raise InputError(f"--rank must be positive, got {self.rank}.")
+    self._validate_scale()
     for pattern in (self.include, self.stacked):
       if pattern is not None:
         try:
@@ -86,6 +96,15 @@ class PerturbSpec:
         except re.error as e:
           raise InputError(f"{pattern!r} is not a valid regular expression ({e}).") from None
 
+  def _validate_scale(self) -> None:
+    if self.scale not in scales.SCALES:
+      raise InputError(f"unknown --scale {self.scale!r}; known: {', '.join(scales.SCALES)}.")
+    if self.scale != "isotropic" and self.relative:
+      raise InputError(f"--relative sets each tensor's σ from its std and --scale {self.scale} "
+                       "from its noise's norm: give one of them.")
+    if self.scale != "isotropic" and self.noise != "full":
+      raise InputError(f"--scale {self.scale} needs full-rank noise (low-rank members are run "
+                       "factored, without their tensors' norms).")
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
@@ -189,14 +208,13 @@ def perturb(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec = PerturbSp
   Returns:
     A pytree like `params`, each leaf in its own dtype (noise is added in float32).
   """
-  treedef, leaves = perturbed_leaves(params, spec)
+  treedef, parts = _scaled_noise(params, key, spec)
   out = []
-  for leaf, index, is_stacked in leaves:
-    if is_stacked is None:
+  for leaf, noise, factor in parts:
+    if noise is None:
       out.append(leaf)
       continue
-    scale = sigma * _leaf_std(leaf, is_stacked) if spec.relative else sigma
-    noise = _leaf_noise(key, index, leaf.shape, spec, is_stacked).astype(jnp.float32)
+    scale = sigma if factor is None else sigma * factor
     out.append((leaf.astype(jnp.float32) + scale * noise).astype(leaf.dtype))
   return jax.tree_util.tree_unflatten(treedef, out)
 
@@ -205,15 +223,40 @@ def direction(params: PyTree, key: jax.Array, spec: PerturbSpec = PerturbSpec())
   """The member's unit-σ direction d, float32, so that `perturb(θ, key, σ) = θ + σ·d` (up to
   the rounding of the leaf dtype): ε, times each leaf's std when `spec.relative`; zeros on
   leaves the spec leaves alone. Evolution strategies regenerate it from the seed."""
-  treedef, leaves = perturbed_leaves(params, spec)
+  treedef, parts = _scaled_noise(params, key, spec)
   out = []
-  for leaf, index, is_stacked in leaves:
-    if is_stacked is None:
+  for leaf, noise, factor in parts:
+    if noise is None:
       out.append(jnp.zeros(leaf.shape, jnp.float32))
       continue
-    noise = _leaf_noise(key, index, leaf.shape, spec, is_stacked).astype(jnp.float32)
-    out.append(_leaf_std(leaf, is_stacked) * noise if spec.relative else noise)
+    out.append(noise if factor is None else factor * noise)
   return jax.tree_util.tree_unflatten(treedef, out)
+
+
+def _scaled_noise(params: PyTree, key: jax.Array, spec: PerturbSpec):
+  """(treedef, [(leaf, ε or None, factor or None)]) in flattening order: the member's unit-σ
+  direction on a leaf is factor·ε (ε float32; factor None means 1), ε None where the spec leaves
+  the leaf alone. The factor is the leaf's std (`relative`) or 1/c of its scale (`scales`)."""
+  treedef, leaves = perturbed_leaves(params, spec)
+  names = [tree.path_name(path) for path, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+  modular = {}
+  if spec.scale == "modular":
+    modular = scales.modular_factors(
+        ((name, leaf.shape[0] if is_stacked else 1) for name, (leaf, _, is_stacked)
+         in zip(names, leaves) if is_stacked is not None), spec.masses)
+  parts = []
+  for name, (leaf, index, is_stacked) in zip(names, leaves):
+    if is_stacked is None:
+      parts.append((leaf, None, None))
+      continue
+    noise = _leaf_noise(key, index, leaf.shape, spec, is_stacked).astype(jnp.float32)
+    factor = _leaf_std(leaf, is_stacked) if spec.relative else None
+    if spec.scale != "isotropic":
+      s = modular.get(name, 1.0)
+      factor = (jnp.zeros((), jnp.float32) if s == float("inf") else
+                1.0 / (s * scales.denominator(noise, name, spec.scale, is_stacked)))
+    parts.append((leaf, noise, factor))
+  return treedef, parts
 
 
 def member_factors(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec) -> dict:
@@ -228,8 +271,9 @@ def member_factors(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec) -> 
     else 1), any other leaf its dense σ·s·ε; float32; stacked leaves keep their leading
     `[layers]` axis. `a bᵀ` equals the ε of `perturb` up to rounding.
   """
-  if spec.noise != "lowrank":
-    raise ValueError("member_factors needs low-rank noise; full-rank members are materialised.")
+  if spec.noise != "lowrank" or spec.scale != "isotropic":
+    raise ValueError("member_factors needs low-rank noise on the isotropic scale; other members "
+                     "are materialised.")
   flat, _ = jax.tree_util.tree_flatten_with_path(params)
   _, leaves = perturbed_leaves(params, spec)
   dtype = jnp.dtype(spec.noise_dtype)
@@ -252,6 +296,30 @@ def member_factors(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec) -> 
       node = node.setdefault(k, {})
     node[keys[-1]] = value
   return out
+
+
+def mean_displacement(params: PyTree, seeds: jax.Array, coefficients: jax.Array,
+                      spec: PerturbSpec) -> PyTree:
+  """(1/N) Σᵢ cᵢ·dᵢ over members' unit-σ directions dᵢ (`direction`), float32, one member's
+  direction in memory at a time. seeds [N] int32, coefficients [N]."""
+  def add(total, member):
+    seed, coefficient = member
+    d = direction(params, rng.member_key(seed), spec)
+    return jax.tree.map(lambda t, x: t + coefficient * x, total, d), None
+
+  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
+  total, _ = jax.lax.scan(add, zeros, (seeds, coefficients.astype(jnp.float32)))
+  return jax.tree.map(lambda t: t / seeds.shape[0], total)
+
+
+@functools.partial(jax.jit, static_argnums=3)
+def averaged_member(params: PyTree, seeds: jax.Array, sigmas: jax.Array,
+                    spec: PerturbSpec) -> PyTree:
+  """θ + (1/K) Σₖ σₖ·dₖ: one model carrying the mean displacement of K members (seeds [K] int32,
+  sigmas [K]), added in float32, each leaf in its own dtype."""
+  mean = mean_displacement(params, seeds, sigmas, spec)
+  return jax.tree.map(lambda p, m: (p.astype(jnp.float32) + m).astype(p.dtype) if
+                      jnp.issubdtype(p.dtype, jnp.floating) else p, params, mean)
 
 
 def perturb_member(params: PyTree, seed, sigma, spec: PerturbSpec) -> PyTree:

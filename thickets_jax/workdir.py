@@ -34,7 +34,7 @@ from typing import Any, Callable, Hashable, Iterator
 
 from absl import logging
 
-from thickets_jax import distributed, storage
+from thickets_jax import distributed, scales, storage
 from thickets_jax.errors import InputError
 
 FILES = {
@@ -46,7 +46,8 @@ FILES = {
 
 # Settings added after run directories were first written, with the value every older run used:
 # a held spec that lacks one of them holds the same run when the new spec has that value.
-LATER_SETTINGS = {"noise": "full", "rank": 4, "vector_noise": True, "halving_eta": 0.0,
+LATER_SETTINGS = {"noise": "full", "rank": 4, "vector_noise": True, "scale": "isotropic",
+                  "masses": scales.DEFAULT_MASSES, "halving_eta": 0.0,
                   "halving_min_examples": 4,
                   # ES, GRPO and fine-tuning settings that became flags with their sub-configs
                   "es_divide_by_sigma": False, "es_weight_decay": 0.0, "grpo_weight_decay": 0.01,

@@ -25,9 +25,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from thickets_jax import checkpoint, configs, population, rng, search
+from thickets_jax import checkpoint, configs, population, search
 from thickets_jax.errors import InputError
-from thickets_jax.perturb import PerturbSpec, direction
+from thickets_jax.perturb import PerturbSpec, mean_displacement
 
 PyTree = Any
 FITNESS = ("zscore", "centered_rank")
@@ -118,15 +118,8 @@ def ascent_direction(params: PyTree, seeds: jax.Array, sigmas: jax.Array, weight
 
   seeds [N] int32, sigmas [N] (their sign marks antithetic members), weights [N].
   """
-  def add(total, member):
-    seed, sign, weight = member
-    d = direction(params, rng.member_key(seed), spec)
-    return jax.tree.map(lambda t, x: t + (weight * sign) * x, total, d), None
-
-  zeros = jax.tree.map(lambda x: jnp.zeros(x.shape, jnp.float32), params)
   signs = jnp.sign(sigmas).astype(jnp.float32)
-  total, _ = jax.lax.scan(add, zeros, (seeds, signs, weights.astype(jnp.float32)))
-  return jax.tree.map(lambda t: t / seeds.shape[0], total)
+  return mean_displacement(params, seeds, weights.astype(jnp.float32) * signs, spec)
 
 
 def init(params: PyTree, config: ESConfig) -> PyTree:

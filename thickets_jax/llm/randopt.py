@@ -8,6 +8,7 @@ on its test split; re-evaluate a saved top-K.
 import dataclasses
 from typing import Sequence
 
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -226,7 +227,9 @@ def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str,
 
 def _evaluate_top(config: RandOptConfig, gen: generate.Generator, test_set: scoring.TaskSet,
                   members: list[dict], run_dir: RunDir) -> dict:
-  """Test completions of the ranked members (resumable) -> accuracies per K."""
+  """Test completions of the ranked members (resumable) -> accuracies per K: top-1, the
+  majority vote of the top K, the oracle pass@K and, for K > 1, the averaged-weights model of
+  the top K (`perturb.averaged_member`)."""
   seeds = np.asarray([m["seed"] for m in members], np.int64)
   sigmas = np.asarray([m["sigma"] for m in members], np.float64)
   records = scoring.score_members(gen, [test_set], seeds, sigmas, run_dir.store("test_members"),
@@ -235,10 +238,18 @@ def _evaluate_top(config: RandOptConfig, gen: generate.Generator, test_set: scor
                                   keep_completions=config.keep_completions)
   votes = [r["votes"][0] for r in records]
   correct = [r["correct"][0] for r in records]
+
+  def averaged(k):  # θ + the mean displacement of the top k: one model's test cost
+    params = perturb.averaged_member(gen.params, jnp.asarray(seeds[:k], jnp.int32),
+                                     jnp.asarray(sigmas[:k], jnp.float32), gen.perturb)
+    return scoring.score_base(gen, [test_set], params=params)["accuracy"][0]
   return {
       "top1_accuracy": float(np.mean(correct[0])),
       "ensemble_accuracy": {str(k): randopt.ensemble_accuracy(votes[:k], correct[:k])
                             for k in config.ks},
+      "averaged_weights_accuracy": {
+          str(k): run_dir.cached_json(f"averaged_top{k}_test", lambda k=k: averaged(k))
+          for k in config.ks if k > 1},
       "oracle_pass_at_k": {str(k): float(np.mean(np.any(correct[:k], axis=0))) for k in config.ks},
       "member_test_accuracy": [float(np.mean(c)) for c in correct],
   }

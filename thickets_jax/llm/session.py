@@ -19,7 +19,7 @@ import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from thickets_jax import configs, perturb, population
+from thickets_jax import configs, perturb, population, scales
 from thickets_jax.errors import InputError
 from thickets_jax.llm import codec, generate, registry, scoring, sharding
 from thickets_jax.llm import plan as llm_plan
@@ -33,12 +33,12 @@ DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 EXECUTION_FIELDS = ("batch_size", "members_per_batch", "member_axis", "layer_loop",
                      "model_parallel", "keep_completions", "plan", "dry_run")
 # The identity holds these as a PerturbSpec.
-NOISE_FIELDS = ("mode", "relative", "include", "noise", "rank")
+NOISE_FIELDS = ("mode", "relative", "include", "noise", "rank", "scale", "masses")
 TINY_MODEL = "tiny-random-llama"
 
 
 @dataclasses.dataclass(frozen=True)
-class ScoringConfig(configs.Config):
+class ScoringConfig(scales.ScaleSettings):
   """What every LLM run shares: weights, the population, the scoring protocol (greedy).
 
   `train_size` and `max_new_tokens` left None take the reference protocol of the run's tasks
@@ -149,7 +149,8 @@ class ScoringConfig(configs.Config):
 
   def perturb_spec(self) -> PerturbSpec:
     return PerturbSpec(mode=self.mode, relative=self.relative, include=self.include,
-                       stacked=llm_model.STACKED_LEAVES, noise=self.noise, rank=self.rank)
+                       stacked=llm_model.STACKED_LEAVES, noise=self.noise, rank=self.rank,
+                       scale=self.scale, masses=self.masses)
 
   def identity(self) -> dict:
     """What identifies the run's numbers (its workdir's spec.json, and the head of its

@@ -18,7 +18,7 @@ from absl import logging
 from jax.sharding import Mesh
 
 from thickets_jax import (checkpoint, configs, flops, halving, landscape, metrics, plotting,
-                          population, randopt, rng, workdir)
+                          population, randopt, rng, scales, workdir)
 from thickets_jax.errors import InputError
 from thickets_jax.perturb import PerturbSpec
 from thickets_jax.registry import Registry
@@ -31,7 +31,7 @@ N_RANDOM_PLOTTED = 24
 
 
 @dataclasses.dataclass(frozen=True)
-class RunSpec(configs.Config):
+class RunSpec(scales.ScaleSettings):
   """One post-training run. `pretrain` is an init name (untrained) or a family to pretrain on.
   The settings a user may change are flags of `experiments.signals1d` (a regime's runs keep
   their own N and K unless a flag changes them)."""
@@ -60,7 +60,7 @@ class RunSpec(configs.Config):
   rank: int = configs.setting(4, "Rank r of --noise lowrank.")
 
   def perturb_spec(self) -> PerturbSpec:
-    return PerturbSpec(noise=self.noise, rank=self.rank)
+    return PerturbSpec(noise=self.noise, rank=self.rank, scale=self.scale, masses=self.masses)
 
   @property
   def untrained(self) -> bool:
