@@ -53,9 +53,12 @@ def _table(result, ks) -> str:
                  f"evaluations, {result['selection']['forward_flops']:.3g} FLOPs")
   lines.append(f"top-1 test accuracy     {result['top1_accuracy']:.3f}")
   for k in ks:
-    averaged = result["averaged_weights_accuracy"].get(str(k))
-    lines.append(f"K={k:<4d} vote {result['ensemble_accuracy'][str(k)]:.3f}   " +
-                 (f"averaged weights {averaged:.3f}   " if averaged is not None else "") +
+    others = "".join(
+        f"{label} {result[name][str(k)]:.3f}   "
+        for name, label in (("averaged_weights_accuracy", "averaged weights"),
+                            ("probability_average_accuracy", "probability average"))
+        if str(k) in result.get(name, {}))
+    lines.append(f"K={k:<4d} vote {result['ensemble_accuracy'][str(k)]:.3f}   {others}"
                  f"oracle pass@K {result['oracle_pass_at_k'][str(k)]:.3f}")
   return "\n".join(lines)
 

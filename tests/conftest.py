@@ -61,7 +61,7 @@ def tiny_randopt_run(tmp_path_factory, tiny_weights):
   from thickets_jax.llm import randopt  # pylint: disable=g-import-not-at-top
   workdir = str(tmp_path_factory.mktemp("tiny_randopt"))
   config = randopt.RandOptConfig.tiny(tiny_weights, task="arithmetic", sigmas=(0.2,), test_size=4,
-                                   max_new_tokens=12)
+                                   max_new_tokens=12, average_probabilities=True)
   return config, workdir, randopt.run_randopt(config, workdir)
 
 

@@ -43,8 +43,11 @@ def test_run_randopt_resumes_and_reevaluates(tmp_path, tiny_weights):
   config = randopt.RandOptConfig.tiny(tiny_weights)
   result = randopt.run_randopt(config, workdir)
   assert set(result["ensemble_accuracy"]) == {"1", "2"} and result["test_size"] == 3
-  averaged = _read(os.path.join(workdir, "averaged_top2_test.json"))  # K = 1 is top-1 itself
-  assert result["averaged_weights_accuracy"] == {"2": averaged}
+  averaged = _read(os.path.join(workdir, "averaged_weights_top2_test.json"))  # K = 1: top-1
+  assert result["averaged_weights_accuracy"] == {"2": averaged["accuracy"][0]}
+  assert "probability_average_accuracy" not in result  # an option
+  flops = result["test_flops"]
+  assert flops["vote"]["2"] > flops["top1"] > 0 and flops["averaged_weights"]["2"] > 0
   assert _read(os.path.join(workdir, "results.json")) == json.loads(json.dumps(result))
   top = _read(os.path.join(workdir, "topk.json"))
   assert [set(m) >= {"seed", "sigma", "train_score"} for m in top["members"]] == [True, True]

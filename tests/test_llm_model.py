@@ -510,3 +510,35 @@ def test_vmapped_members_decode_without_rewriting_the_cache_each_step(tmp_path, 
   base_copies = cache_ops(jax.jit(run), "copy|transpose", args[:1] + args[3:])
   assert cache_ops(materialised, "copy|transpose") == base_copies
   assert base_copies == 0 or layer_loop == "unrolled"
+
+
+def _averaged_reference(config, members, prompt_ids, n, stop_ids):
+  """No cache: each new token is the argmax of the mean of the members' softmax (stop tokens
+  forbidden) over the whole sequence so far, recomputed."""
+  total = len(prompt_ids) + n
+  run = jax.jit(lambda p, ids, mask: jax.nn.softmax(
+      M.forward(config, p, ids, mask)[0, -1].at[jnp.asarray(stop_ids)].set(-jnp.inf)))
+  ids = list(prompt_ids)
+  for _ in range(n):
+    pad = total - len(ids)
+    tokens = jnp.asarray([[0] * pad + ids])
+    mask = jnp.asarray([[False] * pad + [True] * len(ids)])
+    ids.append(int(jnp.argmax(sum(run(m, tokens, mask) for m in members) / len(members))))
+  return ids[len(prompt_ids):]
+
+
+@pytest.mark.parametrize("noise", ["full", "lowrank"])
+def test_probability_averaging_picks_the_argmax_of_the_members_mean_softmax(tmp_path, noise):
+  prompts = ["one prompt", "another one", "xy"]
+  spec = PerturbSpec(stacked=M.STACKED_LEAVES, noise=noise)
+  gen = _generator(tmp_path, generate.Sampling(max_new_tokens=8, ignore_eos=True), perturb=spec)
+  seeds, sigmas = np.array([5, 9, 2]), np.array([0.3, 0.4, 0.35])  # members that disagree
+  members = [rebuild_member(gen.params, int(s), float(g), spec) for s, g in zip(seeds, sigmas)]
+  averaged = gen.averaged_token_ids(seeds, sigmas, prompts)
+  singles = [gen.base_token_ids(prompts, params=m) for m in members]
+  assert any((s != averaged).any() for s in singles)  # the mean is not just one member
+  for row, text in zip(averaged, prompts):
+    ids = gen.codec.tokenizer(text)["input_ids"]
+    assert row.tolist() == _averaged_reference(gen.config, members, ids, 8, gen.codec.stop_ids)
+  one = gen.averaged_token_ids(seeds[:1], sigmas[:1], prompts)
+  np.testing.assert_array_equal(one, singles[0])  # one member averages to itself

@@ -54,6 +54,23 @@ def test_predict_votes_like_the_search_and_resumes(tmp_path, tiny_run):
   assert [a["members"][1] for a in again] == [b["members"][1] for b in lines]
 
 
+@pytest.mark.parametrize("combine, reported", [("probabilities", "probability_average_accuracy"),
+                                               ("weights", "averaged_weights_accuracy")])
+def test_one_completion_ensembles_answer_as_the_search_tested_them(tmp_path, tiny_run, combine,
+                                                                  reported):
+  config, workdir, result = tiny_run
+  task = TASKS.get(config.task)
+  _, test = config.splits(config.task, config.test_size)
+  prompts = _prompts_file(tmp_path / "p.jsonl", [task.to_record(e) for e in test])
+  summary = predict.predict(predict.PredictConfig(workdir, prompts, str(tmp_path / "a.jsonl"),
+                                                  K=2, batch_size=2, combine=combine))
+  assert summary["combine"] == combine and summary["graded"] == 4
+  assert summary["accuracy"] == result[reported]["2"]
+  searched = json.load(open(os.path.join(workdir, f"{reported[:-len('_accuracy')]}_top2_test.json")))
+  lines = [json.loads(line) for line in open(tmp_path / "a.jsonl")]
+  assert [line["completion"] for line in lines][:2] == searched["completions"][0]  # kept 2
+
+
 def test_records_without_answers_are_answered_not_graded(tmp_path, tiny_run):
   _, workdir, _ = tiny_run
   prompts = _prompts_file(tmp_path / "p.jsonl", [{"prompt": "What is 3 + 4?"}])

@@ -25,10 +25,11 @@ Noise families (`PerturbSpec.noise`):
 import dataclasses
 import functools
 import re
-from typing import Any, Optional
+from typing import Any, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from thickets_jax import rng, scales, tree
 from thickets_jax.errors import InputError
@@ -320,6 +321,22 @@ def averaged_member(params: PyTree, seeds: jax.Array, sigmas: jax.Array,
   mean = mean_displacement(params, seeds, sigmas, spec)
   return jax.tree.map(lambda p, m: (p.astype(jnp.float32) + m).astype(p.dtype) if
                       jnp.issubdtype(p.dtype, jnp.floating) else p, params, mean)
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def _direction_norm(params: PyTree, seed: jax.Array, spec: PerturbSpec) -> jax.Array:
+  d = direction(params, rng.member_key(seed), spec)
+  return jnp.sqrt(sum(jnp.sum(jnp.square(x)) for x in jax.tree.leaves(d)))
+
+
+def matched_sigma(params: PyTree, spec: PerturbSpec, isotropic_sigma: float,
+                  seeds: Sequence[int] = (0, 1, 2, 3)) -> float:
+  """The σ under `spec` whose members move the whole model as far, in the mean over `seeds`,
+  as members of the isotropic scale (same spec otherwise) at `isotropic_sigma`: σ_iso times
+  the ratio of the two directions' mean norms. Scales are compared at it."""
+  isotropic = dataclasses.replace(spec, scale="isotropic")
+  norm = lambda s: np.mean([float(_direction_norm(params, jnp.int32(seed), s)) for seed in seeds])
+  return float(isotropic_sigma * norm(isotropic) / norm(spec))
 
 
 def perturb_member(params: PyTree, seed, sigma, spec: PerturbSpec) -> PyTree:

@@ -48,7 +48,7 @@ FILES = {
 # a held spec that lacks one of them holds the same run when the new spec has that value.
 LATER_SETTINGS = {"noise": "full", "rank": 4, "vector_noise": True, "scale": "isotropic",
                   "masses": scales.DEFAULT_MASSES, "halving_eta": 0.0,
-                  "halving_min_examples": 4,
+                  "halving_min_examples": 4, "average_probabilities": False,
                   # ES, GRPO and fine-tuning settings that became flags with their sub-configs
                   "es_divide_by_sigma": False, "es_weight_decay": 0.0, "grpo_weight_decay": 0.01,
                   "grpo_grad_clip": 1.0, "grpo_clip_eps": 0.2, "grpo_temperature": 1.0,

@@ -35,11 +35,14 @@ from thickets_jax.perturb import PerturbSpec
 class Sampling:
   """Decoding settings. `temperature == 0` is greedy. `ignore_eos` forbids the stop tokens
   (their logits are masked, as transformers' `min_new_tokens = max_new_tokens`), so exactly
-  `max_new_tokens` are decoded (benchmarks)."""
+  `max_new_tokens` are decoded (benchmarks). `average_members`: the M members of a call decode
+  one sequence per prompt together, each token picked from the mean of their next-token
+  probabilities (`_pick_from_mean`): the probability-averaging ensemble."""
   max_new_tokens: int
   temperature: float = 0.0
   top_p: float = 1.0
   ignore_eos: bool = False
+  average_members: bool = False
 
   def validate(self) -> None:
     if self.max_new_tokens <= 0:
@@ -64,6 +67,19 @@ def _pick(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
     logits = jnp.put_along_axis(jnp.empty_like(logits), order, sorted_logits, axis=-1,
                                 inplace=False)
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+def _pick_from_mean(logits: jax.Array, key: jax.Array, sampling: Sampling,
+                    members: int) -> jax.Array:
+  """Next token of every prompt under M members together: logits [M * b, vocab] member-major
+  -> [M * b] int32, each prompt's token repeated for its M rows. Greedy takes the argmax of
+  the mean of the members' softmax; sampling draws from that mean, the members' softmax at the
+  temperature, then top-p over the mixture."""
+  logits = logits.reshape(members, -1, logits.shape[-1]).astype(jnp.float32)
+  temperature = sampling.temperature or 1.0
+  mean = jnp.mean(jax.nn.softmax(logits / temperature, axis=-1), axis=0)  # [b, vocab]
+  mixed = dataclasses.replace(sampling, temperature=1.0 if sampling.temperature else 0.0)
+  return jnp.tile(_pick(jnp.log(mean), key, mixed), members)
 
 
 LAYER_LOOPS = ("scan", "unrolled")
@@ -173,6 +189,8 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   def next_token(logits, step):
     if sampling.ignore_eos:
       logits = logits.at[:, stop].set(-jnp.inf)
+    if sampling.average_members:
+      return _pick_from_mean(logits, jax.random.fold_in(key, step), sampling, count)
     return _pick(logits, jax.random.fold_in(key, step), sampling)
 
   def emit(out, done, step, token):
@@ -319,6 +337,10 @@ class Generator:
     self._base, self._population = _programs(
         config, sampling, tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop,
         self.perturb, member_axis, self.factored)
+    self._averaged = functools.partial(  # materialised members must share a decode loop
+        _programs, config, dataclasses.replace(sampling, average_members=True),
+        tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop, self.perturb, "vmap",
+        self.factored)
 
   def _encode(self, texts: Sequence[str], key: Optional[jax.Array]) -> tuple:
     """(prompts, masks, keys, prefix): the generation arguments of `texts`."""
@@ -354,6 +376,19 @@ class Generator:
                                                 chunk_size=members_per_batch, mesh=mesh,
                                                 args=self._encode(texts, key)):
       yield part, out.reshape(out.shape[0], -1, out.shape[-1])[:, :len(texts)]
+
+  def averaged_token_ids(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str],
+                         key: Optional[jax.Array] = None, params=None) -> np.ndarray:
+    """Continuations, [prompts, max_new_tokens] token ids, of the probability-averaging
+    ensemble of the members `(seeds [K], sigmas [K])`: all K run in one call (factored when
+    low-rank, else materialised together), each step's token from the mean of their
+    next-token probabilities (`Sampling.average_members`)."""
+    params = self.params if params is None else params
+    program = self._averaged()[1]
+    out = distributed.to_host(program(params, jnp.asarray(seeds, jnp.int32),
+                                      jnp.asarray(sigmas, jnp.float32),
+                                      *self._encode(texts, key)))  # [K, batches, b, new]
+    return out[0].reshape(-1, out.shape[-1])[:len(texts)]
 
   def generate_population(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str],
                           **kwargs) -> Iterator[tuple[slice, list[list[str]]]]:

@@ -1,4 +1,6 @@
-"""Ensemble inference: the saved top-K members of a RandOpt run answer new prompts by vote.
+"""Ensemble inference: the saved top-K members of a RandOpt run answer new prompts by vote
+(default), by averaging their next-token probabilities, or as one averaged-weights model
+(`combine`).
 
 Each member is rebuilt from `(seed, sigma)` and the run's `PerturbSpec` inside the generation
 call (`Generator.population_token_ids`), never stored; it answers every prompt greedily, its
@@ -21,13 +23,17 @@ import json
 import os
 from typing import Optional
 
+import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
-from thickets_jax import configs, population, randopt, storage, workdir
+from thickets_jax import configs, perturb, population, randopt, storage, workdir
 from thickets_jax.errors import InputError
 from thickets_jax.llm import randopt as llm_randopt
 from thickets_jax.tasks import TASKS, Example, Task
+
+
+COMBINE = ("vote", "probabilities", "weights")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,12 +54,19 @@ class PredictConfig(configs.Config):
       choices=population.MEMBER_AXES)
   keep_completions: bool = configs.setting(
       True, "Write each member's completion beside its answer.")
+  combine: str = configs.setting(
+      "vote", "How the K members answer together: vote (majority vote of their answers), "
+      "probabilities (one completion, each token from the mean of their next-token "
+      "probabilities) or weights (one model, θ + the mean of their displacements).",
+      choices=COMBINE)
 
   def validate(self) -> None:
     missing = [f"--{name}" for name in ("run_dir", "prompts", "out") if not getattr(self, name)]
     if missing:
       raise InputError(f"{', '.join(missing)} {'is' if len(missing) == 1 else 'are'} required: "
                        "a finished randopt run, a JSONL prompts file and the answers file.")
+    if self.combine not in COMBINE:
+      raise InputError(f"unknown --combine {self.combine!r}; known: {', '.join(COMBINE)}.")
     for name in ("K", "max_new_tokens", "batch_size", "members_per_batch"):
       if getattr(self, name) is not None and getattr(self, name) <= 0:
         raise InputError(f"--{name} must be positive, got {getattr(self, name)}.")
@@ -131,20 +144,31 @@ def predict(config: PredictConfig) -> dict:
   prompts = [e.prompt for e in examples]
   gen.codec.check_lengths(prompts)
 
-  def answer_chunk(chunk_seeds, chunk_sigmas):
-    for part, texts in gen.generate_population(chunk_seeds, chunk_sigmas, prompts,
-                                               members_per_batch=config.members_per_batch):
-      yield part, {"completions": texts}
-  completions = [r["completions"] for r in
-                 randopt.score_candidates(answer_chunk, seeds, sigmas, store)]  # [K][prompts]
-  lines = [_answer(task, record, example, members, [c[i] for c in completions],
-                   config.keep_completions)
-           for i, (record, example) in enumerate(zip(records, examples))]
+  if config.combine == "vote":
+    def answer_chunk(chunk_seeds, chunk_sigmas):
+      for part, texts in gen.generate_population(chunk_seeds, chunk_sigmas, prompts,
+                                                 members_per_batch=config.members_per_batch):
+        yield part, {"completions": texts}
+    completions = [r["completions"] for r in
+                   randopt.score_candidates(answer_chunk, seeds, sigmas, store)]  # [K][prompts]
+    lines = [_answer(task, record, example, members, [c[i] for c in completions],
+                     config.keep_completions)
+             for i, (record, example) in enumerate(zip(records, examples))]
+  else:  # one generation pass: nothing to resume
+    if config.combine == "probabilities":
+      ids = gen.averaged_token_ids(seeds, sigmas, prompts)
+    else:
+      ids = gen.base_token_ids(prompts, params=perturb.averaged_member(
+          gen.params, jnp.asarray(seeds, jnp.int32), jnp.asarray(sigmas, jnp.float32),
+          gen.perturb))
+    lines = [_combined_answer(task, record, example, gen.codec.decode(row))
+             for record, example, row in zip(records, examples, ids)]
   workdir.atomic_write(config.out, lambda tmp: _write_lines(tmp, lines))
-  os.remove(store.path)
+  if os.path.exists(store.path):
+    os.remove(store.path)
   graded = [line["correct"] for line in lines if "correct" in line]
   summary = {"run_dir": config.run_dir, "model": saved["model"], "task": saved["task"],
-             "K": K, "prompts": len(lines),
+             "K": K, "combine": config.combine, "prompts": len(lines),
              "answered": sum(line["answer"] is not None for line in lines),
              "graded": len(graded),
              "accuracy": float(np.mean(graded)) if graded else None, "out": config.out}
@@ -169,6 +193,14 @@ def _answer(task: Task, record: dict, example: Example, members: list[dict],
                       for rank, (m, key, text) in enumerate(zip(members, keys, texts), 1)]}
   if example.gold is not None:  # judged as the search judges a vote (randopt.ensemble_accuracy)
     line["correct"] = winner is not None and bool(task.correct(line["completion"], example.gold))
+  return line
+
+
+def _combined_answer(task: Task, record: dict, example: Example, text: str) -> dict:
+  """One output line of an ensemble that writes one completion (probabilities, weights)."""
+  line = {"record": record, "answer": task.vote_key(text, example.gold), "completion": text}
+  if example.gold is not None:
+    line["correct"] = line["answer"] is not None and bool(task.correct(text, example.gold))
   return line
 
 

@@ -31,6 +31,9 @@ class RandOptConfig(OneModelConfig):
       0.0, "Successive halving: keep 1/eta per rung (0: off, select on all train examples).")
   halving_min_examples: int = configs.setting(
       4, "Successive halving: train examples of the first rung.")
+  average_probabilities: bool = configs.setting(
+      False, "Also test, per K > 1, the ensemble that decodes each token from the mean of the "
+      "top K's next-token probabilities (K members' test cost each).")
 
   @classmethod
   def tiny(cls, weights: str, **overrides) -> "RandOptConfig":
@@ -229,7 +232,8 @@ def _evaluate_top(config: RandOptConfig, gen: generate.Generator, test_set: scor
                   members: list[dict], run_dir: RunDir) -> dict:
   """Test completions of the ranked members (resumable) -> accuracies per K: top-1, the
   majority vote of the top K, the oracle pass@K and, for K > 1, the averaged-weights model of
-  the top K (`perturb.averaged_member`)."""
+  the top K (`perturb.averaged_member`) and, with `average_probabilities`, the
+  probability-averaging ensemble; and the test FLOPs of each."""
   seeds = np.asarray([m["seed"] for m in members], np.int64)
   sigmas = np.asarray([m["sigma"] for m in members], np.float64)
   records = scoring.score_members(gen, [test_set], seeds, sigmas, run_dir.store("test_members"),
@@ -239,17 +243,32 @@ def _evaluate_top(config: RandOptConfig, gen: generate.Generator, test_set: scor
   votes = [r["votes"][0] for r in records]
   correct = [r["correct"][0] for r in records]
 
-  def averaged(k):  # θ + the mean displacement of the top k: one model's test cost
+  def averaged_weights(k):  # θ + the mean displacement of the top k: one model's test cost
     params = perturb.averaged_member(gen.params, jnp.asarray(seeds[:k], jnp.int32),
                                      jnp.asarray(sigmas[:k], jnp.float32), gen.perturb)
-    return scoring.score_base(gen, [test_set], params=params)["accuracy"][0]
+    return scoring.score_base(gen, [test_set], params=params,
+                              keep_completions=config.keep_completions)
+
+  def probability_average(k):  # k members decode together: k members' test cost
+    return scoring.score_averaged(gen, [test_set], seeds[:k], sigmas[:k],
+                                  keep_completions=config.keep_completions)
+
+  ensembles = {"averaged_weights": averaged_weights}
+  if config.average_probabilities:
+    ensembles["probability_average"] = probability_average
+  scored = {name: {str(k): run_dir.cached_json(f"{name}_top{k}_test", lambda k=k, f=f: f(k))
+                   for k in config.ks if k > 1} for name, f in ensembles.items()}
+  test_flops = [r["forward_flops"] for r in records]
   return {
       "top1_accuracy": float(np.mean(correct[0])),
       "ensemble_accuracy": {str(k): randopt.ensemble_accuracy(votes[:k], correct[:k])
                             for k in config.ks},
-      "averaged_weights_accuracy": {
-          str(k): run_dir.cached_json(f"averaged_top{k}_test", lambda k=k: averaged(k))
-          for k in config.ks if k > 1},
+      **{f"{name}_accuracy": {k: r["accuracy"][0] for k, r in rows.items()}
+         for name, rows in scored.items()},
+      "test_flops": {"top1": test_flops[0],
+                     "vote": {str(k): float(sum(test_flops[:k])) for k in config.ks},
+                     **{name: {k: r["forward_flops"] for k, r in rows.items()}
+                        for name, rows in scored.items()}},
       "oracle_pass_at_k": {str(k): float(np.mean(np.any(correct[:k], axis=0))) for k in config.ks},
       "member_test_accuracy": [float(np.mean(c)) for c in correct],
   }

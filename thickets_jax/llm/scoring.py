@@ -86,10 +86,24 @@ def score_base(generator: Generator, task_sets: Sequence[TaskSet], params=None,
   `forward_flops` and the fraction `truncated` at max_new_tokens; keyword arguments as
   `summarize`."""
   prompts = _prompts(task_sets)
-  ids = generator.base_token_ids(prompts, params=params)
+  return _summarize_ids(generator, task_sets, prompts,
+                        generator.base_token_ids(prompts, params=params), 1, summary_kwargs)
+
+
+def score_averaged(generator: Generator, task_sets: Sequence[TaskSet], seeds: np.ndarray,
+                   sigmas: np.ndarray, **summary_kwargs) -> dict:
+  """`score_base` of the probability-averaging ensemble of the members `(seeds, sigmas)`
+  (`Generator.averaged_token_ids`); its forward FLOPs are the K members'."""
+  prompts = _prompts(task_sets)
+  ids = generator.averaged_token_ids(seeds, sigmas, prompts)
+  return _summarize_ids(generator, task_sets, prompts, ids, len(seeds), summary_kwargs)
+
+
+def _summarize_ids(generator, task_sets, prompts, ids, members: int, summary_kwargs) -> dict:
   completions = [generator.codec.decode(row) for row in ids]
   return {**summarize(_split(completions, task_sets), task_sets, **summary_kwargs),
-          "forward_flops": forward_flops(generator, _prompt_lengths(generator, prompts), ids),
+          "forward_flops": members * forward_flops(generator, _prompt_lengths(generator, prompts),
+                                                   ids),
           "truncated": truncated(generator, ids)}
 
 
