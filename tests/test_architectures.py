@@ -12,7 +12,7 @@ import pytest
 
 from thickets_jax import flops, population, rng
 from thickets_jax.errors import InputError
-from thickets_jax.llm import architectures, assets, chunk, export, generate, model as M
+from thickets_jax.llm import adapter, architectures, assets, chunk, export, generate, model as M
 from thickets_jax.llm import registry, tokenizer, torch_twin, weights
 from thickets_jax.perturb import PerturbSpec, member_factors, rebuild_member
 
@@ -154,6 +154,29 @@ def test_export_writes_the_architecture_that_transformers_loads(checkpoint, tmp_
   ours = np.asarray(run(member, jnp.asarray(rows), jnp.asarray(mask)))
   np.testing.assert_array_equal(ours, [_hf_greedy(hf, r[k].tolist()) for r, k in zip(rows, mask)])
   assert hf.config.model_type == architectures.get(name).model_types[0]
+
+
+def test_a_low_rank_member_as_a_peft_adapter_gives_its_logits(checkpoint, tmp_path):
+  """Every architecture's factors, vector noise (norms, q/k norms, biases) and tied head."""
+  peft = pytest.importorskip("peft")
+  _, hf, config, params = checkpoint
+  spec = PerturbSpec(stacked=M.STACKED_LEAVES, noise="lowrank", rank=2)
+  members = [{"seed": 5, "sigma": 0.05}, {"seed": 7, "sigma": 0.03}]
+  tensors, fields = adapter.adapter_tensors(config, params, members, spec)
+  hf.save_pretrained(str(tmp_path / "base"))
+  adapter.write(str(tmp_path), tensors, fields, str(tmp_path / "base"), jnp.float32)
+  base = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path / "base"))
+  adapted = peft.PeftModel.from_pretrained(base, str(tmp_path)).eval()
+  tokens = np.random.default_rng(0).integers(0, VOCAB, size=(2, 17))
+  with torch.no_grad():
+    theirs = adapted(torch.tensor(tokens)).logits.numpy()
+  averaged = jax.tree.map(lambda a, b, p: p + ((a - p) + (b - p)) / 2,
+                          *(rebuild_member(params, m["seed"], m["sigma"], spec) for m in members),
+                          params)
+  ours = np.asarray(M.forward(config, averaged, jnp.asarray(tokens)))
+  np.testing.assert_allclose(ours, theirs, atol=1e-4)
+  untouched = np.asarray(M.forward(config, params, jnp.asarray(tokens)))
+  assert np.abs(untouched - theirs).max() > 100 * np.abs(ours - theirs).max()
 
 
 def test_sliding_windows_cut_the_attention_flops(checkpoint):

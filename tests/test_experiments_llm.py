@@ -36,6 +36,7 @@ def _read(path):
 
 SMALL = ["--model", "tiny-random-llama", "--task", "countdown", "--N", "4", "--sigmas", "0.01,0.05",
          "--train_size", "2", "--max_new_tokens", "8", "--batch_size", "2", "--members_per_batch", "2"]
+TEST_SMALL = ["--test_size", "2", "--K", "1,2"]  # randopt's test evaluation, small
 
 
 def test_run_randopt_resumes_and_reevaluates(tmp_path, tiny_weights):
@@ -343,13 +344,15 @@ def test_a_second_job_on_a_busy_workdir_is_refused(tmp_path, tiny_weights):
     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     held.write("pid 4242 on elsewhere")
     held.flush()
-    out = _run("randopt", *SMALL, "--weights", tiny_weights, "--workdir", str(workdir))
+    out = _run("randopt", *SMALL, *TEST_SMALL, "--weights", tiny_weights, "--workdir",
+               str(workdir))
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert (f"{workdir} is in use by another running job (pid 4242 on elsewhere)" in out.stderr
           and len(out.stderr.strip().splitlines()) == 1)
   assert sorted(os.listdir(workdir)) == [".lock", "spec.json"]  # no config, log or scores
-  both = [subprocess.Popen([sys.executable, "-m", "experiments.randopt", *SMALL, "--weights",
-                            tiny_weights, "--workdir", str(workdir)], cwd=ROOT, text=True,
+  both = [subprocess.Popen([sys.executable, "-m", "experiments.randopt", *SMALL, *TEST_SMALL,
+                            "--weights", tiny_weights, "--workdir", str(workdir)], cwd=ROOT,
+                           text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
   codes = sorted(p.wait(timeout=900) for p in both)
   assert codes in ([0, 0], [0, 2])  # refused, or started after the first ended (a resume)

@@ -152,7 +152,7 @@ def clusters_2d(path: str, points: np.ndarray, labels: np.ndarray, title: str) -
 
 def metric_vs_flops(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray, np.ndarray]],
                     levels: dict[str, tuple[float, float]], ylabel: str, title: str,
-                    log_y: bool = False) -> None:
+                    log_y: bool = False, xlabel: str = "training FLOPs") -> None:
   """Figure 1c style: one curve of points per method against training FLOPs (log x), error
   bars ± SE; `levels` (e.g. the base, which trains nothing) are horizontal lines with an SE band.
 
@@ -169,7 +169,7 @@ def metric_vs_flops(path: str, curves: dict[str, tuple[np.ndarray, np.ndarray, n
   ax.set_xscale("log")
   if log_y:
     ax.set_yscale("log")
-  ax.set_xlabel("training FLOPs")
+  ax.set_xlabel(xlabel)
   ax.set_ylabel(ylabel)
   _save(fig, ax, path, title)
 

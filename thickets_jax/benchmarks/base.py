@@ -105,3 +105,9 @@ class Sizes(configs.Config):
   def validate(self) -> None:
     super().validate()
     check_positive(self, "b4_sizes")
+
+
+@dataclasses.dataclass(frozen=True)
+class Figure(configs.Config):
+  figure: Optional[str] = configs.setting(
+      None, "B10, B11: write the benchmark's figure here (PNG).")

@@ -9,15 +9,15 @@ from typing import Optional
 
 import numpy as np
 
-from thickets_jax import cli, configs, perturb, scales, workdir
-from thickets_jax.benchmarks.base import register
+from thickets_jax import cli, configs, perturb, plotting, scales, workdir
+from thickets_jax.benchmarks.base import Figure, register
 from thickets_jax.errors import InputError
 from thickets_jax.llm import density, registry
 from thickets_jax.signals import runs as signal_runs
 
 
 @dataclasses.dataclass(frozen=True)
-class B10Config(configs.Config):
+class B10Config(Figure):
   b10_scales: tuple[str, ...] = configs.setting(scales.SCALES, "B10: the scales compared.")
   b10_seeds: str = configs.setting("0-2", "B10: root seeds (1D and LLM).")
   b10_multipliers: tuple[float, ...] = configs.setting(
@@ -30,6 +30,7 @@ class B10Config(configs.Config):
       None, "B10: keep the runs here (default: a temporary directory).")
 
   def validate(self) -> None:
+    super().validate()
     for scale in self.b10_scales:
       if scale not in scales.SCALES:
         raise InputError(f"unknown --b10_scales {scale!r}; known: {', '.join(scales.SCALES)}.")
@@ -41,19 +42,24 @@ class B10Config(configs.Config):
                        "--b10_multipliers.")
 
 
-def _mean_se(values) -> str:
+def _stats(values) -> tuple[float, float]:
   values = np.asarray(values, float)
-  se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
-  return f"{values.mean():.3f} ± {se:.3f}"
+  return values.mean(), values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
 
 
-def _one_dimensional(config: B10Config, root: str) -> list[str]:
+def _mean_se(values) -> str:
+  return "{:.3f} ± {:.3f}".format(*_stats(values))
+
+
+def _one_dimensional(config: B10Config, root: str, figure: dict) -> list[str]:
   """mixed -> sinusoid (N = 512, 256 curves) per scale, σ multiple and seed: δ(m) of the train
-  MSE relative to the base, and the top-5 ensemble's test MSE."""
+  MSE relative to the base, and the top-5 ensemble's test MSE. Adds δ(0) per scale against
+  the σ multiple to `figure`."""
   spec = dict(pretrain="mixed", posttrain="sinusoid", test="sinusoid", n=512, ks=(5,),
               posttrain_size=256, test_size=256)
   lines = []
   for scale in config.b10_scales:
+    curve = []
     for multiplier in config.b10_multipliers:
       rows = []
       for seed in cli.int_ranges(config.b10_seeds, "b10_seeds"):
@@ -68,11 +74,14 @@ def _one_dimensional(config: B10Config, root: str) -> list[str]:
         rows.append((sigma, signal_runs.run(run, workdir.RunDir.prepare(
             os.path.join(root, name)), bases, plot=False)))
       at = lambda r, m: next(d["density"] for d in r["density"] if d["margin"] == m)
+      curve.append(_stats([at(r, 0.0) for _, r in rows]))
       lines.append(
           f"  1D {scale:<10} x{multiplier:<4g} σ {np.mean([s for s, _ in rows]):.3g}  "
           f"δ(0) {_mean_se([at(r, 0.0) for _, r in rows])}  "
           f"δ(0.5) {_mean_se([at(r, 0.5) for _, r in rows])}  top-5 test MSE "
           f"{_mean_se([r['ensemble_test_mse']['5']['mean'] for _, r in rows])}")
+    mean, se = map(np.asarray, zip(*curve))
+    figure[scale] = (mean, mean - se, mean + se)
   return lines
 
 
@@ -100,9 +109,16 @@ def _language_model(config: B10Config, root: str) -> list[str]:
 
 @register("B10", B10Config, "perturbation scales at matched displacement: solution density")
 def b10(config: B10Config) -> str:
+  figure = {}
   with tempfile.TemporaryDirectory() as tmp:
     root = config.b10_workdir or tmp
-    lines = _one_dimensional(config, root) + (
+    lines = _one_dimensional(config, root, figure) + (
         _language_model(config, root) if config.b10_llm else [])
+  if config.figure:
+    plotting.curves_vs_scale(
+        config.figure, config.b10_multipliers, figure, "σ / matched σ",
+        "δ(0): fraction of members at or below the base's train MSE",
+        f"1D thicket (mixed → sinusoid, N = 512): scales at matched displacement, mean ± SE "
+        f"over seeds {config.b10_seeds}")
   return ("B10: perturbation scales at matched displacement, mean ± SE over seeds "
           f"{config.b10_seeds}\n" + "\n".join(lines))

@@ -11,6 +11,9 @@ by K).
 Vector noise (norm scales, biases; `vector_noise=True`, the default) cannot be a rank-r
 update, so it is exported alongside, in the adapter file PEFT reads: a norm's new weight as a
 `modules_to_save` module, a bias's displacement as the LoRA's `lora_B` bias (`lora_bias`).
+PEFT gives Embedding layers no LoRA bias, so a model with bias noise (Qwen2) carries its
+perturbed embedding table whole, as a `modules_to_save` module (vocab × d floats; the tied
+head still gets its LoRA).
 PEFT and transformers then load `adapter_model.safetensors` on the base checkpoint and give
 the member's tokens (tests/test_export.py). The files are written here with safetensors, not
 through PEFT, so exporting needs no torch.
@@ -55,7 +58,10 @@ def adapter_tensors(config: ModelConfig, params, members: Sequence[dict],
           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   tensors, targets, saved = {}, [], []
   biased = {}  # module -> its bias displacement
-  for leaf in sorted(_leaf_names(factors[0])):
+  leaves = sorted(_leaf_names(factors[0]))
+  # PEFT's LoRA biases exclude Embedding layers: a model with bias noise keeps its table whole
+  whole_table = spec.vector_noise and any(leaf.endswith("/bias") for leaf in leaves)
+  for leaf in leaves:
     parts = [_lookup(f, leaf) for f in factors]
     for i in range(config.num_layers) if leaf.startswith("layers/") else [None]:
       layer = (lambda x: x) if i is None else (lambda x, i=i: x[i])
@@ -63,8 +69,12 @@ def adapter_tensors(config: ModelConfig, params, members: Sequence[dict],
       if isinstance(parts[0], dict):
         a = np.concatenate([np.asarray(layer(p["a"])) for p in parts], axis=-1) / len(parts)
         b = np.concatenate([np.asarray(layer(p["b"])) for p in parts], axis=-1)
-        _lora(tensors, module, a, b, embedding=not weights.transposed(leaf))
-        targets.append(module)
+        if leaf == "embed/embedding" and whole_table:
+          tensors[f"{PREFIX}{module}.weight"] = np.asarray(flat[leaf], np.float32) + a @ b.T
+          saved.append(module)
+        else:
+          _lora(tensors, module, a, b, embedding=not weights.transposed(leaf))
+          targets.append(module)
         if leaf == "embed/embedding" and config.tie_embeddings:
           _lora(tensors, "lm_head", a, b, embedding=False, head=True)
           targets.append("lm_head")
