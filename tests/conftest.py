@@ -10,16 +10,30 @@ the `integration` tests on the offline models' hundreds of millions of weights w
 """
 
 import os
+import shutil
+import tempfile
 
 import pytest
 
 
 def pytest_configure(config):
-  """XLA's flags, before any test module imports JAX."""
+  """XLA's flags, before any test module imports JAX, and one persistent compilation cache for
+  the whole session: the xdist workers and every command-line test's child process inherit
+  its directory, so a program one of them compiled is read, not compiled again, by the others
+  (XLA's flags are part of its key)."""
   flags = ["--xla_force_host_platform_device_count=2"]
   if config.getoption("markexpr") != "integration":
     flags.append("--xla_backend_optimization_level=0")
   os.environ.setdefault("XLA_FLAGS", " ".join(flags))
+  if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller (or a plain run) makes it
+    config.compilation_cache = tempfile.mkdtemp(prefix="thickets_jax_xla_cache_")
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = config.compilation_cache
+    os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.2")
+
+
+def pytest_unconfigure(config):
+  if getattr(config, "compilation_cache", None):
+    shutil.rmtree(config.compilation_cache, ignore_errors=True)
 
 
 def pytest_collection_modifyitems(items):

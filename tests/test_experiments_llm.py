@@ -164,12 +164,16 @@ def test_run_density_on_the_tiny_model(tmp_path, tiny_weights):
 
 
 def test_density_command_line_prints_the_table(tmp_path, tiny_weights):
-  """--weights DIR without --model: the checkpoint's own model, read from its config.json."""
+  """--weights DIR without --model: the checkpoint's own model, read from its config.json;
+  a perturbation scale from its flags."""
   workdir = str(tmp_path / "density")
-  out = _run("density", *SMALL[2:], "--weights", tiny_weights, "--workdir", workdir)
+  out = _run("density", *SMALL[2:], "--weights", tiny_weights, "--scale", "modular",
+             "--masses", "attention=2", "--workdir", workdir)
   assert out.returncode == 0, out.stderr[-3000:]
   assert "[base at the floor]" in out.stdout and "\ncheckpoint " in out.stdout
-  assert _read(os.path.join(workdir, "results.json"))["N"] == 4
+  result = _read(os.path.join(workdir, "results.json"))
+  assert result["N"] == 4 and result["perturbation"]["scale"] == "modular"
+  assert result["perturbation"]["masses"].startswith("embedding=1,attention=2,")
 
 
 @pytest.mark.parametrize("overrides, sentence", [
