@@ -103,7 +103,7 @@ def _language_model(config: B10Config, root: str) -> list[str]:
         f"{_mean_se([p['versus_base_reward']['above']['fraction'] for p in points])}  "
         f"δ(0.05) {_mean_se([p['density_reward_all_sigmas'][0]['density'] for p in points])}  "
         f"member reward median {_mean_se([p['reward_quantiles'][2] for p in points])} (base "
-        f"{points[0]['base_reward']:.3f})")
+        f"per seed {[round(p['base_reward'], 3) for p in points]})")
   return lines
 
 
