@@ -348,18 +348,21 @@ def test_a_second_job_on_a_busy_workdir_is_refused(tmp_path, tiny_weights):
     fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
     held.write("pid 4242 on elsewhere")
     held.flush()
-    out = _run("randopt", *SMALL, *TEST_SMALL, "--weights", tiny_weights, "--workdir",
-               str(workdir))
+    out = _run("randopt", *SMALL, *TEST_SMALL, "--average_probabilities", "--weights",
+               tiny_weights, "--workdir", str(workdir))
   assert out.returncode == 2 and "Traceback" not in out.stderr
   assert (f"{workdir} is in use by another running job (pid 4242 on elsewhere)" in out.stderr
           and len(out.stderr.strip().splitlines()) == 1)
   assert sorted(os.listdir(workdir)) == [".lock", "spec.json"]  # no config, log or scores
   both = [subprocess.Popen([sys.executable, "-m", "experiments.randopt", *SMALL, *TEST_SMALL,
-                            "--weights", tiny_weights, "--workdir", str(workdir)], cwd=ROOT,
-                           text=True,
+                            "--average_probabilities", "--weights", tiny_weights, "--workdir",
+                            str(workdir)], cwd=ROOT, text=True,
                            stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
   codes = sorted(p.wait(timeout=900) for p in both)
   assert codes in ([0, 0], [0, 2])  # refused, or started after the first ended (a resume)
+  result = _read(workdir / "results.json")
+  assert set(result["probability_average_accuracy"]) == set(result["averaged_weights_accuracy"])
+  assert "probability average" in next(p for p in both if p.returncode == 0).stdout.read()
   with open(workdir / "candidates.jsonl") as f:
     records = [json.loads(line) for line in f]
   assert len(records) == 4 == len({(r["seed"], r["sigma"]) for r in records})

@@ -117,8 +117,8 @@ def b10(config: B10Config) -> str:
   if config.figure:
     plotting.curves_vs_scale(
         config.figure, config.b10_multipliers, figure, "σ / matched σ",
-        "δ(0): fraction of members at or below the base's train MSE",
-        f"1D thicket (mixed → sinusoid, N = 512): scales at matched displacement, mean ± SE "
-        f"over seeds {config.b10_seeds}")
+        f"δ(0), mean ± SE over seeds {config.b10_seeds}",
+        "1D thicket (mixed → sinusoid, N = 512), scales at matched displacement",
+        note="one module group on the MLP: modular = natural")
   return ("B10: perturbation scales at matched displacement, mean ± SE over seeds "
           f"{config.b10_seeds}\n" + "\n".join(lines))
