@@ -1,6 +1,7 @@
 """RandOpt vs ES vs GRPO end to end: the tiny LLM run, a killed run resumed, the 1D variant."""
 
 import dataclasses
+import json
 import os
 import subprocess
 import sys
@@ -139,8 +140,9 @@ def test_es_lowers_the_1d_train_mse(tmp_path):
 
 
 def test_signals_compare_over_two_seeds(tmp_path):
-  spec = dataclasses.replace(signals_compare.CompareSpec(), n=32, es_population=8,
-                             es_iterations=4, gd_steps=(2, 4), posttrain_size=16, test_size=8)
+  spec = dataclasses.replace(signals_compare.CompareSpec(), n=32, es=dataclasses.replace(
+      signals_compare.CompareSpec().es, population=8), es_iterations=4, gd_steps=(2, 4),
+                             posttrain_size=16, test_size=8)
   result = signals_compare.run_compare(spec, (0, 1), str(tmp_path))
   names = [p["point"] for p in result["points"]]
   assert names[0] == "base" and {"randopt_32", "es_4", "gd_4"} <= set(names)
@@ -151,3 +153,9 @@ def test_signals_compare_over_two_seeds(tmp_path):
   assert os.path.exists(tmp_path / "mse_vs_flops.png")
   again = signals_compare.run_compare(spec, (0, 1), str(tmp_path))  # resumed: nothing recomputed
   assert again["points"] == result["points"]
+  held = json.load(open(tmp_path / "spec.json"))  # as written before ES settings were a config
+  older = {k: v for k, v in held.items() if k not in (
+      "es_sigma", "es_antithetic", "es_fitness", "es_divide_by_sigma", "es_weight_decay",
+      "es_optimizer")}
+  json.dump(older, open(tmp_path / "spec.json", "w"))
+  assert signals_compare.run_compare(spec, (0, 1), str(tmp_path))["points"] == result["points"]

@@ -52,7 +52,10 @@ LATER_SETTINGS = {"noise": "full", "rank": 4, "vector_noise": True, "scale": "is
                   # ES, GRPO and fine-tuning settings that became flags with their sub-configs
                   "es_divide_by_sigma": False, "es_weight_decay": 0.0, "grpo_weight_decay": 0.01,
                   "grpo_grad_clip": 1.0, "grpo_clip_eps": 0.2, "grpo_temperature": 1.0,
-                  "lora_alpha": 16.0, "weight_decay": 0.0, "max_grad_norm": 1.0}
+                  "lora_alpha": 16.0, "weight_decay": 0.0, "max_grad_norm": 1.0,
+                  # the 1D comparison's ES before its settings became an ESConfig (σ: the run's)
+                  "es_sigma": 0.002, "es_antithetic": False, "es_fitness": "zscore",
+                  "es_optimizer": "sgd"}
 
 
 def _changed(held: dict, spec: dict) -> list[str]:

@@ -16,24 +16,24 @@ import numpy as np
 import optax
 from absl import logging
 
-from thickets_jax import flops, plotting, population, randopt, workdir
+from thickets_jax import configs, flops, plotting, population, randopt, workdir
 from thickets_jax.baselines import es
+from thickets_jax.baselines.es import ESConfig
 from thickets_jax.errors import InputError
 from thickets_jax.signals import model as signal_model
 from thickets_jax.signals import runs
 
 
 @dataclasses.dataclass(frozen=True)
-class CompareSpec:
+class CompareSpec(configs.Config):
   """The comparison's settings (the data and base as `runs.RunSpec`; methods' budgets)."""
   pretrain: str = "mixed"
   posttrain: str = "sinusoid"
   n: int = 1024
   k: int = 5
   sigma: float = runs.PRETRAINED_SIGMA
-  es_population: int = 32
+  es: ESConfig = ESConfig(population=32, sigma=runs.PRETRAINED_SIGMA, learning_rate=2e-3)
   es_iterations: int = 32
-  es_learning_rate: float = 2e-3
   gd_steps: tuple[int, ...] = (8, 32, 128, 512)
   gd_learning_rate: float = 3e-5  # 1e-3 diverges through the 60-step rollout on some seeds
   posttrain_size: int = 256
@@ -44,10 +44,12 @@ class CompareSpec:
                         sigma=self.sigma, seed=seed, posttrain_size=self.posttrain_size,
                         test_size=self.test_size)
 
+  def identity(self) -> dict:
+    """What its workdir records: the settings, ES's by their flag names (`configs.flat`)."""
+    return {"experiment": "compare_signals", **configs.flat(self)}
+
   def validate(self) -> None:
     self.run_spec(0)  # a RunSpec validates itself
-    es.ESConfig(population=self.es_population, sigma=self.sigma,
-                learning_rate=self.es_learning_rate)  # validates itself
     if self.n < self.k or self.es_iterations <= 0 or not self.gd_steps or min(self.gd_steps) <= 0:
       raise InputError("the 1D comparison needs K <= N and positive ES iterations and GD steps.")
 
@@ -89,11 +91,9 @@ def compare_one_seed(spec: CompareSpec, seed: int, bases_dir: str) -> list[dict]
                         randopt.mean_ensemble(predictions)))
     points.append(point("randopt_top1", f"randopt_top1_{count}", cost, predictions[0]))
 
-  # ES from the base, on the same score (−train MSE), reference fitness and plain SGD.
-  config = es.ESConfig(population=spec.es_population, sigma=spec.sigma,
-                       learning_rate=spec.es_learning_rate)
-  per_iteration = flops.mlp_flops(num_params, spec.es_population * distinct_steps) + \
-      flops.es_update_flops(num_params, spec.es_population)
+  # ES from the base, on the same score (−train MSE).
+  per_iteration = flops.mlp_flops(num_params, spec.es.population * distinct_steps) + \
+      flops.es_update_flops(num_params, spec.es.population)
   checkpoints = {spec.es_iterations // 4, spec.es_iterations // 2, spec.es_iterations}
 
   def es_score(p, iteration, member_seeds, member_sigmas):
@@ -105,7 +105,7 @@ def compare_one_seed(spec: CompareSpec, seed: int, bases_dir: str) -> list[dict]
     del scores
     if done in checkpoints:
       points.append(point("es", f"es_{done}", done * per_iteration, test_rollout(p)))
-  es.train(params, es_score, config, iterations=spec.es_iterations, seed=seed,
+  es.train(params, es_score, spec.es, iterations=spec.es_iterations, seed=seed,
            on_iteration=es_point)
 
   # Gradient descent: Adam on the train MSE, back-propagated through the rollout.
@@ -131,10 +131,9 @@ def run_compare(spec: CompareSpec, seeds: Sequence[int], workdir_path: str) -> d
   """Every seed's points (each stored as it finishes; a rerun resumes), aggregated per point:
   median and mean ± SE of the test MSE across seeds. Writes results.json and
   mse_vs_flops.png."""
-  spec.validate()
   run_dir = workdir.RunDir.prepare(workdir_path)
-  run_dir.claim({"experiment": "compare_signals", **dataclasses.asdict(spec)})
-  with run_dir.session("compare_signals", {**dataclasses.asdict(spec), "seeds": list(seeds)}):
+  run_dir.claim(spec.identity())
+  with run_dir.session("compare_signals", {**spec.identity(), "seeds": list(seeds)}):
     store = run_dir.store("seeds", key=lambda r: r["seed"])
     for seed in seeds:
       if seed not in store:
@@ -147,7 +146,7 @@ def run_compare(spec: CompareSpec, seeds: Sequence[int], workdir_path: str) -> d
           "test_mse_per_seed": values.tolist(), "median": float(np.median(values)),
           "mean": float(values.mean()),
           "se": float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0})
-    result = {"spec": dataclasses.asdict(spec), "seeds": list(seeds), "points": aggregated}
+    result = {"spec": spec.identity(), "seeds": list(seeds), "points": aggregated}
     run_dir.write("results", result)
     _plot(run_dir, spec, aggregated, len(seeds))
   return result
