@@ -17,6 +17,13 @@ def wilson_interval(successes: int, trials: int, z: float = 1.959963984540054) -
   return float(max(0.0, center - half)), float(min(1.0, center + half))
 
 
+def mean_se(values: Sequence[float]) -> tuple[float, float]:
+  """(mean, standard error of the mean) of `values`; the SE of a single value is 0."""
+  values = np.asarray(values, np.float64)
+  se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+  return float(values.mean()), float(se)
+
+
 def binomial_se(p: float, n: int) -> float:
   """Standard error of an accuracy p measured on n independent examples."""
   return float(np.sqrt(p * (1 - p) / n))

@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from thickets_jax import cli, configs, plotting
+from thickets_jax import cli, configs, metrics, plotting
 from thickets_jax.benchmarks.base import Figure, register
 from thickets_jax.errors import InputError
 from thickets_jax.llm import randopt, registry
@@ -59,11 +59,10 @@ def b11(config: B11Config) -> str:
   points = {}
   for label, key in ENSEMBLES:
     values = np.asarray([r["top1_accuracy"] if key is None else r[key][k] for r in results])
-    se = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
-    points[label] = (np.asarray([np.mean(flops[label])]), np.asarray([values.mean()]),
-                     np.asarray([se]))
+    mean, se = metrics.mean_se(values)
+    points[label] = (np.asarray([np.mean(flops[label])]), np.asarray([mean]), np.asarray([se]))
     lines.append(f"  {label:<20} test accuracy per seed {np.round(values, 3).tolist()}, mean "
-                 f"{values.mean():.3f} ± {se:.3f}, median {np.median(values):.3f}; test FLOPs "
+                 f"{mean:.3f} ± {se:.3f}, median {np.median(values):.3f}; test FLOPs "
                  f"{np.mean(flops[label]):.3g} ({np.mean(flops[label]) / np.mean(flops['vote']):.2f}"
                  " of the vote's)")
   if config.figure:

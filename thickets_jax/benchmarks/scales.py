@@ -9,7 +9,7 @@ from typing import Optional
 
 import numpy as np
 
-from thickets_jax import cli, configs, perturb, plotting, scales, workdir
+from thickets_jax import cli, configs, metrics, perturb, plotting, scales, workdir
 from thickets_jax.benchmarks.base import Figure, register
 from thickets_jax.errors import InputError
 from thickets_jax.llm import density, registry
@@ -42,13 +42,8 @@ class B10Config(Figure):
                        "--b10_multipliers.")
 
 
-def _stats(values) -> tuple[float, float]:
-  values = np.asarray(values, float)
-  return values.mean(), values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
-
-
 def _mean_se(values) -> str:
-  return "{:.3f} ± {:.3f}".format(*_stats(values))
+  return "{:.3f} ± {:.3f}".format(*metrics.mean_se(values))
 
 
 def _one_dimensional(config: B10Config, root: str, figure: dict) -> list[str]:
@@ -74,7 +69,7 @@ def _one_dimensional(config: B10Config, root: str, figure: dict) -> list[str]:
         rows.append((sigma, signal_runs.run(run, workdir.RunDir.prepare(
             os.path.join(root, name)), bases, plot=False)))
       at = lambda r, m: next(d["density"] for d in r["density"] if d["margin"] == m)
-      curve.append(_stats([at(r, 0.0) for _, r in rows]))
+      curve.append(metrics.mean_se([at(r, 0.0) for _, r in rows]))
       lines.append(
           f"  1D {scale:<10} x{multiplier:<4g} σ {np.mean([s for s, _ in rows]):.3g}  "
           f"δ(0) {_mean_se([at(r, 0.0) for _, r in rows])}  "

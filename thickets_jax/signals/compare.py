@@ -16,7 +16,7 @@ import numpy as np
 import optax
 from absl import logging
 
-from thickets_jax import configs, flops, plotting, population, randopt, workdir
+from thickets_jax import configs, flops, metrics, plotting, population, randopt, workdir
 from thickets_jax.baselines import es
 from thickets_jax.baselines.es import ESConfig
 from thickets_jax.errors import InputError
@@ -142,10 +142,10 @@ def run_compare(spec: CompareSpec, seeds: Sequence[int], workdir_path: str) -> d
     aggregated = []
     for i, first in enumerate(per_seed[0]):
       values = np.asarray([points[i]["test_mse"] for points in per_seed])
+      mean, se = metrics.mean_se(values)
       aggregated.append({k: first[k] for k in ("method", "point", "train_flops")} | {
           "test_mse_per_seed": values.tolist(), "median": float(np.median(values)),
-          "mean": float(values.mean()),
-          "se": float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else 0.0})
+          "mean": mean, "se": se})
     result = {"spec": spec.identity(), "seeds": list(seeds), "points": aggregated}
     run_dir.write("results", result)
     _plot(run_dir, spec, aggregated, len(seeds))

@@ -159,8 +159,8 @@ def data(spec: RunSpec):
 
 
 def _mean_se(errors: np.ndarray) -> dict:
-  return {"mean": float(errors.mean()),
-          "se": float(errors.std(ddof=1) / np.sqrt(len(errors))) if len(errors) > 1 else 0.0}
+  mean, se = metrics.mean_se(errors)
+  return {"mean": mean, "se": se}
 
 
 def run(spec: RunSpec, run_dir: workdir.RunDir, bases_dir: str, *, chunk_size: int = 8,
