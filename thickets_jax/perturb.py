@@ -106,6 +106,7 @@ class PerturbSpec:
     if self.scale != "isotropic" and self.noise != "full":
       raise InputError(f"--scale {self.scale} needs full-rank noise (low-rank members are run "
                        "factored, without their tensors' norms).")
+
   def to_json(self) -> dict:
     return dataclasses.asdict(self)
 
@@ -313,11 +314,16 @@ def mean_displacement(params: PyTree, seeds: jax.Array, coefficients: jax.Array,
   return jax.tree.map(lambda t: t / seeds.shape[0], total)
 
 
+def averaged_member(params: PyTree, seeds, sigmas, spec: PerturbSpec) -> PyTree:
+  """θ + (1/K) Σₖ σₖ·dₖ: one model carrying the mean displacement of the K members
+  `(seeds [K], sigmas [K])`, added in float32, each leaf in its own dtype."""
+  return _averaged_member(params, jnp.asarray(seeds, jnp.int32),
+                          jnp.asarray(sigmas, jnp.float32), spec)
+
+
 @functools.partial(jax.jit, static_argnums=3)
-def averaged_member(params: PyTree, seeds: jax.Array, sigmas: jax.Array,
-                    spec: PerturbSpec) -> PyTree:
-  """θ + (1/K) Σₖ σₖ·dₖ: one model carrying the mean displacement of K members (seeds [K] int32,
-  sigmas [K]), added in float32, each leaf in its own dtype."""
+def _averaged_member(params: PyTree, seeds: jax.Array, sigmas: jax.Array,
+                     spec: PerturbSpec) -> PyTree:
   mean = mean_displacement(params, seeds, sigmas, spec)
   return jax.tree.map(lambda p, m: (p.astype(jnp.float32) + m).astype(p.dtype) if
                       jnp.issubdtype(p.dtype, jnp.floating) else p, params, mean)

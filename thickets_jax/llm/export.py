@@ -118,9 +118,8 @@ def export_member(config: ExportConfig) -> dict:
     if what.startswith("rank"):
       params = rebuild_member(loaded.params, records[0]["seed"], records[0]["sigma"], spec)
     else:
-      params = averaged_member(loaded.params,
-                               jnp.asarray([r["seed"] for r in records], jnp.int32),
-                               jnp.asarray([r["sigma"] for r in records], jnp.float32), spec)
+      params = averaged_member(loaded.params, [r["seed"] for r in records],
+                               [r["sigma"] for r in records], spec)
     write = lambda directory: _write(directory, loaded, params, session.DTYPES[dtype],
                                      provenance)
   staging = tempfile.mkdtemp(dir=os.path.dirname(os.path.abspath(out)), suffix=".partial")

@@ -23,7 +23,6 @@ import json
 import os
 from typing import Optional
 
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -159,8 +158,7 @@ def predict(config: PredictConfig) -> dict:
       ids = gen.averaged_token_ids(seeds, sigmas, prompts)
     else:
       ids = gen.base_token_ids(prompts, params=perturb.averaged_member(
-          gen.params, jnp.asarray(seeds, jnp.int32), jnp.asarray(sigmas, jnp.float32),
-          gen.perturb))
+          gen.params, seeds, sigmas, gen.perturb))
     lines = [_combined_answer(task, record, example, gen.codec.decode(row))
              for record, example, row in zip(records, examples, ids)]
   workdir.atomic_write(config.out, lambda tmp: _write_lines(tmp, lines))

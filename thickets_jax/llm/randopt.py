@@ -8,7 +8,6 @@ on its test split; re-evaluate a saved top-K.
 import dataclasses
 from typing import Sequence
 
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -244,8 +243,7 @@ def _evaluate_top(config: RandOptConfig, gen: generate.Generator, test_set: scor
   correct = [r["correct"][0] for r in records]
 
   def averaged_weights(k):  # θ + the mean displacement of the top k: one model's test cost
-    params = perturb.averaged_member(gen.params, jnp.asarray(seeds[:k], jnp.int32),
-                                     jnp.asarray(sigmas[:k], jnp.float32), gen.perturb)
+    params = perturb.averaged_member(gen.params, seeds[:k], sigmas[:k], gen.perturb)
     return scoring.score_base(gen, [test_set], params=params,
                               keep_completions=config.keep_completions)
 
