@@ -51,18 +51,18 @@ def adapter_tensors(config: ModelConfig, params, members: Sequence[dict],
      depend on them: r, lora_alpha, target_modules, modules_to_save, lora_bias).
   """
   check_exportable(spec)
-  factors = [_factors(params, jnp.int32(m["seed"]), jnp.float32(m["sigma"]), spec)
+  factors = [_by_leaf(_factors(params, jnp.int32(m["seed"]), jnp.float32(m["sigma"]), spec))
              for m in members]
   names = weights.hf_names(config)
   flat = {tree.path_name(path): leaf
           for path, leaf in jax.tree_util.tree_flatten_with_path(params)[0]}
   tensors, targets, saved = {}, [], []
   biased = {}  # module -> its bias displacement
-  leaves = sorted(_leaf_names(factors[0]))
+  leaves = sorted(factors[0])
   # PEFT's LoRA biases exclude Embedding layers: a model with bias noise keeps its table whole
   whole_table = spec.vector_noise and any(leaf.endswith("/bias") for leaf in leaves)
   for leaf in leaves:
-    parts = [_lookup(f, leaf) for f in factors]
+    parts = [f[leaf] for f in factors]
     for i in range(config.num_layers) if leaf.startswith("layers/") else [None]:
       layer = (lambda x: x) if i is None else (lambda x, i=i: x[i])
       module = names[leaf].format(i=i).rsplit(".", 1)[0]
@@ -134,19 +134,8 @@ _factors = jax.jit(lambda params, seed, sigma, spec: perturb.member_factors(
     params, rng.member_key(seed), sigma, spec), static_argnums=3)
 
 
-def _leaf_names(nested: dict, prefix: str = "") -> list[str]:
-  """The leaf path names of `member_factors`' nested dict ({"a", "b"} pairs are leaves)."""
-  out = []
-  for key, value in nested.items():
-    name = f"{prefix}{key}"
-    if isinstance(value, dict) and set(value) != {"a", "b"}:
-      out += _leaf_names(value, name + "/")
-    else:
-      out.append(name)
-  return out
-
-
-def _lookup(nested: dict, name: str):
-  for key in name.split("/"):
-    nested = nested[key]
-  return nested
+def _by_leaf(factors: dict) -> dict:
+  """`member_factors`' nested dict keyed by leaf path name, an {"a", "b"} pair one leaf."""
+  pair = lambda x: isinstance(x, dict) and set(x) == {"a", "b"}
+  return {tree.path_name(path): value for path, value
+          in jax.tree_util.tree_flatten_with_path(factors, is_leaf=pair)[0]}
