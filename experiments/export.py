@@ -7,8 +7,9 @@ tokenizer) that `transformers.AutoModelForCausalLM.from_pretrained(OUT)` loads a
 
 `--run_dir` is a finished `experiments.randopt` run (its `topk.json`); `--member` is `top1` or
 a rank k of its saved top-K, or `mean` / `mean:k`: one model θ + the mean of the top K's
-(k's) displacements σ·ε, the averaged-weights model. The member is rebuilt from `(seed, sigma)` and the run's
-`PerturbSpec` on the base weights the run used (`thickets_jax.llm.export`).
+(k's) displacements σ·ε, the averaged-weights model. The member is rebuilt from
+`(seed, sigma)` and the run's `PerturbSpec` on the base weights the run used
+(`thickets_jax.llm.export`).
 """
 
 from thickets_jax import cli, configs

@@ -66,7 +66,8 @@ def test_one_completion_ensembles_answer_as_the_search_tested_them(tmp_path, tin
                                                   K=2, batch_size=2, combine=combine))
   assert summary["combine"] == combine and summary["graded"] == 4
   assert summary["accuracy"] == result[reported]["2"]
-  searched = json.load(open(os.path.join(workdir, f"{reported[:-len('_accuracy')]}_top2_test.json")))
+  cached = f"{reported[:-len('_accuracy')]}_top2_test.json"
+  searched = json.load(open(os.path.join(workdir, cached)))
   lines = [json.loads(line) for line in open(tmp_path / "a.jsonl")]
   assert [line["completion"] for line in lines][:2] == searched["completions"][0]  # kept 2
 

@@ -302,8 +302,8 @@ def member_factors(params: PyTree, key: jax.Array, sigma, spec: PerturbSpec) -> 
 
 def mean_displacement(params: PyTree, seeds: jax.Array, coefficients: jax.Array,
                       spec: PerturbSpec) -> PyTree:
-  """(1/N) Σᵢ cᵢ·dᵢ over members' unit-σ directions dᵢ (`direction`), float32, one member's
-  direction in memory at a time. seeds [N] int32, coefficients [N]."""
+  """(1/N) Σᵢ cᵢ·dᵢ over members' unit-σ directions dᵢ (`direction`), float32, one
+  member's direction in memory at a time. seeds [N] int32, coefficients [N]."""
   def add(total, member):
     seed, coefficient = member
     d = direction(params, rng.member_key(seed), spec)

@@ -63,8 +63,8 @@ def b11(config: B11Config) -> str:
     points[label] = (np.asarray([np.mean(flops[label])]), np.asarray([mean]), np.asarray([se]))
     lines.append(f"  {label:<20} test accuracy per seed {np.round(values, 3).tolist()}, mean "
                  f"{mean:.3f} ± {se:.3f}, median {np.median(values):.3f}; test FLOPs "
-                 f"{np.mean(flops[label]):.3g} ({np.mean(flops[label]) / np.mean(flops['vote']):.2f}"
-                 " of the vote's)")
+                 f"{np.mean(flops[label]):.3g} "
+                 f"({np.mean(flops[label]) / np.mean(flops['vote']):.2f} of the vote's)")
   if config.figure:
     base = np.asarray([r["base"]["test_accuracy"] for r in results])
     plotting.metric_vs_flops(

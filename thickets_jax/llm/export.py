@@ -2,12 +2,12 @@
 that `transformers` loads as it is, or a low-rank member as a PEFT LoRA adapter
 (`thickets_jax.llm.adapter`).
 
-The member (each averaged member) is rebuilt from its run's `topk.json` (`(seed, sigma)` and the `PerturbSpec`) on the
-base weights the run used, in the run's dtype, so its bits are the ones that were scored; it is
-then written as `model.safetensors` (Hugging Face tensor names and layout of its architecture,
-float32 or bfloat16), `config.json` (`architectures.to_hf`), `generation_config.json` (greedy,
-stopping at the tokens our generator stops at), the tokenizer files and `thickets_member.json`
-(where it came from).
+The member (each averaged member) is rebuilt from its run's `topk.json` (`(seed, sigma)` and
+the `PerturbSpec`) on the base weights the run used, in the run's dtype, so its bits are the
+ones that were scored; it is then written as `model.safetensors` (Hugging Face tensor names and
+layout of its architecture, float32 or bfloat16), `config.json` (`architectures.to_hf`),
+`generation_config.json` (greedy, stopping at the tokens our generator stops at), the tokenizer
+files and `thickets_member.json` (where it came from).
 """
 
 import dataclasses
