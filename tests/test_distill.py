@@ -9,6 +9,7 @@ import pytest
 
 from thickets_jax import checkpoint, population, randopt
 from thickets_jax.llm import distill, generate, roofline, scoring, sft
+from thickets_jax.llm.generator import Generator
 from thickets_jax.tasks import TASKS, Example, Task
 
 import toys
@@ -19,7 +20,7 @@ TARGETS = np.array([[4, 5, 6, 1], [7, 7, 1, 0], [9, 1, 0, 0]], np.int32)  # 1 = 
 
 def _generator(params=None, new_tokens=4):
   params = roofline.random_params(toys.TINY_CONFIG, jax.random.key(0)) if params is None else params
-  return generate.Generator(toys.TINY_CONFIG, params, toys.CharTokenizer(),
+  return Generator(toys.TINY_CONFIG, params, toys.CharTokenizer(),
                             generate.Sampling(max_new_tokens=new_tokens), batch_size=4,
                             chat=False)
 

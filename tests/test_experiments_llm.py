@@ -15,6 +15,7 @@ import pytest
 from thickets_jax.errors import InputError
 from thickets_jax.llm import density, discordance, generate, randopt, registry, session
 from thickets_jax.llm import model as llm_model
+from thickets_jax.llm.generator import Generator
 from thickets_jax.perturb import PerturbSpec, rebuild_member
 
 import toys
@@ -96,7 +97,7 @@ def test_a_member_rebuilt_from_topk_json_alone_writes_what_it_wrote_in_the_searc
   loaded = registry.load(topk["model"], topk["weights"], session.DTYPES[topk["dtype"]])
   best = topk["members"][0]
   member = rebuild_member(loaded.params, best["seed"], best["sigma"], topk["perturbation"])
-  gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+  gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
                            generate.Sampling(max_new_tokens=config.max_new_tokens),
                            batch_size=config.batch_size, chat=loaded.entry.instruct,
                            perturb=topk["perturbation"])

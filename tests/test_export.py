@@ -12,6 +12,7 @@ import pytest
 
 from thickets_jax.errors import InputError
 from thickets_jax.llm import export, generate, randopt, registry, session
+from thickets_jax.llm.generator import Generator
 from thickets_jax.perturb import PerturbSpec, rebuild_member
 
 torch = pytest.importorskip("torch")
@@ -30,7 +31,7 @@ def _topk(run_dir, model, weights, members, spec=None):
 
 
 def _same_greedy_tokens(loaded, member_params, out, new_tokens):
-  gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+  gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
                            generate.Sampling(max_new_tokens=new_tokens), batch_size=2, chat=True)
   ours = gen.base_token_ids(PROMPTS, params=member_params)
   hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
@@ -83,7 +84,7 @@ def _same_greedy_tokens_with_adapter(loaded, member_params, out, new_tokens):
   config = json.load(open(os.path.join(out, "adapter_config.json")))
   base = transformers.AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
   hf = peft.PeftModel.from_pretrained(base, out).eval()
-  gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+  gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
                            generate.Sampling(max_new_tokens=new_tokens), batch_size=2, chat=True)
   ours = gen.base_token_ids(PROMPTS, params=member_params)
   for row, ids in zip(ours, gen.codec.token_ids(PROMPTS)):

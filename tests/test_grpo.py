@@ -9,6 +9,7 @@ from thickets_jax import checkpoint
 from thickets_jax.baselines import grpo
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, roofline
+from thickets_jax.llm.generator import Generator
 from thickets_jax.tasks import Example, Task
 
 import toys
@@ -108,7 +109,7 @@ def _emit_c_task():
 
 
 def _trainer(config, seed=0):
-  gen = generate.Generator(toys.TINY_CONFIG, _params(), toys.CharTokenizer(),
+  gen = Generator(toys.TINY_CONFIG, _params(), toys.CharTokenizer(),
                            generate.Sampling(max_new_tokens=6, temperature=1.0,
                                              ignore_eos=True),
                            batch_size=16, chat=False)

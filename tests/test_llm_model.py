@@ -13,6 +13,7 @@ import pytest
 from thickets_jax import population, rng
 from thickets_jax.errors import InputError
 from thickets_jax.llm import architectures, assets, chunk, generate, model as M, registry, weights
+from thickets_jax.llm.generator import Generator
 from thickets_jax.perturb import PerturbSpec, member_factors, rebuild_member
 
 import toys
@@ -110,7 +111,7 @@ def _generator(tmp_path, sampling, **kwargs):
   _, directory = _checkpoint(tmp_path, "qwen2", False)
   config = weights.hf_config(directory, jnp.float32)
   params = weights.load_safetensors(directory, config)
-  return generate.Generator(config, params, toys.CharTokenizer(), sampling, batch_size=4, chat=False, **kwargs)
+  return Generator(config, params, toys.CharTokenizer(), sampling, batch_size=4, chat=False, **kwargs)
 
 
 def _greedy_reference(config, params, prompt_ids, n):
@@ -142,7 +143,7 @@ def test_generation_compiles_once_per_bucket(tmp_path):
   run = jax.jit(lambda params, prompts, masks, keys: traced(
       gen.config, params, prompts, masks, keys, sampling=gen.sampling,
       stop_ids=gen.codec.stop_ids, pad_id=gen.codec.pad_id))
-  keys = generate.batch_keys(gen.sampling, None, 1)
+  keys = generate.prompt_keys(gen.sampling, None, 1, 4)
   for prompts in (["abc"], ["a longer one", "b"], ["x" * 16, "y", "z", "w"]):  # one 16-token bucket
     tokens, mask = gen.codec.encode(prompts)
     run(gen.params, tokens, mask, keys)
@@ -157,7 +158,7 @@ def test_perturbed_member_generation_equals_explicitly_perturbed_params(tmp_path
   explicit = [gen.base_token_ids(prompts, params=member) for member in members]
   for axis, layer_loop in (("map", "scan"), ("vmap", "scan"), ("map", "unrolled"),
                           ("vmap", "unrolled")):
-    gen_axis = generate.Generator(gen.config, gen.params, gen.codec.tokenizer, gen.sampling,
+    gen_axis = Generator(gen.config, gen.params, gen.codec.tokenizer, gen.sampling,
                                   batch_size=4, chat=False, member_axis=axis,
                                   layer_loop=layer_loop)
     (part, ids), = gen_axis.population_token_ids(seeds, sigmas, prompts, members_per_batch=2)
@@ -200,7 +201,7 @@ def test_factored_generation_equals_the_materialised_members(tmp_path, layer_loo
   sampling = generate.Sampling(max_new_tokens=10, ignore_eos=True)
   factored = _generator(tmp_path, sampling, perturb=LOW_RANK, layer_loop=layer_loop)
   assert factored.factored
-  materialised = generate.Generator(factored.config, factored.params, factored.codec.tokenizer,
+  materialised = Generator(factored.config, factored.params, factored.codec.tokenizer,
                                     sampling, batch_size=2, chat=False, perturb=LOW_RANK,
                                     factored=False, shared_prefix=False)
   prompts = _shared_prefix_prompts()
@@ -368,7 +369,7 @@ def test_population_generation_on_a_model_parallel_mesh_equals_one_device(tmp_pa
   mesh = sharding.make_mesh(model_parallel=2, devices=jax.devices()[:2])
   directory = str(tmp_path / "qwen2-untied")
   sharded = weights.load_safetensors(directory, gen.config, sharding.leaf_sharding(mesh))
-  on_mesh = generate.Generator(gen.config, sharded, gen.codec.tokenizer, gen.sampling, batch_size=4,
+  on_mesh = Generator(gen.config, sharded, gen.codec.tokenizer, gen.sampling, batch_size=4,
                                chat=False, member_axis="vmap")
   seeds, sigmas = np.array([3, 4]), np.array([0.1, 0.1])
   prompts = ["abc", "hello there"]

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from thickets_jax.llm import generate, model as M, registry, torch_twin
+from thickets_jax.llm.generator import Generator
 from thickets_jax.perturb import PerturbSpec
 from thickets_jax.tasks import countdown
 
@@ -24,7 +25,7 @@ def offline(request, offline_models):
 
 
 def _prompts(loaded, count=3):
-  gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+  gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
                            generate.Sampling(max_new_tokens=1), batch_size=count, chat=True)
   texts = [countdown.prompt(p) for p in countdown.generate(7, count)]
   return gen, texts, gen.codec.token_ids(texts)
@@ -44,7 +45,7 @@ def test_logits_match_pytorch_on_the_same_weights(offline):
 def test_greedy_continuations_match_pytorch_for_32_tokens(offline):
   loaded, hf = offline
   gen, texts, prompts = _prompts(loaded)
-  gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+  gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
                            generate.Sampling(max_new_tokens=32, ignore_eos=True),
                            batch_size=len(texts), chat=True)
   ours = gen.base_token_ids(texts)  # one left-padded batch
@@ -87,7 +88,7 @@ def test_member_tokens_are_the_ones_recorded_before_the_architecture_modules(nam
                                                                             offline_models):
   loaded = offline_models(name)
   texts = [countdown.prompt(p) for p in countdown.generate(7, 2)]
-  gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+  gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
                            generate.Sampling(max_new_tokens=12, ignore_eos=True), batch_size=2,
                            chat=True, perturb=PerturbSpec(stacked=M.STACKED_LEAVES, noise=noise))
   (_, ids), = gen.population_token_ids(np.array([3, 11]), np.array([2e-3, 2e-3], np.float32),

@@ -30,6 +30,7 @@ from thickets_jax import checkpoint, configs, flops, rng
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, teacher_forcing
 from thickets_jax.llm.config import ModelConfig
+from thickets_jax.llm.generator import Generator
 from thickets_jax.tasks import Example, Task
 
 PyTree = Any
@@ -157,7 +158,7 @@ class Rollouts:
   rewards: np.ndarray  # [B, G] float
 
 
-def rollout(generator: generate.Generator, params: PyTree, task: Task,
+def rollout(generator: Generator, params: PyTree, task: Task,
             examples: Sequence[Example], group_size: int, key: jax.Array) -> Rollouts:
   """Samples G completions of each example's prompt with `params` and grades them."""
   texts = [e.prompt for e in examples for _ in range(group_size)]
@@ -189,7 +190,7 @@ def _micro_batches(arrays: dict, micro_batch: int) -> dict:
 class Trainer:
   """GRPO steps of one model on one task: rollouts, advantages, mini-batch updates, FLOPs."""
 
-  def __init__(self, generator: generate.Generator, task: Task, examples: Sequence[Example],
+  def __init__(self, generator: Generator, task: Task, examples: Sequence[Example],
                config: GRPOConfig, seed: int):
     if generator.sampling.temperature != config.temperature:
       raise ValueError(f"the rollout generator samples at temperature "

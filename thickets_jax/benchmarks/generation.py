@@ -14,6 +14,7 @@ from thickets_jax.benchmarks.base import (LayerLoop, MemberBatching, NewTokens, 
                                           check_positive, register)
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, model as llm_model, registry
+from thickets_jax.llm.generator import Generator
 from thickets_jax.perturb import PerturbSpec, rebuild_member
 from thickets_jax.tasks import countdown
 
@@ -41,7 +42,7 @@ def b3(config: B3Config) -> str:
   loaded = registry.load(SMOLLM2)
   texts = _countdown_prompts(config.prompts)
   sampling = generate.Sampling(max_new_tokens=config.new_tokens, ignore_eos=True)
-  gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
+  gen = Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
                            batch_size=config.prompts, chat=True, member_axis=config.member_axis,
                            layer_loop=config.layer_loop)
   seeds, sigmas = population.draw_candidates(0, config.members, [1e-3])
@@ -89,7 +90,7 @@ def b3(config: B3Config) -> str:
           f"measured peak {peak / 1e9:.0f} GFLOP/s")
 
 
-def _chunk_times(gen: generate.Generator, seeds, sigmas, texts,
+def _chunk_times(gen: Generator, seeds, sigmas, texts,
                  chunk: int) -> tuple[np.ndarray, list[float]]:
   """([members, prompts, new] token ids of every member, seconds of each chunk of members)."""
   ids, seconds, start = [], [], time.perf_counter()
@@ -100,7 +101,7 @@ def _chunk_times(gen: generate.Generator, seeds, sigmas, texts,
   return np.concatenate(ids), seconds
 
 
-def _rate(gen: generate.Generator, seeds, sigmas, texts, chunk: int) -> tuple[float, np.ndarray]:
+def _rate(gen: Generator, seeds, sigmas, texts, chunk: int) -> tuple[float, np.ndarray]:
   """(members per second over every chunk but the first, which includes compilation; ids)."""
   ids, seconds = _chunk_times(gen, seeds, sigmas, texts, chunk)
   return (len(seeds) - chunk) / sum(seconds[1:]), ids
@@ -130,7 +131,7 @@ def b6(config: B6Config) -> str:
   loaded = registry.load(SMOLLM2)
   texts = _countdown_prompts(config.prompts)
   sampling = generate.Sampling(max_new_tokens=config.new_tokens, ignore_eos=True)
-  make = lambda spec, **kwargs: generate.Generator(
+  make = lambda spec, **kwargs: Generator(
       loaded.config, loaded.params, loaded.tokenizer, sampling, batch_size=config.prompts,
       chat=True, perturb=spec, layer_loop=config.layer_loop, **kwargs)
   seeds, sigmas = population.draw_candidates(0, config.b6_members, [1e-3])
@@ -199,7 +200,7 @@ def b8(config: B8Config) -> str:
   for name, texts in workloads.items():
     seconds, ids = {}, {}
     for shared in (False, True):
-      gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
+      gen = Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
                                batch_size=config.prompts, chat=True,
                                layer_loop=config.layer_loop, shared_prefix=shared)
       seconds[shared] = bench.median_seconds(gen.base_token_ids, texts, repeats=config.repeats)

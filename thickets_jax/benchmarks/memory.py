@@ -14,6 +14,7 @@ from thickets_jax.baselines import es
 from thickets_jax.benchmarks.base import MemberBatching, Sizes, register
 from thickets_jax.benchmarks.generation import SMOLLM2
 from thickets_jax.llm import generate, model as llm_model, registry, roofline
+from thickets_jax.llm.generator import Generator
 from thickets_jax.perturb import PerturbSpec
 from thickets_jax.tasks import countdown
 
@@ -22,7 +23,7 @@ def b4_workload(n: int, members_per_batch: int, member_axis: str) -> None:
   """Scores N members on Countdown (4 prompts, 32 tokens): what B4 measures the memory of."""
   loaded = registry.load(SMOLLM2)
   problems = countdown.generate(1, 4)
-  gen = generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+  gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
                            generate.Sampling(max_new_tokens=32), batch_size=4, chat=True,
                            member_axis=member_axis)
   seeds, sigmas = population.draw_candidates(0, n, [1e-3])

@@ -76,7 +76,7 @@ def _measured(config: P1Config) -> str:
   rng = np.random.default_rng(0)
   prompt = (1, planned.batch_size, plan.PROMPT_TOKENS)
   args = (rng.integers(1000, shapes.vocab_size - 1000, prompt).astype(np.int32),
-          np.ones(prompt, bool), generate.batch_keys(sampling, None, 1), np.zeros((0,), np.int32))
+          np.ones(prompt, bool), generate.prompt_keys(sampling, None, *prompt[:2]), np.zeros((0,), np.int32))
   per_call = planned.members_per_batch
   seeds, sigmas = population.draw_candidates(0, 3 * per_call, [1e-3])
   list(population.iter_population(program, params, seeds[:per_call], sigmas[:per_call],

@@ -73,8 +73,11 @@ def runner(config: ModelConfig, members: MaterialisedMembers, layer_loop: str) -
                               in_axes=(axes, 0, 0, axis, positions_axis, 0), out_axes=(0, axis))(
         members.params, split(tokens), split(positions), cache,
         None if cache_positions is None else split(cache_positions), split(token_mask))
+    logits = logits.reshape(-1, *logits.shape[2:])
+    if write_index is None:  # the caller writes them (`refill`: each row at its own slot)
+      return logits, new_kv
     cache = jax.tree.map(lambda c, new: llm_model.write_slots(c, new, write_index), cache, new_kv)
-    return logits.reshape(-1, *logits.shape[2:]), cache
+    return logits, cache
   return run
 
 

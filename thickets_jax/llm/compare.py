@@ -29,8 +29,9 @@ from thickets_jax.baselines import es, grpo
 from thickets_jax.baselines.es import ESConfig
 from thickets_jax.baselines.grpo import GRPOConfig
 from thickets_jax.errors import InputError
+from thickets_jax.llm.generator import Generator
 from thickets_jax.registry import Registry
-from thickets_jax.llm import generate, registry, scoring
+from thickets_jax.llm import registry, scoring
 from thickets_jax.llm.session import TINY, TINY_MODEL, OneModelConfig, model_task_run
 from thickets_jax.workdir import RunDir
 
@@ -98,7 +99,7 @@ class CompareConfig(OneModelConfig):
 class _Evaluator:
   """Test accuracy of a parameter set, greedy and voted over K samples, stored once per point."""
 
-  def __init__(self, config: CompareConfig, gen: generate.Generator, sampler: generate.Generator,
+  def __init__(self, config: CompareConfig, gen: Generator, sampler: Generator,
                test_set: scoring.TaskSet, run_dir: RunDir):
     self.config, self.gen, self.sampler, self.test_set = config, gen, sampler, test_set
     self.store = run_dir.store("evaluations", key=lambda r: r["point"])
@@ -135,7 +136,7 @@ class Session:
   own files in `run_dir.child(<method>)`)."""
   config: CompareConfig
   loaded: registry.LoadedModel
-  gen: generate.Generator
+  gen: Generator
   train_set: scoring.TaskSet
   test_set: scoring.TaskSet
   evaluate: _Evaluator

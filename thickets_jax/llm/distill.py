@@ -24,6 +24,7 @@ from absl import logging
 from thickets_jax import checkpoint, configs, flops, metrics, plotting, population, randopt
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, scoring, session, sft
+from thickets_jax.llm.generator import Generator
 from thickets_jax.llm.sft import SFTConfig
 from thickets_jax.workdir import RunDir
 
@@ -64,7 +65,7 @@ def round_candidates(config: DistillConfig, round_: int) -> tuple[np.ndarray, np
   return population.draw_candidates(root, config.N, config.sigmas)
 
 
-def teach(gen: generate.Generator, train_set: scoring.TaskSet, members: list[dict], params,
+def teach(gen: Generator, train_set: scoring.TaskSet, members: list[dict], params,
           members_per_batch: int) -> dict:
   """The top-K members' voted, correct train completions as token targets.
 

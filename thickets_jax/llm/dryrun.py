@@ -35,7 +35,7 @@ def _abstract(shape, dtype, mesh, spec=P()):
 def _prompt_inputs(config: session.ScoringConfig, sampling: generate.Sampling, mesh) -> tuple:
   """Abstract (prompts, masks, keys, prefix) of one generation batch, replicated."""
   prompt = (1, config.batch_size, llm_plan.PROMPT_TOKENS)
-  keys = jax.eval_shape(lambda: generate.batch_keys(sampling, None, 1))
+  keys = jax.eval_shape(lambda: generate.prompt_keys(sampling, None, 1, config.batch_size))
   return (_abstract(prompt, jnp.int32, mesh), _abstract(prompt, jnp.bool_, mesh),
           _abstract(keys.shape, keys.dtype, mesh), _abstract((0,), jnp.int32, mesh))
 

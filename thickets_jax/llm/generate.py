@@ -8,27 +8,21 @@ keys and values copied to every row; each prompt's own tokens are then prefilled
 (projecting only the last position to the vocabulary); decode is a `lax.while_loop` that ends
 when every row has stopped or `max_new_tokens` is reached.
 
-`Generator` wraps the pure function with tokenisation. For a population, the member is built
-inside the jitted call: member parameters exist only for the members of the chunk being
-generated and are never stored.
+`llm.refill` decodes the same tokens with slot refill; `llm.generator.Generator` wraps either
+with tokenisation and member chunks.
 """
 
 import dataclasses
-import functools
-from typing import Callable, Iterator, Optional, Sequence
+from typing import Callable, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.sharding import Mesh
 
-from thickets_jax import distributed, population
 from thickets_jax.errors import InputError
 from thickets_jax.llm import chunk
 from thickets_jax.llm import model as llm_model
-from thickets_jax.llm.codec import PromptCodec
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.perturb import PerturbSpec
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,8 +47,9 @@ class Sampling:
       raise InputError(f"top_p must be in (0, 1], got {self.top_p}.")
 
 
-def _pick(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
-  """Next token per row. logits [b, vocab] float32 -> [b] int32."""
+def _pick(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax.Array:
+  """Next token per row. logits [b, vocab] float32, keys [b] (each row's key of this step,
+  `step_keys`; unused when greedy) -> [b] int32."""
   if sampling.temperature == 0:
     return jnp.argmax(logits, axis=-1).astype(jnp.int32)
   logits = logits / sampling.temperature
@@ -66,20 +61,37 @@ def _pick(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
     sorted_logits = jnp.where(outside, -jnp.inf, sorted_logits)
     logits = jnp.put_along_axis(jnp.empty_like(logits), order, sorted_logits, axis=-1,
                                 inplace=False)
-  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+  return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
 
-def _pick_from_mean(logits: jax.Array, key: jax.Array, sampling: Sampling,
+def step_keys(prompt_keys: jax.Array, steps) -> jax.Array:
+  """Each row's key for the token it is generating: `fold_in(prompt key, step)`. prompt_keys
+  [b] (`prompt_keys`), steps: scalar or [b] -> [b]. A row's draws depend on its prompt and
+  step only, not on its batch, its slot or the other rows."""
+  steps = jnp.broadcast_to(steps, prompt_keys.shape)
+  return jax.vmap(jax.random.fold_in)(prompt_keys, steps)
+
+
+def pick_token(logits: jax.Array, keys: jax.Array, sampling: Sampling,
+               stop: jax.Array) -> jax.Array:
+  """`_pick` after forbidding the stop tokens under `ignore_eos`: logits [b, vocab], keys [b]
+  (`step_keys`), stop [stops] int32 -> [b] int32."""
+  if sampling.ignore_eos:
+    logits = logits.at[:, stop].set(-jnp.inf)
+  return _pick(logits, keys, sampling)
+
+
+def _pick_from_mean(logits: jax.Array, keys: jax.Array, sampling: Sampling,
                     members: int) -> jax.Array:
-  """Next token of every prompt under M members together: logits [M * b, vocab] member-major
-  -> [M * b] int32, each prompt's token repeated for its M rows. Greedy takes the argmax of
-  the mean of the members' softmax; sampling draws from that mean, the members' softmax at the
-  temperature, then top-p over the mixture."""
+  """Next token of every prompt under M members together: logits [M * b, vocab] member-major,
+  keys [b] -> [M * b] int32, each prompt's token repeated for its M rows. Greedy takes the
+  argmax of the mean of the members' softmax; sampling draws from that mean, the members'
+  softmax at the temperature, then top-p over the mixture."""
   logits = logits.reshape(members, -1, logits.shape[-1]).astype(jnp.float32)
   temperature = sampling.temperature or 1.0
   mean = jnp.mean(jax.nn.softmax(logits / temperature, axis=-1), axis=0)  # [b, vocab]
   mixed = dataclasses.replace(sampling, temperature=1.0 if sampling.temperature else 0.0)
-  return jnp.tile(_pick(jnp.log(mean), key, mixed), members)
+  return jnp.tile(_pick(jnp.log(mean), keys, mixed), members)
 
 
 LAYER_LOOPS = ("scan", "unrolled")
@@ -136,7 +148,7 @@ def prefill_prefix(config: ModelConfig, params, prefix: jax.Array, *,
 
 
 def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask: jax.Array,
-                    key: jax.Array, *, sampling: Sampling, stop_ids: Sequence[int],
+                    keys: jax.Array, *, sampling: Sampling, stop_ids: Sequence[int],
                     pad_id: int, layer_loop: str = "scan", prefix_kv=None,
                     members: Optional[dict] = None) -> jax.Array:
   """Continuations of left-padded prompts, optionally after a shared prefix, optionally under
@@ -144,7 +156,8 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
 
   Args:
     prompt: [b, p] int32, left-padded. prompt_mask: [b, p] bool, True on real tokens.
-    key: sampling key (unused when greedy); step s draws from `fold_in(key, s)`.
+    keys: [b] each prompt's sampling key (`prompt_keys`; unused when greedy): its token s is
+      drawn from `fold_in(key, s)` under every member.
     stop_ids: tokens that end a row: the stop token is emitted, `pad_id` fills the rest; never
       drawn with `sampling.ignore_eos`.
     pad_id: what fills a row after its stop token.
@@ -187,11 +200,11 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   stop = jnp.asarray(stop_ids, jnp.int32)
 
   def next_token(logits, step):
-    if sampling.ignore_eos:
-      logits = logits.at[:, stop].set(-jnp.inf)
     if sampling.average_members:
-      return _pick_from_mean(logits, jax.random.fold_in(key, step), sampling, count)
-    return _pick(logits, jax.random.fold_in(key, step), sampling)
+      if sampling.ignore_eos:
+        logits = logits.at[:, stop].set(-jnp.inf)
+      return _pick_from_mean(logits, step_keys(keys, step), sampling, count)
+    return pick_token(logits, step_keys(jnp.tile(keys, count), step), sampling, stop)
 
   def emit(out, done, step, token):
     return out.at[:, step].set(jnp.where(done, pad_id, token)), done | jnp.isin(token, stop)
@@ -252,7 +265,7 @@ def generate_batches(config: ModelConfig, params, prompts: jax.Array, masks: jax
   """`generate_tokens` over prompt batches one after another (bounded KV-cache memory), the
   shared prefix prefilled once for all of them.
 
-  prompts, masks: [batches, b, p]; keys: [batches]; prefix: [P] int32 tokens all prompts start
+  prompts, masks: [batches, b, p]; keys: [batches, b]; prefix: [P] int32 tokens all prompts start
   with (`prefill_prefix`), or None; members: as `generate_tokens`
   -> [batches, M * b, max_new_tokens].
   """
@@ -271,7 +284,7 @@ def token_generator(config: ModelConfig, sampling: Sampling, *, stop_ids: Sequen
   (not yet jitted).
 
   prompts, masks: [batches, b, p] and prefix [P] (`PromptCodec.encode_shared_prefix`, P may be
-  0); keys: [batches] (`batch_keys`); members: as `generate_tokens`; ids: [batches, M * b,
+  0); keys: [batches, b] (`prompt_keys`); members: as `generate_tokens`; ids: [batches, M * b,
   max_new_tokens] int32.
   """
   sampling.validate()
@@ -282,116 +295,14 @@ def token_generator(config: ModelConfig, sampling: Sampling, *, stop_ids: Sequen
       sampling=sampling, stop_ids=stop_ids, pad_id=pad_id, layer_loop=layer_loop)
 
 
-def batch_keys(sampling: Sampling, key: Optional[jax.Array], batches: int) -> jax.Array:
-  """One sampling key per prompt batch, `fold_in(key, batch)`. Greedy decoding draws nothing,
-  so it needs no key; sampling with temperature > 0 requires one (`rng.key(seed, "sampling")`)."""
+def prompt_keys(sampling: Sampling, key: Optional[jax.Array], batches: int,
+                batch_size: int) -> jax.Array:
+  """One sampling key per prompt, `fold_in(key, prompt index)`: [batches, batch_size]. Greedy
+  decoding draws nothing, so it needs no key; sampling with temperature > 0 requires one
+  (`rng.key(seed, "sampling")`)."""
   if key is None:
     if sampling.temperature > 0:
       raise InputError("sampling with temperature > 0 needs an explicit PRNG key.")
     key = jax.random.key(0)  # never drawn from: greedy decoding ignores it
-  return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(batches))
-
-
-@functools.lru_cache(maxsize=None)
-def _programs(config: ModelConfig, sampling: Sampling, stop_ids: tuple[int, ...], pad_id: int,
-              layer_loop: Optional[str], perturb: PerturbSpec, member_axis: str,
-              factored: bool) -> tuple[Callable, Callable]:
-  """(the jitted base generation, the population program) of these settings, built once per
-  process: every `Generator` with the same settings (one per experiment phase, rung, sampler
-  temperature or test) shares their compilations. Parameters are arguments, never constants,
-  so sharing cannot mix two models' weights."""
-  run = token_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
-                        layer_loop=layer_loop)
-  return jax.jit(run), chunk.population_program(run, perturb, member_axis=member_axis,
-                                                factored=factored)
-
-
-class Generator:
-  """Tokenise -> `token_generator` -> detokenise, for one loaded model, its base or members.
-
-  One call per chunk of members covers every prompt batch, so each member is perturbed once
-  (`chunk.population_program`). Low-rank members run factored: the chunk's members share every
-  base matmul. Full-rank members are materialised: together under one decode loop with
-  `member_axis="vmap"`, one after another with "map". The longest token prefix all prompts of a call share is prefilled once per member
-  (`shared_prefix`).
-  """
-
-  def __init__(self, config: ModelConfig, params, tokenizer, sampling: Sampling, *,
-               batch_size: int, chat: bool, stop_strings: Sequence[str] = (),
-               member_axis: str = "map", perturb: Optional[PerturbSpec] = None,
-               layer_loop: Optional[str] = None, shared_prefix: bool = True,
-               factored: bool = True, base_template: str = "{}"):
-    """`perturb` defaults to independent noise over every leaf and layer of the model;
-    `factored=False` materialises low-rank members too (tests, benchmarks); `chat`,
-    `stop_strings` and `base_template` as `PromptCodec`."""
-    self.codec = PromptCodec(tokenizer, batch_size=batch_size, chat=chat,
-                             stop_strings=stop_strings, base_template=base_template)
-    self.perturb = PerturbSpec(stacked=llm_model.STACKED_LEAVES) if perturb is None else perturb
-    if self.perturb.stacked != llm_model.STACKED_LEAVES:
-      raise ValueError(f"a language model's PerturbSpec needs stacked="
-                       f"{llm_model.STACKED_LEAVES!r} (one noise draw per layer), got "
-                       f"{self.perturb.stacked!r}")
-    self.config, self.params, self.sampling = config, params, sampling
-    self.shared_prefix = shared_prefix
-    self.factored = factored and self.perturb.noise == "lowrank"
-    self._base, self._population = _programs(
-        config, sampling, tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop,
-        self.perturb, member_axis, self.factored)
-    self._averaged = functools.partial(  # materialised members must share a decode loop
-        _programs, config, dataclasses.replace(sampling, average_members=True),
-        tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop, self.perturb, "vmap",
-        self.factored)
-
-  def _encode(self, texts: Sequence[str], key: Optional[jax.Array]) -> tuple:
-    """(prompts, masks, keys, prefix): the generation arguments of `texts`."""
-    if self.shared_prefix:
-      prefix, tokens, mask = self.codec.encode_shared_prefix(texts)
-    else:
-      (tokens, mask), prefix = self.codec.encode(texts), np.zeros((0,), np.int32)
-    return tokens, mask, batch_keys(self.sampling, key, len(tokens)), prefix
-
-  def base_token_ids(self, texts: Sequence[str], key: Optional[jax.Array] = None,
-                     params=None) -> np.ndarray:
-    """Continuations, [prompts, max_new_tokens] token ids, of the base model or of `params`
-    (e.g. a member rebuilt with `rebuild_member`), through the same compiled program."""
-    params = self.params if params is None else params
-    out = distributed.to_host(self._base(params, *self._encode(texts, key)))
-    return out.reshape(-1, out.shape[-1])[:len(texts)]
-
-  def generate(self, texts: Sequence[str], key: Optional[jax.Array] = None,
-               params=None) -> list[str]:
-    return [self.codec.decode(row) for row in self.base_token_ids(texts, key, params)]
-
-  def population_token_ids(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str], *,
-                           members_per_batch: int, mesh: Optional[Mesh] = None,
-                           key: Optional[jax.Array] = None,
-                           params=None) -> Iterator[tuple[slice, np.ndarray]]:
-    """Yields (members slice, [members, prompts, max_new_tokens] token ids) per chunk of members.
-
-    Members perturb `params` (default: the base, e.g. an ES iterate) and share the sampling
-    key (irrelevant when greedy, the RandOpt protocol).
-    """
-    params = self.params if params is None else params
-    for part, out in population.iter_population(self._population, params, seeds, sigmas,
-                                                chunk_size=members_per_batch, mesh=mesh,
-                                                args=self._encode(texts, key)):
-      yield part, out.reshape(out.shape[0], -1, out.shape[-1])[:, :len(texts)]
-
-  def averaged_token_ids(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str],
-                         key: Optional[jax.Array] = None, params=None) -> np.ndarray:
-    """Continuations, [prompts, max_new_tokens] token ids, of the probability-averaging
-    ensemble of the members `(seeds [K], sigmas [K])`: all K run in one call (factored when
-    low-rank, else materialised together), each step's token from the mean of their
-    next-token probabilities (`Sampling.average_members`)."""
-    params = self.params if params is None else params
-    program = self._averaged()[1]
-    out = distributed.to_host(program(params, jnp.asarray(seeds, jnp.int32),
-                                      jnp.asarray(sigmas, jnp.float32),
-                                      *self._encode(texts, key)))  # [K, batches, b, new]
-    return out[0].reshape(-1, out.shape[-1])[:len(texts)]
-
-  def generate_population(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str],
-                          **kwargs) -> Iterator[tuple[slice, list[list[str]]]]:
-    """Yields (members slice, [members][prompts] texts); arguments as `population_token_ids`."""
-    for part, ids in self.population_token_ids(seeds, sigmas, texts, **kwargs):
-      yield part, [[self.codec.decode(row) for row in member] for member in ids]
+  indices = jnp.arange(batches * batch_size).reshape(batches, batch_size)
+  return jax.vmap(jax.vmap(lambda i: jax.random.fold_in(key, i)))(indices)

@@ -13,7 +13,8 @@ from absl import logging
 
 from thickets_jax import configs, halving, metrics, perturb, population, randopt, storage
 from thickets_jax.errors import InputError
-from thickets_jax.llm import generate, registry, scoring
+from thickets_jax.llm import registry, scoring
+from thickets_jax.llm.generator import Generator
 from thickets_jax.llm.session import (NOISE_FIELDS, TINY, TINY_MODEL, OneModelConfig,
                                       model_task_run, score_base_and_members, truncation)
 from thickets_jax.perturb import PerturbSpec
@@ -95,7 +96,7 @@ def run_randopt(config: RandOptConfig, workdir: str) -> dict:
   return result
 
 
-def _halving(config: RandOptConfig, loaded: registry.LoadedModel, gen: generate.Generator,
+def _halving(config: RandOptConfig, loaded: registry.LoadedModel, gen: Generator,
              train_set: scoring.TaskSet, run_dir: RunDir):
   """The top max(ks) by successive halving over the train examples, each rung resumable. A
   rung's generation batch is at most its number of examples (a padded batch would cost what
@@ -227,7 +228,7 @@ def reevaluate_randopt(config: RandOptConfig, topk_dir: str, workdir: str,
   return result
 
 
-def _evaluate_top(config: RandOptConfig, gen: generate.Generator, test_set: scoring.TaskSet,
+def _evaluate_top(config: RandOptConfig, gen: Generator, test_set: scoring.TaskSet,
                   members: list[dict], run_dir: RunDir) -> dict:
   """Test completions of the ranked members (resumable) -> accuracies per K: top-1, the
   majority vote of the top K, the oracle pass@K and, for K > 1, the averaged-weights model of

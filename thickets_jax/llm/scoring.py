@@ -13,7 +13,8 @@ import numpy as np
 from jax.sharding import Mesh
 
 from thickets_jax import flops, randopt, storage
-from thickets_jax.llm.generate import Generator, completion_mask
+from thickets_jax.llm.generate import completion_mask
+from thickets_jax.llm.generator import Generator
 from thickets_jax.tasks import Example, Task
 
 

@@ -24,14 +24,15 @@ from thickets_jax.errors import InputError
 from thickets_jax.llm import codec, generate, registry, scoring, sharding
 from thickets_jax.llm import plan as llm_plan
 from thickets_jax.llm import model as llm_model
+from thickets_jax.llm.generator import DECODES, Decode, Generator
 from thickets_jax.perturb import PerturbSpec
 from thickets_jax.tasks import TASKS
 from thickets_jax.workdir import RunDir
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 # Settings that change how a run is computed, never its numbers: a run may resume with others.
-EXECUTION_FIELDS = ("batch_size", "members_per_batch", "member_axis", "layer_loop",
-                     "model_parallel", "keep_completions", "plan", "dry_run")
+EXECUTION_FIELDS = ("batch_size", "members_per_batch", "member_axis", "layer_loop", "decode",
+                    "refill_rows", "model_parallel", "keep_completions", "plan", "dry_run")
 # The identity holds these as a PerturbSpec.
 NOISE_FIELDS = ("mode", "relative", "include", "noise", "rank", "scale", "masses")
 TINY_MODEL = "tiny-random-llama"
@@ -71,6 +72,13 @@ class ScoringConfig(scales.ScaleSettings):
   layer_loop: Optional[str] = configs.setting(
       None, "How the layers run (default: unrolled on GPUs, else scan).",
       choices=generate.LAYER_LOOPS)
+  decode: str = configs.setting(
+      "batch", "How rows decode: batch (each prompt batch until its longest row ends) or "
+      "refill (--batch_size slots per member; a finished row's slot takes the next prompt; the "
+      "same tokens).", choices=DECODES)
+  refill_rows: Optional[int] = configs.setting(
+      None, "Slots one refill prefills together under --decode refill (default: a quarter of "
+      "--batch_size).")
   mode: str = configs.setting(
       "independent", "Noise: independent per leaf and layer, or the reference's shared noise "
       "per shape.", choices=perturb.MODES)
@@ -177,6 +185,7 @@ class ScoringConfig(scales.ScaleSettings):
                   "rank"):
       if getattr(self, field) is not None and getattr(self, field) <= 0:
         raise InputError(f"--{field} must be positive, got {getattr(self, field)}.")
+    Decode(self.decode, self.refill_rows).validate(self.batch_size)
     if self.model_parallel is not None and self.model_parallel < 0:
       raise InputError(f"--model_parallel must be >= 0, got {self.model_parallel}.")
     if self.keep_completions < 0:
@@ -241,18 +250,19 @@ class ScoringConfig(scales.ScaleSettings):
                          None if mesh is None else sharding.leaf_sharding(mesh))
 
   def generator(self, loaded: registry.LoadedModel, perturb: Optional[PerturbSpec] = None,
-                temperature: float = 0.0) -> generate.Generator:
+                temperature: float = 0.0) -> Generator:
     """Greedy decoding (the RandOpt protocol) unless `temperature` > 0, with this config's
     noise (or `perturb`); a pretrained-only model gets the codec's question-answer prompt."""
     instruct = loaded.entry.instruct
-    return generate.Generator(loaded.config, loaded.params, loaded.tokenizer,
+    return Generator(loaded.config, loaded.params, loaded.tokenizer,
                               generate.Sampling(max_new_tokens=self.max_new_tokens,
                                                 temperature=temperature),
                               batch_size=self.batch_size, chat=instruct,
                               base_template="{}" if instruct else codec.BASE_TEMPLATE,
                               stop_strings=() if instruct else (codec.BASE_STOP,),
                               member_axis=self.member_axis,
-                              perturb=perturb or self.perturb_spec(), layer_loop=self.layer_loop)
+                              perturb=perturb or self.perturb_spec(), layer_loop=self.layer_loop,
+                              decode=Decode(self.decode, self.refill_rows))
 
 
 TINY = dict(N=4, sigmas=(0.01, 0.05), train_size=2, max_new_tokens=8, batch_size=2,
@@ -303,7 +313,7 @@ def truncation(config: ScoringConfig, base: dict, records: Sequence[dict], label
   return out
 
 
-def score_base_and_members(config: ScoringConfig, gen: generate.Generator,
+def score_base_and_members(config: ScoringConfig, gen: Generator,
                            task_sets: Sequence[scoring.TaskSet], run_dir: RunDir):
   """The base's scores (`base.json`, computed once) and every member's (resumable).
 

@@ -1,0 +1,158 @@
+"""`Generator`: tokenise -> a compiled generation program -> detokenise, for one loaded model,
+its base or a population of perturbed members.
+
+The program decodes in batches (`generate.token_generator`: each prompt batch until its longest
+row ends) or with slot refill (`refill.refill_generator`: a finished row's slot takes the next
+prompt). Both give the same tokens. For a population, each member is built inside the jitted
+call: member parameters exist only for the members of the chunk being generated and are never
+stored.
+"""
+
+import dataclasses
+import functools
+from typing import Callable, Iterator, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh
+
+from thickets_jax import distributed, population
+from thickets_jax.errors import InputError
+from thickets_jax.llm import chunk, refill
+from thickets_jax.llm import model as llm_model
+from thickets_jax.llm.codec import PromptCodec
+from thickets_jax.llm.config import ModelConfig
+from thickets_jax.llm.generate import Sampling, prompt_keys, token_generator
+from thickets_jax.perturb import PerturbSpec
+
+DECODES = ("batch", "refill")
+
+
+@dataclasses.dataclass(frozen=True)
+class Decode:
+  """How rows decode. "batch": each prompt batch of `batch_size` rows per member until its
+  longest row ends. "refill": `batch_size` slots per member, a finished row's slot prefilling
+  the member's next prompt, `refill_rows` slots at a time (default a quarter of the slots)."""
+  kind: str = "batch"
+  refill_rows: Optional[int] = None
+
+  def validate(self, batch_size: int) -> None:
+    if self.kind not in DECODES:
+      raise InputError(f"unknown decode {self.kind!r}; known: {', '.join(DECODES)}.")
+    refill.check_slots(batch_size, self.rows(batch_size))
+
+  def rows(self, batch_size: int) -> int:
+    return max(1, batch_size // 4) if self.refill_rows is None else self.refill_rows
+
+
+@functools.lru_cache(maxsize=None)
+def _programs(config: ModelConfig, sampling: Sampling, stop_ids: tuple[int, ...], pad_id: int,
+              layer_loop: Optional[str], perturb: PerturbSpec, member_axis: str,
+              factored: bool, decode: Decode, batch_size: int) -> tuple[Callable, Callable]:
+  """(the jitted base generation, the population program) of these settings, built once per
+  process: every `Generator` with the same settings (one per experiment phase, rung, sampler
+  temperature or test) shares their compilations. Parameters are arguments, never constants,
+  so sharing cannot mix two models' weights."""
+  if decode.kind == "refill" and not sampling.average_members:
+    run = refill.refill_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
+                                  slots=batch_size, refill_rows=decode.rows(batch_size),
+                                  layer_loop=layer_loop)
+  else:  # probability averaging decodes the members in lockstep
+    run = token_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
+                          layer_loop=layer_loop)
+  return jax.jit(run), chunk.population_program(run, perturb, member_axis=member_axis,
+                                                factored=factored)
+
+
+class Generator:
+  """Tokenise -> generate (`decode`: batches or slot refill) -> detokenise, for one loaded
+  model, its base or members.
+
+  One call per chunk of members covers every prompt batch, so each member is perturbed once
+  (`chunk.population_program`). Low-rank members run factored: the chunk's members share every
+  base matmul. Full-rank members are materialised: together under one decode loop with
+  `member_axis="vmap"`, one after another with "map". The longest token prefix all prompts of a
+  call share is prefilled once per member (`shared_prefix`).
+  """
+
+  def __init__(self, config: ModelConfig, params, tokenizer, sampling: Sampling, *,
+               batch_size: int, chat: bool, stop_strings: Sequence[str] = (),
+               member_axis: str = "map", perturb: Optional[PerturbSpec] = None,
+               layer_loop: Optional[str] = None, shared_prefix: bool = True,
+               factored: bool = True, base_template: str = "{}", decode: Decode = Decode()):
+    """`perturb` defaults to independent noise over every leaf and layer of the model;
+    `factored=False` materialises low-rank members too (tests, benchmarks); `chat`,
+    `stop_strings` and `base_template` as `PromptCodec`."""
+    self.codec = PromptCodec(tokenizer, batch_size=batch_size, chat=chat,
+                             stop_strings=stop_strings, base_template=base_template)
+    self.perturb = PerturbSpec(stacked=llm_model.STACKED_LEAVES) if perturb is None else perturb
+    if self.perturb.stacked != llm_model.STACKED_LEAVES:
+      raise ValueError(f"a language model's PerturbSpec needs stacked="
+                       f"{llm_model.STACKED_LEAVES!r} (one noise draw per layer), got "
+                       f"{self.perturb.stacked!r}")
+    self.config, self.params, self.sampling = config, params, sampling
+    self.shared_prefix = shared_prefix
+    decode.validate(batch_size)
+    self.factored = factored and self.perturb.noise == "lowrank"
+    self._base, self._population = _programs(
+        config, sampling, tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop,
+        self.perturb, member_axis, self.factored, decode, batch_size)
+    self._averaged = functools.partial(  # materialised members must share a decode loop
+        _programs, config, dataclasses.replace(sampling, average_members=True),
+        tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop, self.perturb, "vmap",
+        self.factored, Decode(), batch_size)
+
+  def _encode(self, texts: Sequence[str], key: Optional[jax.Array]) -> tuple:
+    """(prompts, masks, keys, prefix): the generation arguments of `texts`."""
+    if self.shared_prefix:
+      prefix, tokens, mask = self.codec.encode_shared_prefix(texts)
+    else:
+      (tokens, mask), prefix = self.codec.encode(texts), np.zeros((0,), np.int32)
+    return tokens, mask, prompt_keys(self.sampling, key, *tokens.shape[:2]), prefix
+
+  def base_token_ids(self, texts: Sequence[str], key: Optional[jax.Array] = None,
+                     params=None) -> np.ndarray:
+    """Continuations, [prompts, max_new_tokens] token ids, of the base model or of `params`
+    (e.g. a member rebuilt with `rebuild_member`), through the same compiled program."""
+    params = self.params if params is None else params
+    out = distributed.to_host(self._base(params, *self._encode(texts, key)))
+    return out.reshape(-1, out.shape[-1])[:len(texts)]
+
+  def generate(self, texts: Sequence[str], key: Optional[jax.Array] = None,
+               params=None) -> list[str]:
+    return [self.codec.decode(row) for row in self.base_token_ids(texts, key, params)]
+
+  def population_token_ids(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str], *,
+                           members_per_batch: int, mesh: Optional[Mesh] = None,
+                           key: Optional[jax.Array] = None,
+                           params=None) -> Iterator[tuple[slice, np.ndarray]]:
+    """Yields (members slice, [members, prompts, max_new_tokens] token ids) per chunk of members.
+
+    Members perturb `params` (default: the base, e.g. an ES iterate) and share the sampling
+    key (irrelevant when greedy, the RandOpt protocol).
+    """
+    params = self.params if params is None else params
+    for part, out in population.iter_population(self._population, params, seeds, sigmas,
+                                                chunk_size=members_per_batch, mesh=mesh,
+                                                args=self._encode(texts, key)):
+      yield part, out.reshape(out.shape[0], -1, out.shape[-1])[:, :len(texts)]
+
+  def averaged_token_ids(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str],
+                         key: Optional[jax.Array] = None, params=None) -> np.ndarray:
+    """Continuations, [prompts, max_new_tokens] token ids, of the probability-averaging
+    ensemble of the members `(seeds [K], sigmas [K])`: all K run in one call (factored when
+    low-rank, else materialised together), each step's token from the mean of their
+    next-token probabilities (`Sampling.average_members`)."""
+    params = self.params if params is None else params
+    program = self._averaged()[1]
+    out = distributed.to_host(program(params, jnp.asarray(seeds, jnp.int32),
+                                      jnp.asarray(sigmas, jnp.float32),
+                                      *self._encode(texts, key)))  # [K, batches, b, new]
+    return out[0].reshape(-1, out.shape[-1])[:len(texts)]
+
+  def generate_population(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str],
+                          **kwargs) -> Iterator[tuple[slice, list[list[str]]]]:
+    """Yields (members slice, [members][prompts] texts); arguments as `population_token_ids`."""
+    for part, ids in self.population_token_ids(seeds, sigmas, texts, **kwargs):
+      yield part, [[self.codec.decode(row) for row in member] for member in ids]

@@ -1,0 +1,233 @@
+"""Slot-refill (continuous) batching: each member decodes in a fixed number of slots, and a slot
+whose row has ended takes that member's next prompt, so no row-step waits for the longest row
+of a batch.
+
+A call generates Q prompts under each of M members (factored low-rank, materialised, or M = 1
+without members). Each member owns S slots, rows [M * S] member-major as in
+`generate.generate_tokens`, and takes the Q prompts in order. One compiled `lax.while_loop`
+alternates two phases, with no host round trip per token:
+
+1. Refill. While some member has at least min(R, prompts it has left) free slots, up to R free
+   slots of every member prefill that member's next prompts: [M * R, p] tokens in one call,
+   attending to the shared prefix. The prefix was written into every slot's cache once, at the
+   start. Each refilled row then draws its first token.
+2. Decode. Every slot runs one token. Each row writes its key and value at its own slot, and
+   keeps its own RoPE positions, so rows at different steps share the call.
+
+Each row's cache region has the layout of `generate.generate_tokens`: the prefix (P slots),
+then the left-padded prompt (p slots), then n new tokens. A row attends to the same slots in
+the same order, and its sampling key depends only on its prompt and step
+(`generate.step_keys`). So every (member, prompt) gets the tokens `generate.token_generator`
+gives it.
+
+A member's slots serve only that member's prompts, under factored members too. All members of
+a chunk share the prompts, so their queues drain together.
+"""
+
+from typing import NamedTuple, Optional, Sequence
+
+import jax
+import jax.numpy as jnp
+
+from thickets_jax.errors import InputError
+from thickets_jax.llm import chunk, generate
+from thickets_jax.llm import model as llm_model
+from thickets_jax.llm.config import ModelConfig
+
+
+class _State(NamedTuple):
+  """The loop state. Row arrays are [M * S], member-major."""
+  cache: object  # the KV cache, laid out as `generate._cache` lays out M * S rows
+  positions: jax.Array  # [M * S, P + p + n] RoPE position of each cached slot, -1 if unused
+  prompt: jax.Array  # the prompt each row serves, -1 before its first
+  step: jax.Array  # tokens the row has generated
+  last: jax.Array  # its last token
+  done: jax.Array  # free: ended, or never filled
+  length: jax.Array  # real tokens before its first new one (prefix and prompt)
+  queue: jax.Array  # [M] prompts each member has taken
+  out: jax.Array  # [M, Q, n] generated ids, padded
+  steps: jax.Array  # decode steps run
+
+
+def _leading(leaf, split: bool) -> int:
+  """1 for a stacked cache leaf [layers, rows..., kv, slots, hd], 0 for a per-layer one."""
+  return leaf.ndim - 4 - split
+
+
+def _write_each_row(leaf, new, slot, split: bool):
+  """Writes each row's new keys or values [..., rows..., kv, t, hd] at its own slot.
+
+  `slot` is [M, S], one index per row."""
+  write = lambda c, n, i: jax.lax.dynamic_update_slice_in_dim(c, n.astype(c.dtype), i, 1)
+  index = slot if split else slot.reshape(-1)
+  for _ in range(index.ndim):
+    write = jax.vmap(write)
+  if _leading(leaf, split):
+    write = jax.vmap(write, in_axes=(0, 0, None))
+  return write(leaf, new, index)
+
+
+def _write_rows(leaf, new, slot, start: int, split: bool):
+  """Writes the prefill of R rows per member, new [..., M * R (or M, R), kv, p, hd], at slots
+  [start, start + p) of the member's slots `slot` [M, R]. An index S is not written."""
+  count, per_member = slot.shape
+  slots = leaf.shape[_leading(leaf, split) + 1] if split else leaf.shape[
+      _leading(leaf, split)] // count
+  member = jnp.broadcast_to(jnp.arange(count)[:, None], slot.shape)
+  rows = (member, slot) if split else (
+      jnp.where(slot < slots, member * slots + slot, count * slots),)
+  lead = (slice(None),) * _leading(leaf, split)
+  new = new.reshape(*leaf.shape[:len(lead)], count, per_member, *new.shape[-3:])
+  index = lead + rows + (slice(None), slice(start, start + new.shape[-2]))
+  return leaf.at[index].set(new.astype(leaf.dtype), mode="drop")
+
+
+def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Array,
+                  keys: jax.Array, *, sampling: generate.Sampling, stop_ids: Sequence[int],
+                  pad_id: int, slots: int, refill_rows: int, layer_loop: str = "scan",
+                  prefix_kv=None, members: Optional[dict] = None) -> tuple:
+  """Continuations of Q left-padded prompts under each of M members, in S slots per member.
+
+  Args:
+    prompts, masks: [Q, p] left-padded prompts and their real tokens. keys: [Q], each prompt's
+      sampling key (`generate.prompt_keys`).
+    slots: S, decode rows per member. refill_rows: R ≤ S, the rows of one refill.
+    prefix_kv, members, sampling, stop_ids, pad_id, layer_loop: as
+      `generate.generate_tokens`. Probability averaging decodes every member in lockstep, so
+      it is refused here.
+
+  Returns:
+    ids [M, Q, n] int32, with `pad_id` after a stop token, the same as
+    `generate.generate_tokens` gives; and the number of decode steps run, a scalar. Useful
+    decode row-steps are Σ(length − 1) over (member, prompt), out of steps × M × S.
+  """
+  if sampling.average_members:
+    raise ValueError("probability averaging decodes the members in lockstep; use "
+                     "generate.token_generator")
+  queued, p = prompts.shape
+  count = chunk.count(members)
+  split = isinstance(members, chunk.MaterialisedMembers)
+  per_refill = min(refill_rows, slots)
+  n = sampling.max_new_tokens
+  shared = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-2]
+  width, rows = shared + p + n, count * slots
+  run = generate._runner(config, params, members, layer_loop)  # pylint: disable=protected-access
+  stop = jnp.asarray(stop_ids, jnp.int32)
+  member_of = jnp.repeat(jnp.arange(count), slots)
+  rows_of = lambda kv, k: jnp.repeat(kv, k, axis=kv.ndim - 4)  # each member's prefix to k rows
+
+  cache = generate._cache(config, rows, width, layer_loop, members)  # pylint: disable=protected-access
+  if shared:
+    cache = jax.tree.map(lambda c, kv: llm_model.write_slots(c, rows_of(kv, slots), 0), cache,
+                         prefix_kv)
+    prefill_cache = jax.tree.map(lambda kv: rows_of(kv, per_refill), prefix_kv)
+    prefill_positions = jnp.broadcast_to(jnp.arange(shared, dtype=jnp.int32),
+                                         (count * per_refill, shared))
+  else:
+    prefill_cache = generate._cache(config, count * per_refill, 1, layer_loop, members)  # unread  # pylint: disable=protected-access
+    prefill_positions = None
+
+  def wants_refill(st: _State):
+    left = queued - st.queue
+    free = st.done.reshape(count, slots).sum(axis=1)
+    return jnp.any((left > 0) & (free >= jnp.minimum(per_refill, left)))
+
+  def refill(st: _State) -> _State:
+    free = st.done.reshape(count, slots)
+    order = jnp.argsort(~free, axis=1, stable=True)[:, :per_refill]  # free slots first
+    take = jnp.minimum(jnp.minimum(free.sum(axis=1), per_refill), queued - st.queue)
+    taken = jnp.arange(per_refill)[None] < take[:, None]  # [M, R]
+    slot = jnp.where(taken, order, slots)
+    prompt = jnp.minimum(st.queue[:, None] + jnp.arange(per_refill)[None], queued - 1)
+    tokens = prompts[prompt].reshape(-1, p)
+    mask = masks[prompt].reshape(-1, p)
+    positions = shared + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
+    logits, new_kv = run(tokens, positions, prefill_cache, None, prefill_positions, mask,
+                         last_only=True)
+    first = generate.pick_token(logits[:, -1], generate.step_keys(keys[prompt.reshape(-1)], 0),
+                                sampling, stop)
+    row_positions = jnp.concatenate(
+        [jnp.broadcast_to(jnp.arange(shared), (first.shape[0], shared)),
+         jnp.where(mask, positions, -1), jnp.full((first.shape[0], n), -1)], axis=1)
+    row = jnp.where(taken, jnp.arange(count)[:, None] * slots + slot, rows).reshape(-1)
+    put = lambda a, value: a.at[row].set(value, mode="drop")
+    out = st.out.at[jnp.arange(count)[:, None], jnp.where(taken, prompt, queued), 0].set(
+        first.reshape(count, per_refill), mode="drop")
+    return st._replace(
+        cache=jax.tree.map(lambda c, new: _write_rows(c, new, slot, shared, split), st.cache,
+                           new_kv),
+        positions=put(st.positions, row_positions.astype(jnp.int32)),
+        prompt=put(st.prompt, prompt.reshape(-1)), step=put(st.step, 1),
+        last=put(st.last, first), done=put(st.done, jnp.isin(first, stop) | (n == 1)),
+        length=put(st.length, shared + mask.sum(axis=1)), queue=st.queue + take, out=out)
+
+  def decode(st: _State) -> _State:
+    active = ~st.done
+    slot = shared + p + st.step - 1  # where each row's last token goes
+    position = st.length + st.step - 1
+    logits, new_kv = run(st.last[:, None], position[:, None], st.cache, None, st.positions,
+                         jnp.ones((rows, 1), bool))
+    token = generate.pick_token(
+        logits[:, 0], generate.step_keys(keys[jnp.maximum(st.prompt, 0)], st.step), sampling,
+        stop)
+    step = st.step + active
+    return st._replace(
+        cache=jax.tree.map(lambda c, new: _write_each_row(c, new, slot.reshape(count, slots),
+                                                          split), st.cache, new_kv),
+        positions=st.positions.at[jnp.arange(rows), jnp.where(active, slot, width)].set(
+            position, mode="drop"),
+        out=st.out.at[member_of, jnp.where(active, st.prompt, queued), st.step].set(
+            token, mode="drop"),
+        step=step, last=jnp.where(active, token, st.last),
+        done=st.done | (active & (jnp.isin(token, stop) | (step == n))),
+        steps=st.steps + jnp.any(active))
+
+  def busy(st: _State):
+    return jnp.any(~st.done) | jnp.any(st.queue < queued)
+
+  def body(st: _State) -> _State:
+    return decode(jax.lax.while_loop(wants_refill, refill, st))
+
+  start = _State(cache=cache, positions=jnp.full((rows, width), -1, jnp.int32),
+                 prompt=jnp.full((rows,), -1, jnp.int32), step=jnp.zeros((rows,), jnp.int32),
+                 last=jnp.full((rows,), pad_id, jnp.int32), done=jnp.ones((rows,), bool),
+                 length=jnp.zeros((rows,), jnp.int32), queue=jnp.zeros((count,), jnp.int32),
+                 out=jnp.full((count, queued, n), pad_id, jnp.int32),
+                 steps=jnp.zeros((), jnp.int32))
+  end = jax.lax.while_loop(busy, body, start)
+  return end.out, end.steps
+
+
+def check_slots(slots: int, refill_rows: int) -> None:
+  """One sentence unless 1 ≤ refill_rows ≤ slots (the slots are a run's --batch_size)."""
+  if slots <= 0:
+    raise InputError(f"--batch_size must be positive, got {slots}.")
+  if not 0 < refill_rows <= slots:
+    raise InputError(f"--refill_rows must be between 1 and --batch_size ({slots}), got "
+                     f"{refill_rows}.")
+
+
+def refill_generator(config: ModelConfig, sampling: generate.Sampling, *,
+                     stop_ids: Sequence[int], pad_id: int, slots: int, refill_rows: int,
+                     layer_loop: Optional[str] = None):
+  """`refill_tokens` behind `generate.token_generator`'s signature, `(params, prompts, masks,
+  keys, prefix, members=None) -> ids [batches, M * b, n]`: the prompt batches of a call are one
+  queue, the shared prefix is prefilled once per member (not yet jitted)."""
+  sampling.validate()
+  check_slots(slots, refill_rows)
+  layer_loop = generate.default_layer_loop() if layer_loop is None else layer_loop
+
+  def run(params, prompts, masks, keys, prefix, members=None):
+    batches, per_batch, p = prompts.shape
+    prefix_kv = None
+    if prefix.shape[0]:
+      prefix_kv = generate.prefill_prefix(config, params, prefix, members=members,
+                                          layer_loop=layer_loop)
+    out, _ = refill_tokens(config, params, prompts.reshape(-1, p), masks.reshape(-1, p),
+                           keys.reshape(-1), sampling=sampling, stop_ids=stop_ids,
+                           pad_id=pad_id, slots=slots, refill_rows=refill_rows,
+                           layer_loop=layer_loop, prefix_kv=prefix_kv, members=members)
+    count = out.shape[0]
+    return out.reshape(count, batches, per_batch, -1).swapaxes(0, 1).reshape(
+        batches, count * per_batch, -1)
+  return run
