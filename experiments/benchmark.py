@@ -9,6 +9,7 @@ r"""Benchmarks of docs/benchmarks.md, each printing `<id>: <figure> (<comparison
   python -m experiments.benchmark --bench B6   # low-rank members factored vs full rank, SmolLM2
   python -m experiments.benchmark --bench B7   # successive halving vs full scoring, same run
   python -m experiments.benchmark --bench B8   # shared-prefix prefill vs prefix in every prompt
+  python -m experiments.benchmark --bench B9   # slot refill vs batch decoding vs HF generate
   python -m experiments.benchmark --bench P1 --host_devices 8   # dry-run plans vs their floor
   python -m experiments.benchmark --bench P1   # GPU/TPU: measured peak memory vs the plan
 

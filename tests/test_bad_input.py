@@ -58,6 +58,9 @@ CASES = {
         (["--scale", "natural", "--noise", "lowrank"], "--scale natural needs full-rank noise"),
         (["--scale", "radial"], "flag --scale=radial: value should be one of"),
         (["--member_axis", "pmap"], "flag --member_axis=pmap: value should be one of"),
+        (["--decode", "stream"], "flag --decode=stream: value should be one of <batch|refill>"),
+        (["--decode", "refill", "--refill_rows", "17"],
+         "--refill_rows must be between 1 and --batch_size (16), got 17."),
         (["--preset", "figure1c"], "--preset figure1c is a CompareConfig, not a RandOptConfig"),
         (["--preset", "nosuch"], "unknown preset 'nosuch'"),
         (["--preset", "table1:huge"], "unknown --preset variant 'huge' of table1"),
@@ -179,6 +182,9 @@ CASES = {
         (["--bench", "B1", "--N", "0"], "--N must be positive, got 0."),
         (["--bench", "B1", "--prompts", "8"], "--prompts is a setting of B3, B6, B8, not of B1."),
         (["--bench", "B6", "--b6_members", "8"], "--b6_members 8 needs at least two chunks"),
+        (["--bench", "B9", "--b9_refill_rows", "9"],
+         "--b9_refill_rows must be between 1 and --b9_batch (8), got 9."),
+        (["--bench", "B9", "--b9_prompts", "12"], "--b9_prompts 12 must be a multiple of"),
     ],
 }
 

@@ -71,6 +71,10 @@ def test_floor_adds_up_the_shards():
   assert abs(two.weights - one.weights / 2) < 0.01 * one.weights  # norms replicated, tiny
   assert one.kv_cache == 2 * 28 * 16 * 4 * 1280 * 128 * 2 == 2 * two.kv_cache
   assert one.members == one.weights
+  fp32 = dict(model_parallel=1, member_axis="vmap", members_per_slot=1, rows=16, slots=1280)
+  shapes = shapes.replace(dtype=jnp.float32)
+  assert (plan.footprint(shapes, **fp32).kv_cache
+          == 2 * plan.footprint(shapes, **fp32, cache_dtype=jnp.bfloat16).kv_cache)
 
 
 def test_heads_split_unevenly_and_plans_that_cannot_fit_are_refused():

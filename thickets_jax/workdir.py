@@ -49,6 +49,7 @@ FILES = {
 LATER_SETTINGS = {"noise": "full", "rank": 4, "vector_noise": True, "scale": "isotropic",
                   "masses": scales.DEFAULT_MASSES, "halving_eta": 0.0,
                   "halving_min_examples": 4, "average_probabilities": False,
+                  "kv_cache_dtype": None,
                   # ES, GRPO and fine-tuning settings that became flags with their sub-configs
                   "es_divide_by_sigma": False, "es_weight_decay": 0.0, "grpo_weight_decay": 0.01,
                   "grpo_grad_clip": 1.0, "grpo_clip_eps": 0.2, "grpo_temperature": 1.0,

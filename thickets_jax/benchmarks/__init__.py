@@ -4,13 +4,13 @@ over this registry.
 
   from thickets_jax import benchmarks
   print(benchmarks.run("B1", N=64))          # a benchmark from Python, its settings as keywords
-  sorted(benchmarks.BENCHMARKS)              # B1 … B8, B10, B11, ES, P1
+  sorted(benchmarks.BENCHMARKS)              # B1 … B11, ES, P1
 """
 
 # Importing the modules registers their benchmarks.
-from thickets_jax.benchmarks import (accelerator, ensembles, generation, memory, plans, scales,
-                                     selection, signals1d)
+from thickets_jax.benchmarks import (accelerator, decoding, ensembles, generation, memory, plans,
+                                     scales, selection, signals1d)
 from thickets_jax.benchmarks.base import BENCHMARKS, Benchmark, run
 
-__all__ = ["BENCHMARKS", "Benchmark", "run", "accelerator", "ensembles", "generation", "memory",
-           "plans", "scales", "selection", "signals1d"]
+__all__ = ["BENCHMARKS", "Benchmark", "run", "accelerator", "decoding", "ensembles", "generation",
+           "memory", "plans", "scales", "selection", "signals1d"]

@@ -53,8 +53,8 @@ def b5(config: B5Config) -> str:
   lengths = rng.integers(3 * bucket // 4, bucket + 1, rows)
   mask = np.arange(bucket)[None, :] >= (bucket - lengths)[:, None]
   tokens = np.where(mask, rng.integers(1000, shapes.vocab_size - 1000, (rows, bucket)), 0)
-  args = (tokens[None].astype(np.int32), mask[None], jax.random.key(0)[None])
   sampling = generate.Sampling(max_new_tokens=n, ignore_eos=True)
+  args = (tokens[None].astype(np.int32), mask[None], generate.prompt_keys(sampling, None, 1, rows))
   run = lambda p, prompts, masks, keys, sampling=sampling: generate.generate_batches(
       shapes, p, prompts, masks, keys, sampling=sampling, stop_ids=(0,), pad_id=0,
       layer_loop=layer_loop)

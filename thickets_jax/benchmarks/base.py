@@ -98,6 +98,13 @@ class LayerLoop(configs.Config):
 
 
 @dataclasses.dataclass(frozen=True)
+class KVCache(configs.Config):
+  kv_cache_dtype: Optional[str] = configs.setting(
+      None, "B3, B6, B9: the KV cache's dtype (default: the model's).",
+      choices=tuple(generate.CACHE_DTYPES))
+
+
+@dataclasses.dataclass(frozen=True)
 class Sizes(configs.Config):
   b4_sizes: tuple[int, ...] = configs.setting(
       (4, 32), "B4, ES: population sizes N, one child process each.")

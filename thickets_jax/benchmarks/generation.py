@@ -10,8 +10,8 @@ import numpy as np
 from absl import logging
 
 from thickets_jax import bench, configs, flops, population
-from thickets_jax.benchmarks.base import (LayerLoop, MemberBatching, NewTokens, Prompts, Repeats,
-                                          check_positive, register)
+from thickets_jax.benchmarks.base import (KVCache, LayerLoop, MemberBatching, NewTokens, Prompts,
+                                          Repeats, check_positive, register)
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, model as llm_model, registry
 from thickets_jax.llm.generator import Generator
@@ -26,7 +26,7 @@ def _countdown_prompts(n: int) -> list[str]:
 
 
 @dataclasses.dataclass(frozen=True)
-class B3Config(Repeats, Prompts, NewTokens, MemberBatching, LayerLoop):
+class B3Config(Repeats, Prompts, NewTokens, MemberBatching, LayerLoop, KVCache):
   members: int = configs.setting(16, "B3: perturbed members.")
 
   def validate(self) -> None:
@@ -41,7 +41,8 @@ def b3(config: B3Config) -> str:
   torch.set_num_threads(os.cpu_count())
   loaded = registry.load(SMOLLM2)
   texts = _countdown_prompts(config.prompts)
-  sampling = generate.Sampling(max_new_tokens=config.new_tokens, ignore_eos=True)
+  sampling = generate.Sampling(max_new_tokens=config.new_tokens, ignore_eos=True,
+                               cache_dtype=config.kv_cache_dtype)
   gen = Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
                            batch_size=config.prompts, chat=True, member_axis=config.member_axis,
                            layer_loop=config.layer_loop)
@@ -108,7 +109,7 @@ def _rate(gen: Generator, seeds, sigmas, texts, chunk: int) -> tuple[float, np.n
 
 
 @dataclasses.dataclass(frozen=True)
-class B6Config(Prompts, NewTokens, MemberBatching, LayerLoop):
+class B6Config(Prompts, NewTokens, MemberBatching, LayerLoop, KVCache):
   b6_members: int = configs.setting(64, "B6: members of each noise family.")
   b6_ranks: tuple[int, ...] = configs.setting((1, 4, 16), "B6: ranks of the low-rank members.")
   b6_chunk: int = configs.setting(
@@ -130,7 +131,8 @@ class B6Config(Prompts, NewTokens, MemberBatching, LayerLoop):
 def b6(config: B6Config) -> str:
   loaded = registry.load(SMOLLM2)
   texts = _countdown_prompts(config.prompts)
-  sampling = generate.Sampling(max_new_tokens=config.new_tokens, ignore_eos=True)
+  sampling = generate.Sampling(max_new_tokens=config.new_tokens, ignore_eos=True,
+                               cache_dtype=config.kv_cache_dtype)
   make = lambda spec, **kwargs: Generator(
       loaded.config, loaded.params, loaded.tokenizer, sampling, batch_size=config.prompts,
       chat=True, perturb=spec, layer_loop=config.layer_loop, **kwargs)

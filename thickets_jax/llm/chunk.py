@@ -51,7 +51,7 @@ def runner(config: ModelConfig, members: MaterialisedMembers, layer_loop: str) -
   vmap, so no per-member predicate selects over (and rewrites) the KV cache every step, as a
   vmapped `while_loop` does.
 
-  The cache is member-split, [layers, M, b, ...] (per layer [M, b, ...]; `generate._cache`):
+  The cache is member-split, [layers, M, b, ...] (per layer [M, b, ...]; `generate.empty_cache`):
   each member reads its rows where they lie, and the members' new keys and values are written
   after the vmap, in place. Splitting merged rows inside the call, or writing inside the vmap
   (where the update becomes a scatter on a member-major transpose), made XLA copy the whole

@@ -25,6 +25,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from thickets_jax.llm import chunk, generate, plan as llm_plan, registry, session, sharding
 from thickets_jax.llm import model as llm_model
+from thickets_jax.llm.generator import generation_function
 from thickets_jax.population import POPULATION_AXIS
 
 
@@ -44,8 +45,9 @@ def compile_population(config: session.ScoringConfig, name: str) -> dict:
   """Per-device bytes of the compiled population call of `config` (planned) for model `name`:
   arguments, outputs, temporaries, their total, and the compile time in seconds."""
   shapes = registry.entry(name, config.weights).config.replace(dtype=session.DTYPES[config.dtype])
-  sampling = generate.Sampling(max_new_tokens=config.max_new_tokens)
-  run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0, layer_loop="scan")
+  sampling = config.sampling()
+  run = generation_function(shapes, sampling, config.decoding(), config.batch_size,
+                            stop_ids=(0,), pad_id=0, layer_loop="scan")
   program = chunk.population_program(run, config.perturb_spec(),
                                         member_axis=config.member_axis,
                                         factored=config.noise == "lowrank")
@@ -90,8 +92,9 @@ def corrected_total(config: session.ScoringConfig, name: str,
   if config.noise == "lowrank":
     return None
   shapes = registry.entry(name, config.weights).config.replace(dtype=jnp.float32)
-  sampling = generate.Sampling(max_new_tokens=config.max_new_tokens)
-  run = generate.token_generator(shapes, sampling, stop_ids=(0,), pad_id=0, layer_loop="scan")
+  sampling = config.sampling()
+  run = generation_function(shapes, sampling, config.decoding(), config.batch_size,
+                            stop_ids=(0,), pad_id=0, layer_loop="scan")
   mesh = config.mesh()
   params = _abstract_params(shapes, mesh)
   inputs = _prompt_inputs(config, sampling, mesh)

@@ -25,18 +25,24 @@ from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.config import ModelConfig
 
 
+CACHE_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
 @dataclasses.dataclass(frozen=True)
 class Sampling:
   """Decoding settings. `temperature == 0` is greedy. `ignore_eos` forbids the stop tokens
   (their logits are masked, as transformers' `min_new_tokens = max_new_tokens`), so exactly
   `max_new_tokens` are decoded (benchmarks). `average_members`: the M members of a call decode
   one sequence per prompt together, each token picked from the mean of their next-token
-  probabilities (`_pick_from_mean`): the probability-averaging ensemble."""
+  probabilities (`_pick_from_mean`): the probability-averaging ensemble. `cache_dtype`: the KV
+  cache's dtype (`CACHE_DTYPES`; None: the model's), e.g. "bfloat16" halves a float32 model's
+  cache and what each decode step reads of it."""
   max_new_tokens: int
   temperature: float = 0.0
   top_p: float = 1.0
   ignore_eos: bool = False
   average_members: bool = False
+  cache_dtype: Optional[str] = None
 
   def validate(self) -> None:
     if self.max_new_tokens <= 0:
@@ -45,6 +51,15 @@ class Sampling:
       raise InputError(f"temperature must be >= 0, got {self.temperature}.")
     if not 0 < self.top_p <= 1:
       raise InputError(f"top_p must be in (0, 1], got {self.top_p}.")
+    if self.cache_dtype is not None and self.cache_dtype not in CACHE_DTYPES:
+      raise InputError(f"unknown KV cache dtype {self.cache_dtype!r}; known: "
+                       f"{', '.join(CACHE_DTYPES)}.")
+
+  def cast_cache(self, cache):
+    """`cache` (a prefix's keys and values) in the cache dtype."""
+    if self.cache_dtype is None:
+      return cache
+    return jax.tree.map(lambda a: a.astype(CACHE_DTYPES[self.cache_dtype]), cache)
 
 
 def _pick(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax.Array:
@@ -108,7 +123,7 @@ def _check_layer_loop(layer_loop: str) -> None:
     raise InputError(f"unknown layer loop {layer_loop!r}; known: {', '.join(LAYER_LOOPS)}.")
 
 
-def _runner(config: ModelConfig, params, members, layer_loop: str) -> Callable:
+def member_runner(config: ModelConfig, params, members, layer_loop: str) -> Callable:
   """`Transformer.apply` over `params` (and factored or materialised `members`) with the layer
   loop's layers bound."""
   _check_layer_loop(layer_loop)
@@ -122,11 +137,13 @@ def _runner(config: ModelConfig, params, members, layer_loop: str) -> Callable:
   return lambda *args, **kwargs: model.apply(variables, *args, layers=layers, **kwargs)
 
 
-def _cache(config: ModelConfig, rows: int, slots: int, layer_loop: str, members=None):
+def empty_cache(config: ModelConfig, rows: int, slots: int, layer_loop: str, members=None,
+                dtype: Optional[str] = None):
   """An empty cache of `rows` rows, [layers, rows, kv, slots, hd] (or per layer); under
   materialised members the rows are split member-major, [layers, M, rows / M, ...]
   (`chunk.runner` reads each member's rows where they lie)."""
-  cache = llm_model.init_cache(config, rows, slots)
+  cache = llm_model.init_cache(config, rows, slots,
+                               None if dtype is None else CACHE_DTYPES[dtype])
   if isinstance(members, chunk.MaterialisedMembers):
     cache = jax.tree.map(lambda c: c.reshape(c.shape[0], members.count, -1, *c.shape[2:]), cache)
   return llm_model.cache_list(cache) if layer_loop == "unrolled" else cache
@@ -139,10 +156,10 @@ def prefill_prefix(config: ModelConfig, params, prefix: jax.Array, *,
   per layer when unrolled)."""
   count = chunk.count(members)
   shared = prefix.shape[0]
-  run = _runner(config, params, members, layer_loop)
+  run = member_runner(config, params, members, layer_loop)
   _, cache = run(jnp.broadcast_to(prefix, (count, shared)),
                  jnp.broadcast_to(jnp.arange(shared), (count, shared)),
-                 _cache(config, count, shared, layer_loop, members), 0, None,
+                 empty_cache(config, count, shared, layer_loop, members), 0, None,
                  jnp.ones((count, shared), bool), last_only=True)
   return cache
 
@@ -180,9 +197,10 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   rows = count * b
   shared = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-2]
   n = sampling.max_new_tokens
-  run = _runner(config, params, members, layer_loop)
+  run = member_runner(config, params, members, layer_loop)
   prompt, prompt_mask = jnp.tile(prompt, (count, 1)), jnp.tile(prompt_mask, (count, 1))
-  cache = _cache(config, rows, shared + p + n, layer_loop, members)
+  cache = empty_cache(config, rows, shared + p + n, layer_loop, members,
+                      sampling.cache_dtype)
   positions = shared + jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [rows, p]
   prompt_len = shared + prompt_mask.sum(axis=1)  # [rows]
   if shared:
@@ -260,8 +278,8 @@ def training_rows(codec, texts: Sequence[str], ids: np.ndarray) -> dict:
 
 def generate_batches(config: ModelConfig, params, prompts: jax.Array, masks: jax.Array,
                      keys: jax.Array, prefix: Optional[jax.Array] = None,
-                     members: Optional[dict] = None, layer_loop: str = "scan",
-                     **kwargs) -> jax.Array:
+                     members: Optional[dict] = None, layer_loop: str = "scan", *,
+                     sampling: Sampling, **kwargs) -> jax.Array:
   """`generate_tokens` over prompt batches one after another (bounded KV-cache memory), the
   shared prefix prefilled once for all of them.
 
@@ -271,10 +289,11 @@ def generate_batches(config: ModelConfig, params, prompts: jax.Array, masks: jax
   """
   prefix_kv = None
   if prefix is not None:
-    prefix_kv = prefill_prefix(config, params, prefix, members=members, layer_loop=layer_loop)
+    prefix_kv = sampling.cast_cache(
+        prefill_prefix(config, params, prefix, members=members, layer_loop=layer_loop))
   return jax.lax.map(lambda xs: generate_tokens(config, params, *xs, prefix_kv=prefix_kv,
                                                 members=members, layer_loop=layer_loop,
-                                                **kwargs),
+                                                sampling=sampling, **kwargs),
                      (prompts, masks, keys))
 
 

@@ -46,6 +46,20 @@ class Decode:
     return max(1, batch_size // 4) if self.refill_rows is None else self.refill_rows
 
 
+def generation_function(config: ModelConfig, sampling: Sampling, decode: Decode, batch_size: int,
+                        *, stop_ids: Sequence[int], pad_id: int,
+                        layer_loop: Optional[str]) -> Callable:
+  """The pure generation function of `decode` (`generate.token_generator`'s signature): slot
+  refill with `batch_size` slots per member, or batches of `batch_size`. Probability
+  averaging decodes the members in lockstep, so it always runs in batches."""
+  if decode.kind == "refill" and not sampling.average_members:
+    return refill.refill_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
+                                   slots=batch_size, refill_rows=decode.rows(batch_size),
+                                   layer_loop=layer_loop)
+  return token_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
+                         layer_loop=layer_loop)
+
+
 @functools.lru_cache(maxsize=None)
 def _programs(config: ModelConfig, sampling: Sampling, stop_ids: tuple[int, ...], pad_id: int,
               layer_loop: Optional[str], perturb: PerturbSpec, member_axis: str,
@@ -54,13 +68,8 @@ def _programs(config: ModelConfig, sampling: Sampling, stop_ids: tuple[int, ...]
   process: every `Generator` with the same settings (one per experiment phase, rung, sampler
   temperature or test) shares their compilations. Parameters are arguments, never constants,
   so sharing cannot mix two models' weights."""
-  if decode.kind == "refill" and not sampling.average_members:
-    run = refill.refill_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
-                                  slots=batch_size, refill_rows=decode.rows(batch_size),
-                                  layer_loop=layer_loop)
-  else:  # probability averaging decodes the members in lockstep
-    run = token_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
-                          layer_loop=layer_loop)
+  run = generation_function(config, sampling, decode, batch_size, stop_ids=stop_ids,
+                            pad_id=pad_id, layer_loop=layer_loop)
   return jax.jit(run), chunk.population_program(run, perturb, member_axis=member_axis,
                                                 factored=factored)
 

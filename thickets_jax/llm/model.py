@@ -410,9 +410,12 @@ def cache_list(cache: KVCache) -> list[KVCache]:
   return [(cache[0][l], cache[1][l]) for l in range(cache[0].shape[0])]
 
 
-def init_cache(config: ModelConfig, batch: int, slots: int) -> KVCache:
+def init_cache(config: ModelConfig, batch: int, slots: int, dtype=None) -> KVCache:
+  """An empty cache, (k, v) each [layers, batch, kv, slots, hd], in `dtype` (default: the
+  model's)."""
   shape = (config.num_layers, batch, config.num_kv_heads, slots, config.head_dim)
-  return jnp.zeros(shape, config.dtype), jnp.zeros(shape, config.dtype)
+  dtype = config.dtype if dtype is None else dtype
+  return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
 
 def abstract_params(config: ModelConfig):

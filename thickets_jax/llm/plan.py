@@ -118,13 +118,14 @@ def _shards(name: str, shape: tuple[int, ...], axes: dict[str, int]) -> int:
 
 def footprint(model: ModelConfig, *, model_parallel: int, member_axis: str,
               members_per_slot: int, rows: int, slots: int,
-              prompt_tokens: int = PROMPT_TOKENS) -> Footprint:
+              prompt_tokens: int = PROMPT_TOKENS, cache_dtype=None) -> Footprint:
   """The arithmetic floor per device of one population call (module docstring).
 
   Args:
     model: shapes, with the run's dtype. model_parallel: devices per member (0: no mesh).
     members_per_slot: members generated together on one device's population slot.
     rows: prompts per generation batch. slots: KV-cache slots per row (prompt + new tokens).
+    cache_dtype: the KV cache's dtype (default: the model's).
   """
   axes = {POPULATION_AXIS: 1, sharding.MODEL_AXIS: max(model_parallel, 1)}
   weights = largest = 0
@@ -141,7 +142,8 @@ def footprint(model: ModelConfig, *, model_parallel: int, member_axis: str,
   hidden = rows * copies * prompt_tokens * (2 * split(model.intermediate_size) + model.hidden_size)
   logits = rows * copies * split(model.vocab_size) * 4
   return Footprint(weights=weights, members=copies * weights, noise=copies * largest * 4,
-                   kv_cache=kv * itemsize, activations=hidden * itemsize + logits)
+                   kv_cache=kv * np.dtype(cache_dtype or model.dtype).itemsize,
+                   activations=hidden * itemsize + logits)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -194,11 +196,12 @@ def _degrees(machine: Machine, model: ModelConfig) -> list[int]:
 def choose(models: dict[str, ModelConfig], machine: Machine, *, dtype: Optional[str] = None,
            model_parallel: Optional[int] = None, member_axis: Optional[str] = None,
            members_per_batch: Optional[int] = None, rows: int, slots: int,
-           dtypes: dict, accelerator_dtype: str = "bfloat16") -> ExecutionPlan:
+           dtypes: dict, accelerator_dtype: str = "bfloat16", cache_dtype=None) -> ExecutionPlan:
   """The plan for `models` (name -> shapes; the largest decides the memory, and the
   model-parallel degree divides every model's heads: one plan serves them all) on `machine`;
-  each setting given (not None) is kept. `accelerator_dtype`: the dtype chosen on accelerators (runs that
-  train weights keep float32, where small updates survive).
+  each setting given (not None) is kept. `accelerator_dtype`: the dtype chosen on accelerators
+  (runs that train weights keep float32, where small updates survive); `cache_dtype`: the KV
+  cache's (default: the model's).
 
   Raises:
     InputError: a given `model_parallel` that splits heads or devices unevenly, or no plan
@@ -222,7 +225,7 @@ def choose(models: dict[str, ModelConfig], machine: Machine, *, dtype: Optional[
     per_call = members_per_batch or slots_on_mesh
     per_slot = max(1, per_call // slots_on_mesh)
     use = footprint(shapes, model_parallel=degree, member_axis=member_axis,
-                    members_per_slot=per_slot, rows=rows, slots=slots)
+                    members_per_slot=per_slot, rows=rows, slots=slots, cache_dtype=cache_dtype)
     return ExecutionPlan(machine, dtype, degree, member_axis, per_call, use, name, chosen)
 
   degrees = [d for d in _degrees(machine, shapes)

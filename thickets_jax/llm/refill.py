@@ -28,6 +28,7 @@ from typing import NamedTuple, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from thickets_jax.errors import InputError
 from thickets_jax.llm import chunk, generate
@@ -37,7 +38,7 @@ from thickets_jax.llm.config import ModelConfig
 
 class _State(NamedTuple):
   """The loop state. Row arrays are [M * S], member-major."""
-  cache: object  # the KV cache, laid out as `generate._cache` lays out M * S rows
+  cache: object  # the KV cache, laid out as `generate.empty_cache` lays out M * S rows
   positions: jax.Array  # [M * S, P + p + n] RoPE position of each cached slot, -1 if unused
   prompt: jax.Array  # the prompt each row serves, -1 before its first
   step: jax.Array  # tokens the row has generated
@@ -111,12 +112,13 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
   n = sampling.max_new_tokens
   shared = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-2]
   width, rows = shared + p + n, count * slots
-  run = generate._runner(config, params, members, layer_loop)  # pylint: disable=protected-access
+  run = generate.member_runner(config, params, members, layer_loop)
   stop = jnp.asarray(stop_ids, jnp.int32)
   member_of = jnp.repeat(jnp.arange(count), slots)
   rows_of = lambda kv, k: jnp.repeat(kv, k, axis=kv.ndim - 4)  # each member's prefix to k rows
 
-  cache = generate._cache(config, rows, width, layer_loop, members)  # pylint: disable=protected-access
+  cache = generate.empty_cache(config, rows, width, layer_loop, members,
+                               sampling.cache_dtype)
   if shared:
     cache = jax.tree.map(lambda c, kv: llm_model.write_slots(c, rows_of(kv, slots), 0), cache,
                          prefix_kv)
@@ -124,7 +126,7 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
     prefill_positions = jnp.broadcast_to(jnp.arange(shared, dtype=jnp.int32),
                                          (count * per_refill, shared))
   else:
-    prefill_cache = generate._cache(config, count * per_refill, 1, layer_loop, members)  # unread  # pylint: disable=protected-access
+    prefill_cache = generate.empty_cache(config, count * per_refill, 1, layer_loop, members)  # unread
     prefill_positions = None
 
   def wants_refill(st: _State):
@@ -198,12 +200,44 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
   return end.out, end.steps
 
 
-def check_slots(slots: int, refill_rows: int) -> None:
-  """One sentence unless 1 ≤ refill_rows ≤ slots (the slots are a run's --batch_size)."""
+def refill_steps(lengths: np.ndarray, slots: int, refill_rows: int) -> int:
+  """The decode steps `refill_tokens` runs for completions of these lengths, replayed on the
+  host: lengths [M, Q] (tokens generated, `generate.completion_mask` summed; ≥ 1) -> steps. A
+  row of length L takes L − 1 decode steps after its prefill; the members step together."""
+  count, queued = lengths.shape
+  per_refill = min(refill_rows, slots)
+  left_steps = np.zeros((count, slots), np.int64)  # decode steps each slot's row still needs
+  queue, steps = np.zeros(count, np.int64), 0
+  while (left_steps > 0).any() or (queue < queued).any():
+    while True:
+      free, left = (left_steps == 0).sum(axis=1), queued - queue
+      if not ((left > 0) & (free >= np.minimum(per_refill, left))).any():
+        break
+      for m in range(count):
+        take = min(free[m], per_refill, left[m])
+        slot = np.flatnonzero(left_steps[m] == 0)[:take]
+        left_steps[m, slot] = lengths[m, queue[m]:queue[m] + take] - 1
+        queue[m] += take
+    steps += int((left_steps > 0).any())
+    left_steps = np.maximum(left_steps - 1, 0)
+  return steps
+
+
+def batch_steps(lengths: np.ndarray, batch_size: int) -> int:
+  """The decode steps `generate.generate_batches` runs for completions of these lengths:
+  lengths [M, Q] (members together) -> Σ over prompt batches of the longest row's length − 1."""
+  batches = lengths.reshape(lengths.shape[0], -1, batch_size)
+  return int((batches.max(axis=(0, 2)) - 1).sum())
+
+
+def check_slots(slots: int, refill_rows: int, names: tuple[str, str] = ("--batch_size",
+                                                                        "--refill_rows")) -> None:
+  """One sentence unless 1 ≤ refill_rows ≤ slots; `names` are their flags (a run's slots are
+  its --batch_size)."""
   if slots <= 0:
-    raise InputError(f"--batch_size must be positive, got {slots}.")
+    raise InputError(f"{names[0]} must be positive, got {slots}.")
   if not 0 < refill_rows <= slots:
-    raise InputError(f"--refill_rows must be between 1 and --batch_size ({slots}), got "
+    raise InputError(f"{names[1]} must be between 1 and {names[0]} ({slots}), got "
                      f"{refill_rows}.")
 
 
@@ -221,8 +255,8 @@ def refill_generator(config: ModelConfig, sampling: generate.Sampling, *,
     batches, per_batch, p = prompts.shape
     prefix_kv = None
     if prefix.shape[0]:
-      prefix_kv = generate.prefill_prefix(config, params, prefix, members=members,
-                                          layer_loop=layer_loop)
+      prefix_kv = sampling.cast_cache(generate.prefill_prefix(
+          config, params, prefix, members=members, layer_loop=layer_loop))
     out, _ = refill_tokens(config, params, prompts.reshape(-1, p), masks.reshape(-1, p),
                            keys.reshape(-1), sampling=sampling, stop_ids=stop_ids,
                            pad_id=pad_id, slots=slots, refill_rows=refill_rows,

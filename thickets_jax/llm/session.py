@@ -72,6 +72,10 @@ class ScoringConfig(scales.ScaleSettings):
   layer_loop: Optional[str] = configs.setting(
       None, "How the layers run (default: unrolled on GPUs, else scan).",
       choices=generate.LAYER_LOOPS)
+  kv_cache_dtype: Optional[str] = configs.setting(
+      None, "KV cache dtype (default: the model's dtype): bfloat16 halves a float32 model's "
+      "cache and what each decode step reads of it, and can change tokens.",
+      choices=tuple(generate.CACHE_DTYPES))
   decode: str = configs.setting(
       "batch", "How rows decode: batch (each prompt batch until its longest row ends) or "
       "refill (--batch_size slots per member; a finished row's slot takes the next prompt; the "
@@ -153,7 +157,8 @@ class ScoringConfig(scales.ScaleSettings):
         model_parallel=self.model_parallel, member_axis=self.member_axis,
         members_per_batch=self.members_per_batch, rows=self.batch_size,
         slots=llm_plan.PROMPT_TOKENS + self.max_new_tokens, dtypes=DTYPES,
-        accelerator_dtype=self.ACCELERATOR_DTYPE)
+        accelerator_dtype=self.ACCELERATOR_DTYPE,
+        cache_dtype=generate.CACHE_DTYPES.get(self.kv_cache_dtype))
 
   def perturb_spec(self) -> PerturbSpec:
     return PerturbSpec(mode=self.mode, relative=self.relative, include=self.include,
@@ -185,7 +190,7 @@ class ScoringConfig(scales.ScaleSettings):
                   "rank"):
       if getattr(self, field) is not None and getattr(self, field) <= 0:
         raise InputError(f"--{field} must be positive, got {getattr(self, field)}.")
-    Decode(self.decode, self.refill_rows).validate(self.batch_size)
+    self.decoding().validate(self.batch_size)
     if self.model_parallel is not None and self.model_parallel < 0:
       raise InputError(f"--model_parallel must be >= 0, got {self.model_parallel}.")
     if self.keep_completions < 0:
@@ -254,15 +259,21 @@ class ScoringConfig(scales.ScaleSettings):
     """Greedy decoding (the RandOpt protocol) unless `temperature` > 0, with this config's
     noise (or `perturb`); a pretrained-only model gets the codec's question-answer prompt."""
     instruct = loaded.entry.instruct
-    return Generator(loaded.config, loaded.params, loaded.tokenizer,
-                              generate.Sampling(max_new_tokens=self.max_new_tokens,
-                                                temperature=temperature),
+    return Generator(loaded.config, loaded.params, loaded.tokenizer, self.sampling(temperature),
                               batch_size=self.batch_size, chat=instruct,
                               base_template="{}" if instruct else codec.BASE_TEMPLATE,
                               stop_strings=() if instruct else (codec.BASE_STOP,),
                               member_axis=self.member_axis,
                               perturb=perturb or self.perturb_spec(), layer_loop=self.layer_loop,
-                              decode=Decode(self.decode, self.refill_rows))
+                              decode=self.decoding())
+
+  def sampling(self, temperature: float = 0.0) -> generate.Sampling:
+    """Greedy (the RandOpt protocol) unless `temperature` > 0, in this config's KV cache dtype."""
+    return generate.Sampling(max_new_tokens=self.max_new_tokens, temperature=temperature,
+                             cache_dtype=self.kv_cache_dtype)
+
+  def decoding(self) -> Decode:
+    return Decode(self.decode, self.refill_rows)
 
 
 TINY = dict(N=4, sigmas=(0.01, 0.05), train_size=2, max_new_tokens=8, batch_size=2,
