@@ -21,8 +21,8 @@ TARGETS = np.array([[4, 5, 6, 1], [7, 7, 1, 0], [9, 1, 0, 0]], np.int32)  # 1 = 
 def _generator(params=None, new_tokens=4):
   params = roofline.random_params(toys.TINY_CONFIG, jax.random.key(0)) if params is None else params
   return Generator(toys.TINY_CONFIG, params, toys.CharTokenizer(),
-                            generate.Sampling(max_new_tokens=new_tokens), batch_size=4,
-                            chat=False)
+                   generate.Sampling(max_new_tokens=new_tokens), batch_size=4,
+                   chat=False)
 
 
 def test_lora_starts_at_the_base_and_adapts_only_layer_kernels():

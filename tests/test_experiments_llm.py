@@ -98,9 +98,9 @@ def test_a_member_rebuilt_from_topk_json_alone_writes_what_it_wrote_in_the_searc
   best = topk["members"][0]
   member = rebuild_member(loaded.params, best["seed"], best["sigma"], topk["perturbation"])
   gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
-                           generate.Sampling(max_new_tokens=config.max_new_tokens),
-                           batch_size=config.batch_size, chat=loaded.entry.instruct,
-                           perturb=topk["perturbation"])
+                  generate.Sampling(max_new_tokens=config.max_new_tokens),
+                  batch_size=config.batch_size, chat=loaded.entry.instruct,
+                  perturb=topk["perturbation"])
   train, _ = config.splits(topk["task"], 0)
   searched = next(json.loads(line) for line in open(os.path.join(workdir, "candidates.jsonl"))
                   if json.loads(line)["seed"] == best["seed"])

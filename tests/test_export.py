@@ -32,7 +32,7 @@ def _topk(run_dir, model, weights, members, spec=None):
 
 def _same_greedy_tokens(loaded, member_params, out, new_tokens):
   gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
-                           generate.Sampling(max_new_tokens=new_tokens), batch_size=2, chat=True)
+                  generate.Sampling(max_new_tokens=new_tokens), batch_size=2, chat=True)
   ours = gen.base_token_ids(PROMPTS, params=member_params)
   hf = transformers.AutoModelForCausalLM.from_pretrained(out).eval()
   for row, ids in zip(ours, gen.codec.token_ids(PROMPTS)):
@@ -85,7 +85,7 @@ def _same_greedy_tokens_with_adapter(loaded, member_params, out, new_tokens):
   base = transformers.AutoModelForCausalLM.from_pretrained(config["base_model_name_or_path"])
   hf = peft.PeftModel.from_pretrained(base, out).eval()
   gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
-                           generate.Sampling(max_new_tokens=new_tokens), batch_size=2, chat=True)
+                  generate.Sampling(max_new_tokens=new_tokens), batch_size=2, chat=True)
   ours = gen.base_token_ids(PROMPTS, params=member_params)
   for row, ids in zip(ours, gen.codec.token_ids(PROMPTS)):
     with torch.no_grad():

@@ -110,9 +110,9 @@ def _emit_c_task():
 
 def _trainer(config, seed=0):
   gen = Generator(toys.TINY_CONFIG, _params(), toys.CharTokenizer(),
-                           generate.Sampling(max_new_tokens=6, temperature=1.0,
+                  generate.Sampling(max_new_tokens=6, temperature=1.0,
                                              ignore_eos=True),
-                           batch_size=16, chat=False)
+                  batch_size=16, chat=False)
   examples = [Example(prompt=p, gold=None) for p in ("ab", "xyz", "hello", "q")]
   return gen, grpo.Trainer(gen, _emit_c_task(), examples, config, seed=seed)
 

@@ -111,7 +111,8 @@ def _generator(tmp_path, sampling, **kwargs):
   _, directory = _checkpoint(tmp_path, "qwen2", False)
   config = weights.hf_config(directory, jnp.float32)
   params = weights.load_safetensors(directory, config)
-  return Generator(config, params, toys.CharTokenizer(), sampling, batch_size=4, chat=False, **kwargs)
+  return Generator(config, params, toys.CharTokenizer(), sampling, batch_size=4, chat=False,
+                   **kwargs)
 
 
 def _greedy_reference(config, params, prompt_ids, n):
@@ -159,8 +160,8 @@ def test_perturbed_member_generation_equals_explicitly_perturbed_params(tmp_path
   for axis, layer_loop in (("map", "scan"), ("vmap", "scan"), ("map", "unrolled"),
                           ("vmap", "unrolled")):
     gen_axis = Generator(gen.config, gen.params, gen.codec.tokenizer, gen.sampling,
-                                  batch_size=4, chat=False, member_axis=axis,
-                                  layer_loop=layer_loop)
+                         batch_size=4, chat=False, member_axis=axis,
+                         layer_loop=layer_loop)
     (part, ids), = gen_axis.population_token_ids(seeds, sigmas, prompts, members_per_batch=2)
     assert part == slice(0, 2)
     for m in range(2):
@@ -202,8 +203,8 @@ def test_factored_generation_equals_the_materialised_members(tmp_path, layer_loo
   factored = _generator(tmp_path, sampling, perturb=LOW_RANK, layer_loop=layer_loop)
   assert factored.factored
   materialised = Generator(factored.config, factored.params, factored.codec.tokenizer,
-                                    sampling, batch_size=2, chat=False, perturb=LOW_RANK,
-                                    factored=False, shared_prefix=False)
+                           sampling, batch_size=2, chat=False, perturb=LOW_RANK,
+                           factored=False, shared_prefix=False)
   prompts = _shared_prefix_prompts()
   seeds, sigmas = np.array([5, 9, 4]), np.array([0.05, 0.2, 0.1])
   ours = np.concatenate([ids for _, ids in factored.population_token_ids(
@@ -370,7 +371,7 @@ def test_population_generation_on_a_model_parallel_mesh_equals_one_device(tmp_pa
   directory = str(tmp_path / "qwen2-untied")
   sharded = weights.load_safetensors(directory, gen.config, sharding.leaf_sharding(mesh))
   on_mesh = Generator(gen.config, sharded, gen.codec.tokenizer, gen.sampling, batch_size=4,
-                               chat=False, member_axis="vmap")
+                      chat=False, member_axis="vmap")
   seeds, sigmas = np.array([3, 4]), np.array([0.1, 0.1])
   prompts = ["abc", "hello there"]
   (_, expected), = gen.population_token_ids(seeds, sigmas, prompts, members_per_batch=2)

@@ -26,7 +26,7 @@ def offline(request, offline_models):
 
 def _prompts(loaded, count=3):
   gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
-                           generate.Sampling(max_new_tokens=1), batch_size=count, chat=True)
+                  generate.Sampling(max_new_tokens=1), batch_size=count, chat=True)
   texts = [countdown.prompt(p) for p in countdown.generate(7, count)]
   return gen, texts, gen.codec.token_ids(texts)
 
@@ -46,8 +46,8 @@ def test_greedy_continuations_match_pytorch_for_32_tokens(offline):
   loaded, hf = offline
   gen, texts, prompts = _prompts(loaded)
   gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
-                           generate.Sampling(max_new_tokens=32, ignore_eos=True),
-                           batch_size=len(texts), chat=True)
+                  generate.Sampling(max_new_tokens=32, ignore_eos=True),
+                  batch_size=len(texts), chat=True)
   ours = gen.base_token_ids(texts)  # one left-padded batch
   for row, ids in zip(ours, prompts):
     with torch.no_grad():
@@ -89,8 +89,8 @@ def test_member_tokens_are_the_ones_recorded_before_the_architecture_modules(nam
   loaded = offline_models(name)
   texts = [countdown.prompt(p) for p in countdown.generate(7, 2)]
   gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
-                           generate.Sampling(max_new_tokens=12, ignore_eos=True), batch_size=2,
-                           chat=True, perturb=PerturbSpec(stacked=M.STACKED_LEAVES, noise=noise))
+                  generate.Sampling(max_new_tokens=12, ignore_eos=True), batch_size=2,
+                  chat=True, perturb=PerturbSpec(stacked=M.STACKED_LEAVES, noise=noise))
   (_, ids), = gen.population_token_ids(np.array([3, 11]), np.array([2e-3, 2e-3], np.float32),
                                        texts, members_per_batch=2)
   assert ids.tolist() == PINNED_MEMBER_TOKENS[f"{name}/{noise}"]

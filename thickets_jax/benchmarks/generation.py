@@ -44,8 +44,8 @@ def b3(config: B3Config) -> str:
   sampling = generate.Sampling(max_new_tokens=config.new_tokens, ignore_eos=True,
                                cache_dtype=config.kv_cache_dtype)
   gen = Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
-                           batch_size=config.prompts, chat=True, member_axis=config.member_axis,
-                           layer_loop=config.layer_loop)
+                  batch_size=config.prompts, chat=True, member_axis=config.member_axis,
+                  layer_loop=config.layer_loop)
   seeds, sigmas = population.draw_candidates(0, config.members, [1e-3])
   _, mask = gen.codec.encode(texts)
   prompt_tokens = int(mask.sum())
@@ -203,8 +203,8 @@ def b8(config: B8Config) -> str:
     seconds, ids = {}, {}
     for shared in (False, True):
       gen = Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
-                               batch_size=config.prompts, chat=True,
-                               layer_loop=config.layer_loop, shared_prefix=shared)
+                      batch_size=config.prompts, chat=True,
+                      layer_loop=config.layer_loop, shared_prefix=shared)
       seconds[shared] = bench.median_seconds(gen.base_token_ids, texts, repeats=config.repeats)
       ids[shared] = gen.base_token_ids(texts)
     prefix, _, _ = gen.codec.encode_shared_prefix(texts)

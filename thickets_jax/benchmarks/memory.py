@@ -24,8 +24,8 @@ def b4_workload(n: int, members_per_batch: int, member_axis: str) -> None:
   loaded = registry.load(SMOLLM2)
   problems = countdown.generate(1, 4)
   gen = Generator(loaded.config, loaded.params, loaded.tokenizer,
-                           generate.Sampling(max_new_tokens=32), batch_size=4, chat=True,
-                           member_axis=member_axis)
+                  generate.Sampling(max_new_tokens=32), batch_size=4, chat=True,
+                  member_axis=member_axis)
   seeds, sigmas = population.draw_candidates(0, n, [1e-3])
   scores = []
   for _, texts in gen.generate_population(seeds, sigmas, [countdown.prompt(p) for p in problems],

@@ -260,12 +260,12 @@ class ScoringConfig(scales.ScaleSettings):
     noise (or `perturb`); a pretrained-only model gets the codec's question-answer prompt."""
     instruct = loaded.entry.instruct
     return Generator(loaded.config, loaded.params, loaded.tokenizer, self.sampling(temperature),
-                              batch_size=self.batch_size, chat=instruct,
-                              base_template="{}" if instruct else codec.BASE_TEMPLATE,
-                              stop_strings=() if instruct else (codec.BASE_STOP,),
-                              member_axis=self.member_axis,
-                              perturb=perturb or self.perturb_spec(), layer_loop=self.layer_loop,
-                              decode=self.decoding())
+                     batch_size=self.batch_size, chat=instruct,
+                     base_template="{}" if instruct else codec.BASE_TEMPLATE,
+                     stop_strings=() if instruct else (codec.BASE_STOP,),
+                     member_axis=self.member_axis,
+                     perturb=perturb or self.perturb_spec(), layer_loop=self.layer_loop,
+                     decode=self.decoding())
 
   def sampling(self, temperature: float = 0.0) -> generate.Sampling:
     """Greedy (the RandOpt protocol) unless `temperature` > 0, in this config's KV cache dtype."""
