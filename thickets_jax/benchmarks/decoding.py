@@ -19,7 +19,7 @@ from absl import logging
 from thickets_jax import configs, population
 from thickets_jax.benchmarks.base import (KVCache, LayerLoop, MemberBatching, check_positive,
                                           register)
-from thickets_jax.benchmarks.generation import few_shot_prompts
+from thickets_jax.benchmarks.generation import few_shot_prompts, members_per_second
 from thickets_jax.errors import InputError
 from thickets_jax.llm import chunk, generate, refill, registry, roofline
 from thickets_jax.llm import model as llm_model
@@ -55,9 +55,8 @@ def useful_fractions(lengths: np.ndarray, *, batch_size: int, refill_rows: int,
   """Useful decode row-steps, Σ(length − 1), as a fraction of the row-steps each decoder runs:
   (batch, refill). lengths [members, prompts]; `chunk` members per call, stepping together when
   `lockstep` (vmapped or factored members), else one after another."""
-  groups = [lengths[i:i + chunk] for i in range(0, len(lengths), chunk)]
-  if not lockstep:
-    groups = [member[None] for member in lengths]
+  step = chunk if lockstep else 1
+  groups = [lengths[i:i + step] for i in range(0, len(lengths), step)]
   useful = float((lengths - 1).sum())
   batch = sum(refill.batch_steps(g, batch_size) * g.shape[0] * batch_size for g in groups)
   slots = sum(refill.refill_steps(g, batch_size, refill_rows) * g.shape[0] * batch_size
@@ -99,16 +98,6 @@ class B9Config(MemberBatching, LayerLoop, KVCache):
     if self.b9_prompts % self.b9_batch:
       raise InputError(f"--b9_prompts {self.b9_prompts} must be a multiple of --b9_batch "
                        f"{self.b9_batch}.")
-
-
-def _members_per_second(gen: Generator, seeds, sigmas, texts, chunk: int):
-  """(members per second over every chunk but the first, which compiles; ids [M, Q, n])."""
-  ids, seconds, start = [], [], time.perf_counter()
-  for _, out in gen.population_token_ids(seeds, sigmas, texts, members_per_batch=chunk):
-    ids.append(out)
-    seconds.append(time.perf_counter() - start)
-    start = time.perf_counter()
-  return (len(seeds) - chunk) / sum(seconds[1:]), np.concatenate(ids)
 
 
 def _hf_generate(loaded, gen: Generator, seeds, sigmas, texts, config: B9Config):
@@ -170,14 +159,11 @@ def _random_workload(config: B9Config) -> tuple:
                               layer_loop=config.layer_loop)
     program = chunk.population_program(run, spec, member_axis=config.member_axis,
                                        factored=False)
-    outs, seconds, start = [], [], time.perf_counter()
-    for _, out in population.iter_population(program, params, seeds, sigmas,
-                                             chunk_size=config.members_per_batch, args=args):
-      outs.append(out.reshape(out.shape[0], -1, out.shape[-1]))
-      seconds.append(time.perf_counter() - start)
-      start = time.perf_counter()
-    rates[kind] = (len(seeds) - config.members_per_batch) / sum(seconds[1:])
-    ids[kind] = np.concatenate(outs)
+    chunks = ((part, out.reshape(out.shape[0], -1, out.shape[-1]))
+              for part, out in population.iter_population(
+                  program, params, seeds, sigmas, chunk_size=config.members_per_batch,
+                  args=args))
+    rates[kind], ids[kind] = members_per_second(chunks, len(seeds), config.members_per_batch)
   return rates, ids, stops
 
 
@@ -198,7 +184,9 @@ def b9(config: B9Config) -> str:
                     batch_size=config.b9_batch, chat=loaded.entry.instruct,
                     member_axis=config.member_axis, layer_loop=config.layer_loop,
                     decode=Decode(kind, config.b9_refill_rows))
-    rates[kind], ids[kind] = _members_per_second(gen, seeds, sigmas, texts, chunk)
+    rates[kind], ids[kind] = members_per_second(
+        gen.population_token_ids(seeds, sigmas, texts, members_per_batch=chunk), len(seeds),
+        chunk)
     logging.info("B9 %s decoding: %.4f members/s", kind, rates[kind])
   hf = ""
   if config.b9_hf:  # on the timed members

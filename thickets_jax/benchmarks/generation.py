@@ -5,6 +5,7 @@ members materialised) and B8 (the shared prompt prefix prefilled once against in
 import dataclasses
 import os
 import time
+from typing import Iterable
 
 import numpy as np
 from absl import logging
@@ -91,21 +92,30 @@ def b3(config: B3Config) -> str:
           f"measured peak {peak / 1e9:.0f} GFLOP/s")
 
 
-def _chunk_times(gen: Generator, seeds, sigmas, texts,
-                 chunk: int) -> tuple[np.ndarray, list[float]]:
-  """([members, prompts, new] token ids of every member, seconds of each chunk of members)."""
+def timed_chunks(chunks: Iterable[tuple[slice, np.ndarray]]) -> tuple[np.ndarray, list[float]]:
+  """Chunks of members as they come (`Generator.population_token_ids`, or
+  `population.iter_population` reshaped) -> (their outputs concatenated over members, the
+  seconds of each chunk)."""
   ids, seconds, start = [], [], time.perf_counter()
-  for _, out in gen.population_token_ids(seeds, sigmas, texts, members_per_batch=chunk):
+  for _, out in chunks:
     ids.append(out)
     seconds.append(time.perf_counter() - start)
     start = time.perf_counter()
   return np.concatenate(ids), seconds
 
 
+def members_per_second(chunks: Iterable[tuple[slice, np.ndarray]], members: int,
+                       chunk: int) -> tuple[float, np.ndarray]:
+  """(members per second over every chunk but the first, which includes compilation; the
+  outputs) of `members` generated `chunk` at a time (`timed_chunks`)."""
+  ids, seconds = timed_chunks(chunks)
+  return (members - chunk) / sum(seconds[1:]), ids
+
+
 def _rate(gen: Generator, seeds, sigmas, texts, chunk: int) -> tuple[float, np.ndarray]:
-  """(members per second over every chunk but the first, which includes compilation; ids)."""
-  ids, seconds = _chunk_times(gen, seeds, sigmas, texts, chunk)
-  return (len(seeds) - chunk) / sum(seconds[1:]), ids
+  """`members_per_second` of `gen`'s members on `texts`."""
+  return members_per_second(
+      gen.population_token_ids(seeds, sigmas, texts, members_per_batch=chunk), len(seeds), chunk)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -147,8 +157,9 @@ def b6(config: B6Config) -> str:
     spec = dataclasses.replace(full, noise="lowrank", rank=rank)
     rate, ids = _rate(make(spec), seeds, sigmas, texts, config.b6_chunk)
     check = config.b6_check
-    materialised, _ = _chunk_times(make(spec, factored=False, member_axis=config.member_axis),
-                                   seeds[:check], sigmas[:check], texts, 1)
+    materialised, _ = timed_chunks(make(spec, factored=False, member_axis=config.member_axis
+                                        ).population_token_ids(seeds[:check], sigmas[:check],
+                                                               texts, members_per_batch=1))
     same = int(np.sum(np.all(materialised == ids[:check], axis=-1)))
     logging.info("B6 rank %d, factored (%d members x %d prompts per call): %.3f members/s = "
                  "%.2fx full rank; %d/%d rows token-identical to the materialised members", rank,
