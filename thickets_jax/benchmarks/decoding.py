@@ -51,11 +51,11 @@ def length_summary(lengths: np.ndarray, limit: int) -> dict:
 
 
 def useful_fractions(lengths: np.ndarray, *, batch_size: int, refill_rows: int,
-                     chunk: int, lockstep: bool) -> tuple[float, float]:
+                     per_call: int, lockstep: bool) -> tuple[float, float]:
   """Useful decode row-steps, Σ(length − 1), as a fraction of the row-steps each decoder runs:
-  (batch, refill). lengths [members, prompts]; `chunk` members per call, stepping together when
+  (batch, refill). lengths [members, prompts]; `per_call` members per call, stepping together when
   `lockstep` (vmapped or factored members), else one after another."""
-  step = chunk if lockstep else 1
+  step = per_call if lockstep else 1
   groups = [lengths[i:i + step] for i in range(0, len(lengths), step)]
   useful = float((lengths - 1).sum())
   batch = sum(refill.batch_steps(g, batch_size) * g.shape[0] * batch_size for g in groups)
@@ -177,7 +177,7 @@ def b9(config: B9Config) -> str:
   sampling = generate.Sampling(max_new_tokens=config.b9_new_tokens,
                                cache_dtype=config.kv_cache_dtype)
   seeds, sigmas = population.draw_candidates(0, config.b9_members, [1e-3])
-  chunk = config.members_per_batch
+  per_call = config.members_per_batch
   rates, ids = {}, {}
   for kind in ("batch", "refill"):
     gen = Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
@@ -185,13 +185,14 @@ def b9(config: B9Config) -> str:
                     member_axis=config.member_axis, layer_loop=config.layer_loop,
                     decode=Decode(kind, config.b9_refill_rows))
     rates[kind], ids[kind] = members_per_second(
-        gen.population_token_ids(seeds, sigmas, texts, members_per_batch=chunk), len(seeds),
-        chunk)
+        gen.population_token_ids(seeds, sigmas, texts, members_per_batch=per_call), len(seeds),
+        per_call)
     logging.info("B9 %s decoding: %.4f members/s", kind, rates[kind])
   hf = ""
   if config.b9_hf:  # on the timed members
-    hf_rate, hf_ids = _hf_generate(loaded, gen, seeds[chunk:], sigmas[chunk:], texts, config)
-    hf_same = int(np.sum(np.all(hf_ids == ids["batch"][chunk:], axis=-1)))
+    hf_rate, hf_ids = _hf_generate(loaded, gen, seeds[per_call:], sigmas[per_call:], texts,
+                                   config)
+    hf_same = int(np.sum(np.all(hf_ids == ids["batch"][per_call:], axis=-1)))
     logging.info("B9 transformers generate: %.4f members/s; %d/%d rows token-identical",
                  hf_rate, hf_same, hf_ids.shape[0] * hf_ids.shape[1])
     hf = (f", {rates['refill'] / hf_rate:.2f}x HF generate ({hf_same}/"
@@ -206,7 +207,7 @@ def _report(config: B9Config, rates: dict, ids: dict, stop_ids, hf: str) -> str:
   summary = length_summary(lengths, config.b9_new_tokens)
   batch_useful, refill_useful = useful_fractions(
       lengths, batch_size=config.b9_batch, refill_rows=config.b9_refill_rows,
-      chunk=config.members_per_batch, lockstep=config.member_axis == "vmap")
+      per_call=config.members_per_batch, lockstep=config.member_axis == "vmap")
   workload = "random" if config.b9_random_weights else config.b9_workload
   parts = {workload: lengths}
   if workload == "mixed":

@@ -55,12 +55,6 @@ class Sampling:
       raise InputError(f"unknown KV cache dtype {self.cache_dtype!r}; known: "
                        f"{', '.join(CACHE_DTYPES)}.")
 
-  def cast_cache(self, cache):
-    """`cache` (a prefix's keys and values) in the cache dtype."""
-    if self.cache_dtype is None:
-      return cache
-    return jax.tree.map(lambda a: a.astype(CACHE_DTYPES[self.cache_dtype]), cache)
-
 
 def _pick(logits: jax.Array, keys: jax.Array, sampling: Sampling) -> jax.Array:
   """Next token per row. logits [b, vocab] float32, keys [b] (each row's key of this step,
@@ -150,10 +144,12 @@ def empty_cache(config: ModelConfig, rows: int, slots: int, layer_loop: str, mem
 
 
 def prefill_prefix(config: ModelConfig, params, prefix: jax.Array, *,
-                   members: Optional[dict] = None, layer_loop: str = "scan"):
+                   members: Optional[dict] = None, layer_loop: str = "scan",
+                   cache_dtype: Optional[str] = None):
   """Keys and values of a prefix [P] every prompt shares, under each of M members (M = 1
   without): the cache `generate_tokens` takes as `prefix_kv`, rows [M], P slots (stacked, or
-  per layer when unrolled)."""
+  per layer when unrolled). They are computed in the model's dtype and then stored in
+  `cache_dtype` (`Sampling.cache_dtype`; None: the model's)."""
   count = chunk.count(members)
   shared = prefix.shape[0]
   run = member_runner(config, params, members, layer_loop)
@@ -161,7 +157,9 @@ def prefill_prefix(config: ModelConfig, params, prefix: jax.Array, *,
                  jnp.broadcast_to(jnp.arange(shared), (count, shared)),
                  empty_cache(config, count, shared, layer_loop, members), 0, None,
                  jnp.ones((count, shared), bool), last_only=True)
-  return cache
+  if cache_dtype is None:
+    return cache
+  return jax.tree.map(lambda a: a.astype(CACHE_DTYPES[cache_dtype]), cache)
 
 
 def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask: jax.Array,
@@ -289,8 +287,8 @@ def generate_batches(config: ModelConfig, params, prompts: jax.Array, masks: jax
   """
   prefix_kv = None
   if prefix is not None:
-    prefix_kv = sampling.cast_cache(
-        prefill_prefix(config, params, prefix, members=members, layer_loop=layer_loop))
+    prefix_kv = prefill_prefix(config, params, prefix, members=members, layer_loop=layer_loop,
+                               cache_dtype=sampling.cache_dtype)
   return jax.lax.map(lambda xs: generate_tokens(config, params, *xs, prefix_kv=prefix_kv,
                                                 members=members, layer_loop=layer_loop,
                                                 sampling=sampling, **kwargs),

@@ -126,7 +126,8 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
     prefill_positions = jnp.broadcast_to(jnp.arange(shared, dtype=jnp.int32),
                                          (count * per_refill, shared))
   else:
-    prefill_cache = generate.empty_cache(config, count * per_refill, 1, layer_loop, members)  # unread
+    # A placeholder of one slot: with no prefix, the prefill never reads it.
+    prefill_cache = generate.empty_cache(config, count * per_refill, 1, layer_loop, members)
     prefill_positions = None
 
   def wants_refill(st: _State):
@@ -255,8 +256,9 @@ def refill_generator(config: ModelConfig, sampling: generate.Sampling, *,
     batches, per_batch, p = prompts.shape
     prefix_kv = None
     if prefix.shape[0]:
-      prefix_kv = sampling.cast_cache(generate.prefill_prefix(
-          config, params, prefix, members=members, layer_loop=layer_loop))
+      prefix_kv = generate.prefill_prefix(config, params, prefix, members=members,
+                                          layer_loop=layer_loop,
+                                          cache_dtype=sampling.cache_dtype)
     out, _ = refill_tokens(config, params, prompts.reshape(-1, p), masks.reshape(-1, p),
                            keys.reshape(-1), sampling=sampling, stop_ids=stop_ids,
                            pad_id=pad_id, slots=slots, refill_rows=refill_rows,
