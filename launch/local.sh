@@ -18,11 +18,12 @@ job=${1:-main}
 shift || true
 case "$job" in
   main) exec "$VENV/bin/python" -m experiments.density --workdir "${WORKDIR:-workdir/density}" "$@" ;;
-  # Unit tests in two processes (pytest-xdist) compiled at XLA's level 0, then the real-weight
+  # Unit tests in two processes (pytest-xdist; a slow shared fixture's tests grouped on one, so it
+  # is built once: tests/conftest.py) compiled at XLA's level 0, then the real-weight
   # integration tests in one (each holds up to 11 GB) at its default level (tests/conftest.py).
   # A step that selects no test (status 5, e.g. under -k) fails the run only if both do.
   test) unit=0; integration=0
-        "$VENV/bin/python" -m pytest -q -n 2 -m "not integration" tests "$@" || unit=$?
+        "$VENV/bin/python" -m pytest -q -n 2 --dist loadgroup -m "not integration" tests "$@" || unit=$?
         [[ $unit == 0 || $unit == 5 ]] || exit "$unit"
         "$VENV/bin/python" -m pytest -q -m integration tests "$@" || integration=$?
         [[ $integration == 5 && $unit == 0 ]] && exit 0

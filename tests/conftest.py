@@ -2,9 +2,11 @@
 CPU backend at LLVM optimisation level 0 except for the real-weight tests.
 
 The unit tests' programs are tiny and compiled once or twice each, so compiling dominates
-them, and level 0 compiles about 1.8x faster (tests/test_llm_model.py: 219 s -> 124 s). It
-changes no result (the tests comparing tokens bit for bit with recorded values pass at either
-level), but it runs elementwise code unoptimised: drawing a member's noise is 5x slower, which
+them, and level 0 compiles about 1.8x faster (tests/test_llm_model.py: 219 s -> 124 s); XLA's
+older elemental emitters instead of its fusion emitters take another 30% off the compile time
+(the 24 programs of a generation test: 13.5-15.6 s -> 9.9-10.7 s). Neither changes a result
+(the tests comparing tokens bit for bit with recorded values pass either way), but level 0 runs
+elementwise code unoptimised: drawing a member's noise is 5x slower, which
 the `integration` tests on the offline models' hundreds of millions of weights would pay. So
 `pytest -m integration` (the second half of `launch/local.sh test`) keeps XLA's default level.
 """
@@ -23,7 +25,7 @@ def pytest_configure(config):
   (XLA's flags are part of its key)."""
   flags = ["--xla_force_host_platform_device_count=2"]
   if config.getoption("markexpr") != "integration":
-    flags.append("--xla_backend_optimization_level=0")
+    flags += ["--xla_backend_optimization_level=0", "--xla_cpu_use_fusion_emitters=false"]
   os.environ.setdefault("XLA_FLAGS", " ".join(flags))
   if "JAX_COMPILATION_CACHE_DIR" not in os.environ:  # the controller (or a plain run) makes it
     config.compilation_cache = tempfile.mkdtemp(prefix="thickets_jax_xla_cache_")
@@ -36,9 +38,24 @@ def pytest_unconfigure(config):
     shutil.rmtree(config.compilation_cache, ignore_errors=True)
 
 
+# Session fixtures that take long enough to build that their tests share one xdist worker
+# (`--dist loadgroup` in launch/local.sh), which then builds each of them once.
+SHARED_FIXTURES = ("tiny_randopt_run",)
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist names the groups
 def pytest_collection_modifyitems(items):
   """Tests marked `two_devices` are skipped on a single accelerator (e.g. one GPU); on CPU they
-  always run (a host that did not split fails them loudly)."""
+  always run (a host that did not split fails them loudly). Tests that use a fixture of
+  SHARED_FIXTURES join its xdist group."""
+  for item in items:
+    for name in SHARED_FIXTURES:
+      if name in getattr(item, "fixturenames", ()):
+        item.add_marker(pytest.mark.xdist_group(name))
+  _skip_two_device_tests(items)
+
+
+def _skip_two_device_tests(items):
   import jax  # pylint: disable=g-import-not-at-top  (after XLA_FLAGS)
   if jax.default_backend() == "cpu" or jax.device_count() >= 2:
     return

@@ -67,6 +67,16 @@ CASES = {
         (["--preset", "table1", "--K", "6000"], "K=6000 is larger than the population N=5000"),
         (["--task", "gsm8k", "--data", "{tmp}/long.jsonl", "--train_size", "1", "--test_size",
           "1", "--workdir", "{tmp}/long"], "exceeds the longest supported prompt"),
+        (["--model", "gpt-9", "--workdir", "{tmp}/w"], "unknown model 'gpt-9'"),
+        (["--plan_devices", "8"], "--plan_devices and --plan_device_memory go together"),
+        (["--plan_devices", "8", "--plan_device_memory", "80GB"], "it needs --dry_run"),
+        (["--dry_run", "--plan_devices", "8", "--plan_device_memory", "lots"],
+         "--plan_device_memory takes a size like 80GB"),
+        (["--dry_run", "--plan_devices", "0", "--plan_device_memory", "80GB"],
+         "--plan_devices must be positive"),
+        (["--model", "qwen2.5-32b-instruct", "--dry_run", "--plan_devices", "1",
+          "--plan_device_memory", "80GB", "--workdir", "{tmp}/w"],
+         "no plan fits: qwen2.5-32b-instruct in bfloat16 needs"),
     ],
     "discordance": [
         (["--tasks", "arithmetic,arithmetic"], "--tasks names a task twice"),
@@ -223,8 +233,8 @@ def test_careless_command_lines_get_one_sentence_and_exit_2(experiment, scene):
   for result, (_, sentence) in zip(results, CASES[experiment]):
     lines = result["stderr"].strip().splitlines()
     assert result["status"] == 2 and "Traceback" not in result["stderr"], result
-    assert lines and lines[-1].startswith("error: ") and sentence.replace("{tmp}", str(scene)) \
-        in lines[-1], result
+    assert len(lines) == 1 and lines[0].startswith("error: ") and sentence.replace(
+        "{tmp}", str(scene)) in lines[0], result
   after = _stamps(scene)
   assert {path: after.get(path) for path in before} == before  # nothing changed or removed
   assert not (scene / "w").exists()  # refused before the workdir was made

@@ -1,6 +1,5 @@
 """Parity with Hugging Face PyTorch on the real offline weights (GGUF, dequantised)."""
 
-import os
 import tempfile
 
 import jax.numpy as jnp
@@ -11,6 +10,8 @@ from thickets_jax.llm import generate, model as M, registry, torch_twin
 from thickets_jax.llm.generator import Generator
 from thickets_jax.perturb import PerturbSpec
 from thickets_jax.tasks import countdown
+
+import toys
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -57,11 +58,12 @@ def test_greedy_continuations_match_pytorch_for_32_tokens(offline):
 
 
 def test_gguf_dequantisation_matches_transformers_gguf_loader(offline_models):
-  """transformers reads the GGUF itself (its own dequantisation and q/k un-permutation)."""
+  """transformers reads the GGUF itself (its own dequantisation and q/k un-permutation), from a
+  copy without the vocabulary arrays, which it would spend seconds parsing and does not use."""
   pytest.importorskip("accelerate")
   loaded = offline_models("smollm2-135m-instruct")
   with tempfile.TemporaryDirectory() as tmp:
-    os.symlink(loaded.source.path, os.path.join(tmp, "model.gguf"))
+    toys.gguf_without_vocabulary(loaded.source.path, tmp)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, gguf_file="model.gguf",
                                                            dtype=torch.float32).eval()
   _, _, prompts = _prompts(loaded, count=2)
@@ -99,7 +101,8 @@ def test_member_tokens_are_the_ones_recorded_before_the_architecture_modules(nam
 def test_gemma3_270m_gguf_matches_transformers_gguf_loader():
   """The third offline model: our Gemma-3 (sandwich norms, x·(1 + w) with llama.cpp's +1 taken
   off, sliding windows on a local RoPE base) against transformers' own GGUF reading of the same
-  file, on a prompt longer than nothing and with BOS first as the file asks."""
+  file (less its vocabulary arrays: `toys.gguf_without_vocabulary`), on a prompt longer than
+  nothing and with BOS first as the file asks."""
   pytest.importorskip("accelerate")
   loaded = registry.load("gemma-3-270m")
   assert loaded.source.kind == "gguf" and loaded.config.architecture == "gemma3"
@@ -107,7 +110,7 @@ def test_gemma3_270m_gguf_matches_transformers_gguf_loader():
   ids = loaded.tokenizer("Question: What is 7 * 6?\nAnswer:")["input_ids"]
   assert ids[0] == loaded.tokenizer.bos_token_id
   with tempfile.TemporaryDirectory() as tmp:
-    os.symlink(loaded.source.path, os.path.join(tmp, "model.gguf"))
+    toys.gguf_without_vocabulary(loaded.source.path, tmp)
     hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, gguf_file="model.gguf",
                                                            dtype=torch.float32).eval()
   with torch.no_grad():

@@ -1,7 +1,7 @@
 """Tokenizers and chat templates through `transformers`, from an HF directory or a GGUF file.
 
 `AutoTokenizer.from_pretrained(dir, gguf_file=...)` imports torch to read the file. We read the
-GGUF metadata with the `gguf` package instead and hand it to transformers' own GGUF tokenizer
+GGUF metadata with `llm.gguf_file` instead and hand it to transformers' own GGUF tokenizer
 converter, so no torch is needed; the result is saved once as a fast tokenizer in the cache.
 """
 
@@ -9,6 +9,7 @@ import os
 import tempfile
 
 from thickets_jax.errors import InputError
+from thickets_jax.llm import gguf_file
 
 # tokenizer.ggml.* metadata -> the names transformers' GGUF converter expects.
 _GGUF_TOKENIZER_FIELDS = {
@@ -37,11 +38,8 @@ def from_gguf(path: str, cache: str):
   if os.path.isdir(cache):
     return PreTrainedTokenizerFast.from_pretrained(cache)
   from transformers.integrations.gguf.gguf_tokenizer_mapping import convert_gguf_tokenizer  # pylint: disable=g-import-not-at-top
-  from thickets_jax.llm.weights import open_gguf  # pylint: disable=g-import-not-at-top
-  fields = open_gguf(path).fields
-
-  def value(key):
-    return fields[key].contents() if key in fields else None
+  fields = gguf_file.read(path).metadata
+  value = fields.get
 
   tokenizer_dict = {name: value(f"tokenizer.ggml.{key}")
                     for key, name in _GGUF_TOKENIZER_FIELDS.items()

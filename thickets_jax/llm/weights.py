@@ -22,7 +22,7 @@ import numpy as np
 
 from thickets_jax.errors import InputError
 from thickets_jax.llm import model as llm_model
-from thickets_jax.llm import architectures
+from thickets_jax.llm import architectures, gguf_file
 from thickets_jax.llm.config import ModelConfig
 from thickets_jax.tree import path_name
 
@@ -281,17 +281,17 @@ def _slice_reader(directory: str, files: dict[str, str]):
 
 # ---------------------------------------------------------------- GGUF (llama.cpp)
 
-def gguf_config(reader, dtype) -> ModelConfig:
+def gguf_config(file: gguf_file.GGUFFile, dtype) -> ModelConfig:
   """ModelConfig from a GGUF file's metadata, read as the `config.json` it stands for
   (architectures with `gguf_arch`: llama, qwen2, qwen3, olmo2, gemma3)."""
-  fields = dict(reader.fields)
+  fields = file.metadata
 
   def value(key, default=None):
     if key not in fields:
       if default is None:
         raise InputError(f"the GGUF file lacks the metadata key {key}.")
       return default
-    return fields[key].contents()
+    return fields[key]
 
   arch = value("general.architecture")
   readable = {a.gguf_arch: a for a in architectures.ARCHITECTURES.values() if a.gguf_arch}
@@ -302,7 +302,7 @@ def gguf_config(reader, dtype) -> ModelConfig:
   if scaling != "none":
     raise InputError(f"the GGUF file asks for RoPE scaling {scaling!r}, which its loader does not "
                      "read; load the Hugging Face checkpoint instead.")
-  tensors = {t.name for t in reader.tensors}
+  tensors = {t.name for t in file.tensors}
   hidden = int(value(f"{arch}.embedding_length"))
   heads = int(value(f"{arch}.attention.head_count"))
   head_dim = int(value(f"{arch}.attention.key_length",
@@ -332,21 +332,13 @@ def _undo_llama_qk_permutation(weight: np.ndarray, heads: int) -> np.ndarray:
           .swapaxes(1, 2).reshape(weight.shape))
 
 
-def open_gguf(path: str):
-  from gguf import GGUFReader  # pylint: disable=g-import-not-at-top
-  try:
-    return GGUFReader(path)
-  except (ValueError, OSError, IndexError, KeyError) as e:
-    raise InputError(f"{path} is not a readable GGUF file ({e}).") from None
-
-
 def load_gguf(path: str, dtype, place: Placer = default_placer) -> tuple[ModelConfig, PyTree]:
   """Config and params from a GGUF file, every tensor dequantised with `gguf.quants`."""
   from gguf import quants  # pylint: disable=g-import-not-at-top
-  reader = open_gguf(path)
-  config = gguf_config(reader, dtype)
+  file = gguf_file.read(path)
+  config = gguf_config(file, dtype)
   arch = architectures.get(config.architecture)
-  tensors = {t.name: t for t in reader.tensors}
+  tensors = {t.name: t for t in file.tensors}
 
   def read(gguf_name):
     if gguf_name not in tensors:
