@@ -13,7 +13,7 @@ import pytest
 from thickets_jax import flops, population, rng
 from thickets_jax.errors import InputError
 from thickets_jax.llm import adapter, architectures, assets, chunk, export, generate, model as M
-from thickets_jax.llm import registry, tokenizer, torch_twin, weights
+from thickets_jax.llm import factored, registry, tokenizer, torch_twin, weights
 from thickets_jax.perturb import PerturbSpec, member_factors, rebuild_member
 
 torch = pytest.importorskip("torch")
@@ -136,7 +136,7 @@ def test_factored_members_give_the_logits_of_the_materialised_members(checkpoint
       jnp.asarray(seeds), jnp.asarray(sigmas))
   tokens, mask = (jnp.asarray(a) for a in _prompts())
   forward = jax.jit(lambda p, members=None: M.forward(config, p, tokens, mask, members=members))
-  logits = forward(params, M.members_collection(factors))
+  logits = forward(params, factored.members_collection(factors))
   for m, (seed, sigma) in enumerate(zip(seeds, sigmas)):
     expected = forward(rebuild_member(params, seed, sigma, spec))
     np.testing.assert_allclose(logits[m][mask], expected[mask], atol=2e-5, rtol=1e-4)

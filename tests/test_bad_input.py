@@ -96,6 +96,8 @@ CASES = {
         (["--vote_k", "0"], "--vote_k must be positive, got 0."),
         (["--vote_temperature", "0"], "--vote_temperature must be positive, got 0.0."),
         (["--domain", "signals", "--N", "3"], "--N is a language-model flag"),
+        (["--domain", "signals", "--grpo_steps", "3", "--workdir", "{tmp}/w"],
+         "--grpo_steps is a language-model flag; --domain signals takes --seeds."),
     ],
     "distill": [
         (["--lora_rank", "0"], "--lora_rank must be positive, got 0."),

@@ -12,7 +12,8 @@ import pytest
 
 from thickets_jax import population, rng
 from thickets_jax.errors import InputError
-from thickets_jax.llm import architectures, assets, chunk, generate, model as M, registry, weights
+from thickets_jax.llm import architectures, assets, chunk, factored, generate, model as M, registry
+from thickets_jax.llm import weights
 from thickets_jax.llm.generator import Generator
 from thickets_jax.perturb import PerturbSpec, member_factors, rebuild_member
 
@@ -186,7 +187,7 @@ def test_factored_members_give_the_logits_of_the_materialised_members(tmp_path, 
       jnp.asarray(seeds), jnp.asarray(sigmas))
   tokens = jnp.asarray(np.random.default_rng(0).integers(2, TINY["vocab_size"], size=(3, 9)))
   mask = jnp.arange(9)[None, :] >= jnp.asarray([[0], [2], [5]])  # left padding
-  logits = M.forward(config, params, tokens, mask, members=M.members_collection(factors))
+  logits = M.forward(config, params, tokens, mask, members=factored.members_collection(factors))
   for m, (seed, sigma) in enumerate(zip(seeds, sigmas)):
     member = rebuild_member(params, seed, sigma, spec)
     expected = M.forward(config, member, tokens, mask)

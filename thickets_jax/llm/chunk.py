@@ -1,7 +1,7 @@
 """A chunk of members generated together, as member-major rows of one program.
 
 `token_generator` functions take `members=`: the factored low-rank members of a chunk
-(`model.members_collection`, the base matmuls shared by all of them) or `MaterialisedMembers`
+(`factored.members_collection`, the base matmuls shared by all of them) or `MaterialisedMembers`
 (full-rank members built inside the call). Either way every prompt row runs under each of the M
 members, rows [M * b] member-major, under one decode loop. This module builds those chunks
 (`population_program`) and runs materialised members (`runner`).
@@ -14,6 +14,7 @@ import flax
 import jax
 
 from thickets_jax import population, rng
+from thickets_jax.llm import factored, kv_cache
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.config import ModelConfig
 from thickets_jax.perturb import PerturbSpec, member_factors, perturb_member
@@ -42,7 +43,7 @@ def count(members) -> int:
     return 1
   if isinstance(members, MaterialisedMembers):
     return members.count
-  return llm_model.member_count(members)
+  return factored.member_count(members)
 
 
 def runner(config: ModelConfig, members: MaterialisedMembers, layer_loop: str) -> Callable:
@@ -76,7 +77,7 @@ def runner(config: ModelConfig, members: MaterialisedMembers, layer_loop: str) -
     logits = logits.reshape(-1, *logits.shape[2:])
     if write_index is None:  # the caller writes them (`refill`: each row at its own slot)
       return logits, new_kv
-    cache = jax.tree.map(lambda c, new: llm_model.write_slots(c, new, write_index), cache, new_kv)
+    cache = jax.tree.map(lambda c, new: kv_cache.write_slots(c, new, write_index), cache, new_kv)
     return logits, cache
   return run
 
@@ -93,11 +94,11 @@ def _members_fn(run: Callable, build: Callable) -> Callable:
 
 
 def factored_population_fn(run: Callable, spec: PerturbSpec) -> Callable:
-  """Low-rank members run factored (`model.members_collection`): `_members_fn`."""
+  """Low-rank members run factored (`factored.members_collection`): `_members_fn`."""
   def build(params, seeds, sigmas):
     factors = jax.vmap(lambda seed, sigma: member_factors(params, rng.member_key(seed), sigma,
                                                           spec))(seeds, sigmas)
-    return llm_model.members_collection(factors)
+    return factored.members_collection(factors)
   return _members_fn(run, build)
 
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from thickets_jax.errors import InputError
-from thickets_jax.llm import chunk
+from thickets_jax.llm import chunk, factored, kv_cache
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.config import ModelConfig
 
@@ -126,7 +126,7 @@ def member_runner(config: ModelConfig, params, members, layer_loop: str) -> Call
   layers = llm_model.layer_list(params) if layer_loop == "unrolled" else None
   variables = {"params": params}
   if members is not None:
-    variables[llm_model.MEMBERS] = members
+    variables[factored.MEMBERS] = members
   model = llm_model.Transformer(config)
   return lambda *args, **kwargs: model.apply(variables, *args, layers=layers, **kwargs)
 
@@ -136,11 +136,11 @@ def empty_cache(config: ModelConfig, rows: int, slots: int, layer_loop: str, mem
   """An empty cache of `rows` rows, [layers, rows, kv, slots, hd] (or per layer); under
   materialised members the rows are split member-major, [layers, M, rows / M, ...]
   (`chunk.runner` reads each member's rows where they lie)."""
-  cache = llm_model.init_cache(config, rows, slots,
+  cache = kv_cache.init_cache(config, rows, slots,
                                None if dtype is None else CACHE_DTYPES[dtype])
   if isinstance(members, chunk.MaterialisedMembers):
     cache = jax.tree.map(lambda c: c.reshape(c.shape[0], members.count, -1, *c.shape[2:]), cache)
-  return llm_model.cache_list(cache) if layer_loop == "unrolled" else cache
+  return kv_cache.cache_list(cache) if layer_loop == "unrolled" else cache
 
 
 def prefill_prefix(config: ModelConfig, params, prefix: jax.Array, *,
@@ -204,7 +204,7 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   if shared:
     rows_of = lambda kv: jnp.repeat(kv, b, axis=kv.ndim - 4)  # each member's prefix to its b rows
     # (the row axis is the fourth from last, member-split or not)
-    cache = jax.tree.map(lambda c, kv: llm_model.write_slots(c, rows_of(kv), 0), cache, prefix_kv)
+    cache = jax.tree.map(lambda c, kv: kv_cache.write_slots(c, rows_of(kv), 0), cache, prefix_kv)
     logits, cache = run(prompt, positions, cache, shared,
                         jnp.broadcast_to(jnp.arange(shared, dtype=jnp.int32), (rows, shared)),
                         prompt_mask, last_only=True)

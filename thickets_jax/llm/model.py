@@ -8,15 +8,14 @@ parameters are stacked `[layers, ...]` under `layers/` (`STACKED_LEAVES`, the pa
 `PerturbSpec` needs to give every layer its own noise); the layers run in a scan or unrolled
 through the same layer step.
 
-The KV cache is passed in and returned (no mutable collections): `(k, v)`, each
-`[layers, batch, kv_heads, slots, head_dim]` (heads-major, so attention is plain batched
-matmuls over `batch × kv_heads`). Inside the layer scan the cache is read-only: a call's `T`
-new tokens attend to the valid cached slots (`cache_positions`) and causally to each other, the scan
-returns only their keys/values, and one update writes them at slot `write_index` afterwards.
+The KV cache (`llm.kv_cache`) is passed in and returned (no mutable collections). Inside the
+layer scan the cache is read-only: a call's `T` new tokens attend to the valid cached slots
+(`cache_positions`) and causally to each other, the scan returns only their keys/values, and one
+update writes them at slot `write_index` afterwards.
 (Carrying or re-emitting the whole cache through the scan makes XLA rewrite all of it for
 every layer of every decode step.)
 
-Factored members: applied with a `members` variable collection (`MEMBERS`, from
+Factored members: applied with a `members` variable collection (`llm.factored`, from
 `perturb.member_factors` of M low-rank members), the rows are M member-major groups
 `[M * b, ...]` and every weight acts as W + σε of its row's member without being materialised:
 `x W` is one matmul shared by all M × b rows, plus each member's rank-r term `(x a) bᵀ`; vector
@@ -36,11 +35,11 @@ import jax.numpy as jnp
 
 from thickets_jax.llm import rope
 from thickets_jax.llm.config import ModelConfig
+from thickets_jax.llm.factored import (MEMBERS, by_member, low_rank_term, member_count,
+                                       plus_member_vector)
+from thickets_jax.llm.kv_cache import init_cache, write_slots
 from thickets_jax.tree import path_name
-
-KVCache = tuple[jax.Array, jax.Array]
 STACKED_LEAVES = r"^layers/"  # leaves whose leading axis stacks the layers
-MEMBERS = "members"  # variable collection of factored member displacements
 _MASKED = -1e30
 
 
@@ -64,28 +63,8 @@ def _promote_keeping_bias(inputs, kernel, bias, *, dtype):
           None if bias is None else jnp.asarray(bias, jnp.float32))
 
 
-def _by_member(x: jax.Array, members: int) -> jax.Array:
-  """Member-major rows [M * b, ..., d] -> [M, b * ..., d]."""
-  return x.reshape(members, -1, x.shape[-1])
-
-
-def _low_rank_term(x: jax.Array, factors: dict) -> jax.Array:
-  """Each row's member term (x a_m) b_mᵀ. x [M * b, ..., m], factors {"a": [M, m, r],
-  "b": [M, n, r]} -> [M * b, ..., n] float32."""
-  a, b = factors["a"], factors["b"]
-  xa = jnp.einsum("gtm,gmr->gtr", _by_member(x, a.shape[0]).astype(jnp.float32), a,
-                  precision=jax.lax.Precision.HIGHEST)
-  out = jnp.einsum("gtr,gnr->gtn", xa, b, precision=jax.lax.Precision.HIGHEST)
-  return out.reshape(*x.shape[:-1], b.shape[1])
-
-
 def _norm(config: ModelConfig, name: str) -> "RMSNorm":
   return RMSNorm(config.rms_norm_eps, config.dtype, config.norm_offset, name=name)
-
-
-def _plus_member_vector(y: jax.Array, delta: jax.Array) -> jax.Array:
-  """y [M * b, ..., n] plus each row's member vector delta [M, n]."""
-  return (_by_member(y, delta.shape[0]) + delta[:, None, :].astype(y.dtype)).reshape(y.shape)
 
 
 class Dense(nn.Dense):
@@ -97,10 +76,10 @@ class Dense(nn.Dense):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = super().__call__(x)  # float32 when a bias was added, else `dtype`
     if self.has_variable(MEMBERS, "kernel"):
-      term = _low_rank_term(x, self.get_variable(MEMBERS, "kernel"))
+      term = low_rank_term(x, self.get_variable(MEMBERS, "kernel"))
       y = y.astype(jnp.float32) + term
     if self.has_variable(MEMBERS, "bias"):
-      y = _plus_member_vector(y, self.get_variable(MEMBERS, "bias"))
+      y = plus_member_vector(y, self.get_variable(MEMBERS, "bias"))
     return y.astype(self.dtype)
 
 
@@ -123,7 +102,7 @@ class Embed(nn.Embed):
       return out
     factors = self.get_variable(MEMBERS, "embedding")
     swapped = {"a": factors["b"], "b": factors["a"]}  # (E + a bᵀ)ᵀ = Eᵀ + b aᵀ
-    return (out.astype(jnp.float32) + _low_rank_term(x, swapped)).astype(out.dtype)
+    return (out.astype(jnp.float32) + low_rank_term(x, swapped)).astype(out.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -146,7 +125,7 @@ class RMSNorm(nn.Module):
     if not self.has_variable(MEMBERS, "scale"):
       return (scale * normed).astype(self.dtype)
     delta = self.get_variable(MEMBERS, "scale")  # [M, d]
-    return (_by_member(normed, delta.shape[0]) * (scale + delta.astype(jnp.float32))[:, None, :]
+    return (by_member(normed, delta.shape[0]) * (scale + delta.astype(jnp.float32))[:, None, :]
             ).reshape(normed.shape).astype(self.dtype)
 
 
@@ -378,44 +357,11 @@ class Transformer(nn.Module):
     return logits.astype(jnp.float32)
 
 
-def write_slots(cache: jax.Array, new: jax.Array, index) -> jax.Array:
-  """Writes new keys/values [..., t, hd] into `cache` [..., s, hd] from slot `index` (the slot
-  axis is the second to last of stacked and per-layer caches alike)."""
-  return jax.lax.dynamic_update_slice_in_dim(cache, new.astype(cache.dtype), index,
-                                             cache.ndim - 2)
-
-
 def layer_list(params) -> list:
   """The stacked `layers` parameters as one tree per layer (each a copy of its slice)."""
   stacked = params["layers"]
   depth = jax.tree.leaves(stacked)[0].shape[0]
   return [jax.tree.map(lambda a, l=l: a[l], stacked) for l in range(depth)]
-
-
-def members_collection(factors: dict) -> dict:
-  """`perturb.member_factors` vmapped over M members (leaves [M, ...]) -> the `members`
-  collection, whose stacked layer leaves are [layers, M, ...] (sliced by the layer loop)."""
-  return {name: jax.tree.map(lambda a: jnp.swapaxes(a, 0, 1), sub) if name == "layers" else sub
-          for name, sub in factors.items()}
-
-
-def member_count(members: dict) -> int:
-  """M of a `members` collection (stacked layer leaves [layers, M, ...], others [M, ...])."""
-  name, subtree = next(iter(members.items()))
-  return jax.tree.leaves(subtree)[0].shape[1 if name == "layers" else 0]
-
-
-def cache_list(cache: KVCache) -> list[KVCache]:
-  """A stacked cache as per-layer (k, v), each [b, kv, s, hd]."""
-  return [(cache[0][l], cache[1][l]) for l in range(cache[0].shape[0])]
-
-
-def init_cache(config: ModelConfig, batch: int, slots: int, dtype=None) -> KVCache:
-  """An empty cache, (k, v) each [layers, batch, kv, slots, hd], in `dtype` (default: the
-  model's)."""
-  shape = (config.num_layers, batch, config.num_kv_heads, slots, config.head_dim)
-  dtype = config.dtype if dtype is None else dtype
-  return jnp.zeros(shape, dtype), jnp.zeros(shape, dtype)
 
 
 def abstract_params(config: ModelConfig):

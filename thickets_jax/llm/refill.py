@@ -31,8 +31,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from thickets_jax.errors import InputError
-from thickets_jax.llm import chunk, generate
-from thickets_jax.llm import model as llm_model
+from thickets_jax.llm import chunk, generate, kv_cache
 from thickets_jax.llm.config import ModelConfig
 
 
@@ -120,7 +119,7 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
   cache = generate.empty_cache(config, rows, width, layer_loop, members,
                                sampling.cache_dtype)
   if shared:
-    cache = jax.tree.map(lambda c, kv: llm_model.write_slots(c, rows_of(kv, slots), 0), cache,
+    cache = jax.tree.map(lambda c, kv: kv_cache.write_slots(c, rows_of(kv, slots), 0), cache,
                          prefix_kv)
     prefill_cache = jax.tree.map(lambda kv: rows_of(kv, per_refill), prefix_kv)
     prefill_positions = jnp.broadcast_to(jnp.arange(shared, dtype=jnp.int32),
