@@ -79,6 +79,7 @@ def gguf_without_vocabulary(path: str, directory: str) -> str:
   reads metadata with `gguf.GGUFReader`, twice per load, one numpy view per array element
   (Gemma-3's 262k-token vocabulary: 43 s)."""
   import struct  # pylint: disable=g-import-not-at-top
+  from gguf import GGUFValueType  # pylint: disable=g-import-not-at-top
   from thickets_jax.llm import gguf_file  # pylint: disable=g-import-not-at-top
   file = gguf_file.read(path)
   arch = file.metadata["general.architecture"]
@@ -88,7 +89,7 @@ def gguf_without_vocabulary(path: str, directory: str) -> str:
   added = b""
   if vocab_key not in file.metadata:
     key = vocab_key.encode()
-    added = struct.pack(f"<Q{len(key)}sII", len(key), key, 4,  # 4: uint32
+    added = struct.pack(f"<Q{len(key)}sII", len(key), key, GGUFValueType.UINT32,
                         len(file.metadata["tokenizer.ggml.tokens"]))
   with open(path, "rb") as f:
     raw = f.read()

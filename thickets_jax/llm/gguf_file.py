@@ -16,20 +16,22 @@ import struct
 from typing import Any
 
 import numpy as np
+from gguf import GGML_QUANT_SIZES, GGMLQuantizationType, GGUFReader, GGUFValueType
 
 from thickets_jax.errors import InputError
 
 _MAGIC = b"GGUF"
 _VERSIONS = (2, 3)
 _DEFAULT_ALIGNMENT = 32
-# GGUFValueType -> struct format of one scalar (little-endian); 8 (string) and 9 (array) apart.
-_SCALARS = {0: "<B", 1: "<b", 2: "<H", 3: "<h", 4: "<I", 5: "<i", 6: "<f", 7: "<?", 10: "<Q",
-            11: "<q", 12: "<d"}
-_STRING, _ARRAY = 8, 9
-# Tensor types stored as plain numpy arrays (GGMLQuantizationType value -> dtype); every other
-# type is rows of quantised blocks, handed over as uint8 `[..., bytes per row]`.
-_PLAIN = {0: np.float32, 1: np.float16, 24: np.int8, 25: np.int16, 26: np.int32, 27: np.int64,
-          28: np.float64}
+# The numeric metadata value types (the gguf package's own table), little-endian.
+_SCALARS = {kind: np.dtype(t).newbyteorder("<")
+            for kind, t in GGUFReader.gguf_scalar_to_np.items()}
+# Tensor types stored as plain numpy arrays; every other type is rows of quantised blocks,
+# handed over as uint8 `[..., bytes per row]`.
+_PLAIN = {GGMLQuantizationType.F32: np.float32, GGMLQuantizationType.F16: np.float16,
+          GGMLQuantizationType.F64: np.float64, GGMLQuantizationType.I8: np.int8,
+          GGMLQuantizationType.I16: np.int16, GGMLQuantizationType.I32: np.int32,
+          GGMLQuantizationType.I64: np.int64}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,22 +76,25 @@ class _Cursor:
       raise ValueError(f"a string of {length} bytes runs past the end of the file")
     return bytes(self.buffer[start:self.offset]).decode("utf-8")
 
+  def numbers(self, dtype: np.dtype, count: int) -> list:
+    """`count` numbers in one read, as Python numbers (`.tolist()`, as GGUFReader gives them)."""
+    end = self.offset + count * dtype.itemsize
+    if end > len(self.buffer):
+      raise ValueError(f"{count} values of {dtype} run past the end of the file")
+    values = np.frombuffer(self.buffer, dtype, count, self.offset).tolist()
+    self.offset = end
+    return values
+
   def value(self, kind: int):
-    if kind == _STRING:
+    if kind == GGUFValueType.STRING:
       return self.string()
     if kind in _SCALARS:
-      return self.scalar(_SCALARS[kind])
-    if kind != _ARRAY:
+      return self.numbers(_SCALARS[kind], 1)[0]
+    if kind != GGUFValueType.ARRAY:
       raise ValueError(f"unknown metadata value type {kind}")
     item, count = self.scalar("<I"), self.scalar("<Q")
-    if item in _SCALARS:  # one bulk read; .tolist() gives Python numbers as GGUFReader does
-      dtype = np.dtype(_SCALARS[item].replace("?", "b1"))
-      end = self.offset + count * dtype.itemsize
-      if end > len(self.buffer):
-        raise ValueError(f"an array of {count} values runs past the end of the file")
-      values = np.frombuffer(self.buffer, dtype, count, self.offset).tolist()
-      self.offset = end
-      return values
+    if item in _SCALARS:
+      return self.numbers(_SCALARS[item], count)
     return [self.value(item) for _ in range(count)]
 
 
@@ -108,7 +113,6 @@ def read(path: str) -> GGUFFile:
 
 
 def _parse(path: str, buffer) -> GGUFFile:
-  from gguf import GGML_QUANT_SIZES, GGMLQuantizationType  # pylint: disable=g-import-not-at-top
   if bytes(buffer[:4]) != _MAGIC:
     raise ValueError("it does not start with the GGUF magic")
   cursor = _Cursor(buffer, 4)
