@@ -22,7 +22,7 @@ accelerator's measured bf16 matmul rate and copy bandwidth) or against a recorde
 full-rank members materialised, B8 the prefill with and without the shared prefix, each in one
 process. B7 runs full scoring and successive halving on the same members: 1D over seeds, and an
 offline LLM. P1 compares the execution plan's memory floor with the compiled program (CPU: for
-the host's simulated devices, corrected for the CPU backend's threefry and bf16-upcast buffers)
+the host's simulated devices, corrected for the CPU backend's bf16-upcast buffers)
 or with the peak a short run measures (accelerators).
 """
 

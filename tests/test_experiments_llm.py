@@ -9,9 +9,11 @@ import socket
 import subprocess
 import sys
 
+from absl import flags
 import numpy as np
 import pytest
 
+from thickets_jax import configs
 from thickets_jax.errors import InputError
 from thickets_jax.llm import density, discordance, generate, randopt, registry, session
 from thickets_jax.llm import model as llm_model
@@ -117,19 +119,21 @@ def _free_port() -> int:
 
 def test_randopt_on_two_processes_equals_one_process(tmp_path, tiny_weights):
   """--distributed: two processes with one CPU device each score, rank and write exactly what
-  one process with two devices does; only process 0 writes."""
-  args = ["-m", "experiments.randopt", *SMALL, "--weights", tiny_weights, "--K", "1,2",
-          "--test_size", "2", "--model_parallel", "1", "--member_axis", "vmap"]
-  env = toys.child_env()  # --host_devices decides
-  run = lambda *more, **kw: subprocess.Popen([sys.executable, *args, *more], cwd=ROOT, env=env,
-                                             stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                             text=True, **kw)
+  one process with two devices (this one, from the same flags) does; only process 0 writes."""
+  settings = [*SMALL, "--weights", tiny_weights, "--K", "1,2", "--test_size", "2",
+              "--model_parallel", "1", "--member_axis", "vmap"]
   one, two = str(tmp_path / "one"), str(tmp_path / "two")
-  single = run("--host_devices", "2", "--workdir", one)
   coordinator = f"localhost:{_free_port()}"
-  hosts = [run("--host_devices", "1", "--distributed", "--coordinator", coordinator,
-               "--num_processes", "2", "--process_id", str(i), "--workdir", two) for i in (0, 1)]
-  for process in (single, *hosts):
+  hosts = [subprocess.Popen(
+      [sys.executable, "-m", "experiments.randopt", *settings, "--host_devices", "1",
+       "--distributed", "--coordinator", coordinator, "--num_processes", "2", "--process_id",
+       str(i), "--workdir", two], cwd=ROOT, env=toys.child_env(), stdout=subprocess.PIPE,
+      stderr=subprocess.PIPE, text=True) for i in (0, 1)]
+  flag_values = flags.FlagValues()
+  configs.define_flags(randopt.RandOptConfig, flag_values)
+  flag_values(["randopt", *settings])
+  randopt.run_randopt(configs.from_flags(randopt.RandOptConfig, flag_values).planned(None), one)
+  for process in hosts:
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]
   plans = [_read(os.path.join(d, "results.json")).pop("execution_plan") for d in (one, two)]

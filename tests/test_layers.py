@@ -10,8 +10,8 @@ ROOT = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
 
 # Bottom to top; a module's layer is that of its longest listed prefix.
 LAYERS = (
-    ("foundation", ("errors", "rng", "tree", "registry", "distributed", "checkpoint", "metrics",
-                    "cli", "configs", "scales")),
+    ("foundation", ("errors", "rng", "cpu_threefry", "tree", "registry", "distributed",
+                    "checkpoint", "metrics", "cli", "configs", "scales")),
     ("members and storage", ("perturb", "population", "storage", "workdir", "plotting", "flops",
                              "bench")),
     ("search methods", ("search", "randopt", "halving", "landscape")),

@@ -63,9 +63,7 @@ def test_gguf_dequantisation_matches_transformers_gguf_loader(offline_models):
   pytest.importorskip("accelerate")
   loaded = offline_models("smollm2-135m-instruct")
   with tempfile.TemporaryDirectory() as tmp:
-    toys.gguf_without_vocabulary(loaded.source.path, tmp)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, gguf_file="model.gguf",
-                                                           dtype=torch.float32).eval()
+    hf = toys.transformers_gguf_model(loaded.source.path, tmp)
   _, _, prompts = _prompts(loaded, count=2)
   for ids in prompts:
     with torch.no_grad():
@@ -101,7 +99,7 @@ def test_member_tokens_are_the_ones_recorded_before_the_architecture_modules(nam
 def test_gemma3_270m_gguf_matches_transformers_gguf_loader():
   """The third offline model: our Gemma-3 (sandwich norms, x·(1 + w) with llama.cpp's +1 taken
   off, sliding windows on a local RoPE base) against transformers' own GGUF reading of the same
-  file (less its vocabulary arrays: `toys.gguf_without_vocabulary`), on a prompt longer than
+  file (less its vocabulary arrays: `toys.transformers_gguf_model`), on a prompt longer than
   nothing and with BOS first as the file asks."""
   pytest.importorskip("accelerate")
   loaded = registry.load("gemma-3-270m")
@@ -110,9 +108,7 @@ def test_gemma3_270m_gguf_matches_transformers_gguf_loader():
   ids = loaded.tokenizer("Question: What is 7 * 6?\nAnswer:")["input_ids"]
   assert ids[0] == loaded.tokenizer.bos_token_id
   with tempfile.TemporaryDirectory() as tmp:
-    toys.gguf_without_vocabulary(loaded.source.path, tmp)
-    hf = transformers.AutoModelForCausalLM.from_pretrained(tmp, gguf_file="model.gguf",
-                                                           dtype=torch.float32).eval()
+    hf = toys.transformers_gguf_model(loaded.source.path, tmp)
   with torch.no_grad():
     expected = hf(torch.tensor([ids])).logits.float().numpy()[0]
   ours = np.asarray(M.forward(loaded.config, loaded.params, jnp.asarray([ids])))[0]

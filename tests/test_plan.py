@@ -123,7 +123,7 @@ def test_the_readme_scale_up_line_dry_runs_on_8_simulated_gpus(model, mesh):
   assert abs(weights - float(re.search(r"floor weights +([0-9.]+)", out).group(1))) < 0.05
   assert f"{model}: fits: floor {floor:.2f} GiB per device of 67.06 GiB usable" in out
   assert "compiled for cpu" in out and "Traceback" not in out
-  # P1: with the CPU backend's threefry and bf16-upcast buffers removed, the compiled figure
+  # P1: with the CPU backend's bf16-upcast buffers removed, the compiled figure
   # is the floor within 15%.
   ratio = float(re.search(r"bf16 upcast: [0-9.]+ GiB \(([0-9.]+)x the floor\)", out).group(1))
   assert 0.85 <= ratio <= 1.15

@@ -103,3 +103,21 @@ def gguf_without_vocabulary(path: str, directory: str) -> str:
     f.write(body)
     f.write(memoryview(raw)[file.data_offset:])
   return out
+
+
+def transformers_gguf_model(path: str, directory: str):
+  """transformers' own reading of the GGUF file at `path` (float32, eval mode), from
+  `gguf_without_vocabulary`'s copy in `directory`. transformers asks gguf for its tensor name
+  map once per submodule (SmolLM2: about 400 times, 7 s); here it is built once per load."""
+  import functools  # pylint: disable=g-import-not-at-top
+  import gguf  # pylint: disable=g-import-not-at-top
+  import torch  # pylint: disable=g-import-not-at-top
+  import transformers  # pylint: disable=g-import-not-at-top
+  gguf_without_vocabulary(path, directory)
+  build = gguf.get_tensor_name_map
+  gguf.get_tensor_name_map = functools.lru_cache(build)
+  try:
+    return transformers.AutoModelForCausalLM.from_pretrained(
+        directory, gguf_file="model.gguf", dtype=torch.float32).eval()
+  finally:
+    gguf.get_tensor_name_map = build

@@ -1,5 +1,5 @@
 """P1: the execution plan's memory floor against the compiled program (CPU: for the host's
-simulated devices, corrected for the CPU backend's threefry and bf16-upcast buffers) or against
+simulated devices, corrected for the CPU backend's bf16-upcast buffers) or against
 the peak a short bf16 run measures (accelerators)."""
 
 import dataclasses

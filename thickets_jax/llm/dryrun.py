@@ -7,13 +7,13 @@ nothing is allocated. XLA's `memory_analysis()` then gives the bytes one device 
 arguments (the base's shard), the outputs and the temporaries (member copies, noise, KV cache,
 activations). The layer loop is always the scan (compile time independent of depth).
 
-Compiled for simulated host (CPU) devices, the figure overstates an accelerator's twice over:
-the CPU backend generates threefry bits in a rolled loop whose counters, bits and float32 noise
-are buffers the size of a leaf (accelerators fuse generation into the add that writes the
-member), and it upcasts every bfloat16 dot to float32, keeping a float32 copy of each member's
-matrices for the whole decode. `corrected_total` removes both: it compiles the generation alone,
-with the members as arguments, in float32 (no upcast: every dot is native there), scales its
-temporaries to the run's dtype, and adds the base and member copies, whose size is exact.
+Compiled for simulated host (CPU) devices, the figure overstates an accelerator's: the CPU
+backend upcasts every bfloat16 dot to float32, keeping a float32 copy of each member's matrices
+for the whole decode (its threefry draws fuse into the add that writes the member, as on
+accelerators, only because `thickets_jax.cpu_threefry` lowers large draws unrolled).
+`corrected_total` removes the upcast: it compiles the generation alone, with the members as
+arguments, in float32 (every dot is native there), scales its temporaries to the run's dtype,
+and adds the base and member copies, whose size is exact.
 """
 
 import time
@@ -87,8 +87,8 @@ def _stacked(leaf: jax.ShapeDtypeStruct, axis: int, count: int, mesh) -> jax.Sha
 
 def corrected_total(config: session.ScoringConfig, name: str,
                     floor: llm_plan.Footprint) -> Optional[int]:
-  """Per-device bytes of the population call with the CPU backend's threefry and upcast
-  buffers removed (module docstring); None for factored low-rank members."""
+  """Per-device bytes of the population call with the CPU backend's bf16-upcast buffers removed
+  (module docstring); None for factored low-rank members."""
   if config.noise == "lowrank":
     return None
   shapes = registry.entry(name, config.weights).config.replace(dtype=jnp.float32)
@@ -129,7 +129,7 @@ def report(config: session.ScoringConfig) -> str:
     if jax.default_backend() == "cpu":
       corrected = corrected_total(config, name, planned.footprint)
       if corrected is not None:
-        line += (f", corrected for the CPU backend's threefry and bf16 upcast: "
+        line += (f", corrected for the CPU backend's bf16 upcast: "
                  f"{llm_plan.gib(corrected)} ({corrected / floor:.2f}x the floor)")
     lines.append(line)
   return "\n".join(lines)
