@@ -6,9 +6,10 @@ pass over buffers the size of the draw, so drawing a member's noise is memory-bo
 normals: 1.0 s on 2 cores). Unrolled, as JAX lowers it for GPU and TPU, the 20 rounds fuse into
 one pass (0.27 s, 3.7x faster). `register()` (called on importing the package) lowers draws of
 at least `UNROLL_FROM` elements unrolled and smaller ones rolled: the arithmetic is the same, so
-every member's bits are too (tests/test_perturb.py compares both forms with `jax.random` and
-each other). JAX keeps its unrolled form private, so the hash (Salmon et al., SC 2011: 20
-rounds, a key injection after every four) is written here against the public primitive.
+every member's bits are too (tests/test_cpu_threefry.py checks both forms against Random123's
+known answers and against each other). JAX keeps its unrolled form private, so the hash
+(Salmon et al., SC 2011: 20 rounds, a key injection after every four) is written here against
+the public primitive.
 """
 
 import math
