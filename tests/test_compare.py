@@ -7,7 +7,6 @@ import os
 import jax
 import numpy as np
 import pytest
-from absl import flags
 
 from thickets_jax import checkpoint, configs, halving, perturb, population, search
 from thickets_jax.baselines import es
@@ -17,6 +16,8 @@ from thickets_jax.signals import compare as signals_compare
 from thickets_jax.signals import model as signal_model
 from thickets_jax.signals import runs as signal_runs
 from thickets_jax.workdir import RunDir
+
+import toys
 
 
 @compare.METHODS.register("halving_top1")
@@ -103,9 +104,8 @@ def test_a_killed_run_resumes_to_the_same_parameters(tmp_path, tiny_weights, mon
     (["--kl_coef", "-1"], "--kl_coef must be >= 0, got -1.0"),
 ])
 def test_bad_settings_are_one_sentence(tiny_weights, argv, sentence):
-  flag_values = flags.FlagValues()
-  configs.define_flags(compare.CompareConfig, flag_values)
-  flag_values(["compare", "--weights", tiny_weights, "--model", "tiny-random-llama"] + argv)
+  flag_values = toys.flag_values(compare.CompareConfig,
+                                 ["--weights", tiny_weights, "--model", "tiny-random-llama", *argv])
   with pytest.raises(InputError, match=sentence):
     configs.from_flags(compare.CompareConfig, flag_values)
 

@@ -8,7 +8,6 @@ import subprocess
 import sys
 
 import pytest
-from absl import flags
 
 from thickets_jax import benchmarks, configs, presets
 from thickets_jax.baselines import es, grpo
@@ -21,6 +20,8 @@ from thickets_jax.signals import regimes, scaling
 from thickets_jax.signals import runs as signal_runs
 from thickets_jax.tasks import fuzz
 from thickets_jax.workdir import RunDir
+
+import toys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # Each entry point and the configs its flags are derived from.
@@ -36,23 +37,16 @@ EXPERIMENTS = {"randopt": (randopt.RandOptConfig,), "density": (density.DensityC
 CONFIGS = [c for classes in EXPERIMENTS.values() for c in classes]
 
 
-def _flags(config_class, argv=()):
-  flag_values = flags.FlagValues()
-  configs.define_flags(config_class, flag_values)
-  flag_values(["prog", *argv])
-  return flag_values
-
-
 @pytest.mark.parametrize("config_class", [  # these need their paths or runs
     c for c in CONFIGS if c not in (predict.PredictConfig, export.ExportConfig,
                                     signal_runs.RunSpec)])
 def test_unset_flags_give_the_config_defaults(config_class):
-  assert configs.from_flags(config_class, _flags(config_class)) == config_class()
+  assert configs.from_flags(config_class, toys.flag_values(config_class)) == config_class()
 
 
 def test_every_flag_is_a_setting_with_help_and_its_default():
   for config_class in CONFIGS:
-    flag_values = _flags(config_class)
+    flag_values = toys.flag_values(config_class)
     for setting in configs.settings(config_class):
       flag = flag_values[setting.name]
       assert setting.help and flag.help.endswith(setting.help)
@@ -63,9 +57,9 @@ def test_every_flag_is_a_setting_with_help_and_its_default():
 
 
 def test_sub_config_flags_keep_their_historical_names():
-  flag_values = _flags(compare.CompareConfig, ["--es_population", "6", "--group_size", "3",
-                                               "--grpo_prompts", "6", "--grpo_mini_batch", "3",
-                                               "--grpo_micro_batch", "3", "--kl_coef", "0.1"])
+  flag_values = toys.flag_values(compare.CompareConfig, [
+      "--es_population", "6", "--group_size", "3", "--grpo_prompts", "6", "--grpo_mini_batch", "3",
+      "--grpo_micro_batch", "3", "--kl_coef", "0.1"])
   config = configs.from_flags(compare.CompareConfig, flag_values)
   assert config.es == es.ESConfig(population=6)
   assert config.grpo == dataclasses.replace(compare.CompareConfig().grpo, group_size=3,
@@ -96,10 +90,11 @@ def test_a_workdir_written_before_the_sub_configs_resumes(tmp_path, tiny_weights
 
 def test_a_base_config_keeps_what_no_flag_changes():
   base = randopt.RandOptConfig(N=8, ks=(2,), test_size=5, max_new_tokens=16)
-  config = configs.from_flags(randopt.RandOptConfig, _flags(randopt.RandOptConfig, ["--K", "1,2"]),
-                              base=base)
+  config = configs.from_flags(randopt.RandOptConfig,
+                              toys.flag_values(randopt.RandOptConfig, ["--K", "1,2"]), base=base)
   assert config == dataclasses.replace(base, ks=(1, 2))
-  assert configs.present(randopt.RandOptConfig, _flags(randopt.RandOptConfig, ["--K", "1"])) == ["K"]
+  assert configs.present(randopt.RandOptConfig,
+                         toys.flag_values(randopt.RandOptConfig, ["--K", "1"])) == ["K"]
 
 
 @pytest.mark.parametrize("config_class, argv, sentence", [
@@ -116,7 +111,7 @@ def test_a_base_config_keeps_what_no_flag_changes():
 ])
 def test_bad_values_are_refused_at_construction(config_class, argv, sentence):
   with pytest.raises(InputError, match=sentence.replace("(", r"\(")):
-    configs.from_flags(config_class, _flags(config_class, argv))
+    configs.from_flags(config_class, toys.flag_values(config_class, argv))
 
 
 def test_sub_configs_validate_themselves():

@@ -9,7 +9,6 @@ import socket
 import subprocess
 import sys
 
-from absl import flags
 import numpy as np
 import pytest
 
@@ -129,10 +128,9 @@ def test_randopt_on_two_processes_equals_one_process(tmp_path, tiny_weights):
        "--distributed", "--coordinator", coordinator, "--num_processes", "2", "--process_id",
        str(i), "--workdir", two], cwd=ROOT, env=toys.child_env(), stdout=subprocess.PIPE,
       stderr=subprocess.PIPE, text=True) for i in (0, 1)]
-  flag_values = flags.FlagValues()
-  configs.define_flags(randopt.RandOptConfig, flag_values)
-  flag_values(["randopt", *settings])
-  randopt.run_randopt(configs.from_flags(randopt.RandOptConfig, flag_values).planned(None), one)
+  config = configs.from_flags(randopt.RandOptConfig, toys.flag_values(randopt.RandOptConfig,
+                                                                     settings))
+  randopt.run_randopt(config.planned(None), one)
   for process in hosts:
     _, stderr = process.communicate(timeout=900)
     assert process.returncode == 0, stderr[-3000:]

@@ -1,10 +1,13 @@
-"""Tiny stand-ins shared by tests: a one-character-per-token tokenizer, a tiny model config, and
-the environment of a child experiment that chooses its own device count."""
+"""Tiny stand-ins shared by tests: a one-character-per-token tokenizer, a tiny model config,
+a config's flags parsed from a command line, and the environment of a child experiment that
+chooses its own device count."""
 
 import os
 
+from absl import flags
 import jax.numpy as jnp
 
+from thickets_jax import configs
 from thickets_jax.llm.config import ModelConfig
 
 
@@ -29,6 +32,15 @@ TINY_CONFIG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, n
                           num_heads=4, num_kv_heads=2, head_dim=8, rope_theta=1e4,
                           rms_norm_eps=1e-6, qkv_bias=True, tie_embeddings=True,
                           dtype=jnp.float32)
+
+
+def flag_values(config_class: type, argv=()) -> flags.FlagValues:
+  """`config_class`'s flags (`configs.define_flags`, on their own `FlagValues`) parsed from the
+  command-line arguments `argv`."""
+  values = flags.FlagValues()
+  configs.define_flags(config_class, values)
+  values(["prog", *argv])
+  return values
 
 
 def child_env(**more) -> dict:

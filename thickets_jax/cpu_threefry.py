@@ -25,36 +25,39 @@ ROTATIONS = ((13, 15, 26, 6), (17, 29, 16, 24))  # of the even and the odd group
 _PARITY = np.uint32(0x1BD11BDA)
 
 
-def _rounds(x: list, rotations) -> list:
-  """Four mix rounds: x0 += x1; x1 = rotl(x1, r) ^ x0."""
+def _start(k1, k2, x1, x2) -> tuple[list, list]:
+  """The counters with the first key injection, and the key schedule (k1, k2, k1 ^ k2 ^ C)
+  rotated to the words the first group's injection adds."""
+  ks = [k1, k2, k1 ^ k2 ^ _PARITY]
+  return [x1 + ks[0], x2 + ks[1]], ks[1:] + ks[:1]
+
+
+def _group(x: list, ks: list, rotations, i) -> list:
+  """Group i (0-4): four mix rounds (x0 += x1; x1 = rotl(x1, r) ^ x0), then the injection of
+  key words ks[0], ks[1] + i + 1."""
   for r in rotations:
     x0 = x[0] + x[1]
     x = [x0, ((x[1] << r) | (x[1] >> (np.uint32(32) - r))) ^ x0]
-  return x
+  return [x[0] + ks[0], x[1] + ks[1] + i + np.uint32(1)]
 
 
 def unrolled(k1, k2, x1, x2) -> list:
   """The hash of counters (x1, x2) under key (k1, k2), all uint32 of one broadcast shape."""
-  ks = (k1, k2, k1 ^ k2 ^ _PARITY)
-  x = [x1 + ks[0], x2 + ks[1]]
-  for group in range(5):
-    x = _rounds(x, [np.uint32(r) for r in ROTATIONS[group % 2]])
-    x = [x[0] + ks[(group + 1) % 3], x[1] + ks[(group + 2) % 3] + np.uint32(group + 1)]
+  x, ks = _start(k1, k2, x1, x2)
+  for i in range(5):
+    x = _group(x, ks, [np.uint32(r) for r in ROTATIONS[i % 2]], np.uint32(i))
+    ks = ks[1:] + ks[:1]
   return x
 
 
 def rolled(k1, k2, x1, x2) -> list:
   """`unrolled` as a loop over the five groups (one copy of four rounds in the program)."""
-  ks = [k1, k2, k1 ^ k2 ^ _PARITY]
-  x = [x1 + ks[0], x2 + ks[1]]
-  rotations = jnp.asarray(ROTATIONS, jnp.uint32)
-
-  def group(i, state):
+  def step(i, state):
     x, ks, rotations = state
-    x = _rounds(x, [rotations[0, j] for j in range(4)])
-    x = [x[0] + ks[1], x[1] + ks[2] + (i + 1).astype(jnp.uint32)]
+    x = _group(x, ks, [rotations[0, j] for j in range(4)], i.astype(jnp.uint32))
     return x, ks[1:] + ks[:1], rotations[::-1]
-  x, _, _ = lax.fori_loop(0, 5, group, (x, ks, rotations))
+  x, ks = _start(k1, k2, x1, x2)
+  x, _, _ = lax.fori_loop(0, 5, step, (x, ks, jnp.asarray(ROTATIONS, jnp.uint32)))
   return x
 
 
