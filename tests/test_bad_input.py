@@ -58,7 +58,7 @@ CASES = {
         (["--scale", "natural", "--noise", "lowrank"], "--scale natural needs full-rank noise"),
         (["--scale", "radial"], "flag --scale=radial: value should be one of"),
         (["--member_axis", "pmap"], "flag --member_axis=pmap: value should be one of"),
-        (["--decode", "stream"], "flag --decode=stream: value should be one of <batch|refill>"),
+        (["--decode", "stream"], "flag --decode=stream: value should be one of <auto|batch|refill>"),
         (["--decode", "refill", "--refill_rows", "17"],
          "--refill_rows must be between 1 and --batch_size (16), got 17."),
         (["--preset", "figure1c"], "--preset figure1c is a CompareConfig, not a RandOptConfig"),

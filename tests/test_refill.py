@@ -13,7 +13,7 @@ import toys
 from thickets_jax.errors import InputError
 from thickets_jax.llm import chunk, generate, refill, roofline
 from thickets_jax.llm import model as M
-from thickets_jax.llm.generator import Decode, Generator
+from thickets_jax.llm.generator import Decode, Generator, faster_decode
 from thickets_jax.perturb import PerturbSpec
 
 # An untied head: the tied tiny model's greedy rows repeat their last token, so all would run
@@ -98,8 +98,35 @@ def test_a_generator_decoding_with_refill_gives_its_members_the_same_texts(tmp_p
   np.testing.assert_array_equal(got, expected)
 
 
+def test_faster_decode_picks_refill_only_where_lengths_vary_across_more_prompts_than_slots():
+  varied = np.array([[2, 9, 3, 9, 2, 9, 3, 9]])
+  assert faster_decode(varied, 2, 1) == "refill"  # 4 batches of 2: each waits for a 9
+  assert faster_decode(np.full((1, 8), 9), 2, 1) == "batch"  # one length: the same steps
+  assert faster_decode(varied[:, :2], 2, 1) == "batch"  # one batch holds every prompt
+  assert faster_decode(varied[:, :5], 2, 1) == "refill"  # padded to 3 batches
+
+
+def test_auto_decoding_switches_to_refill_after_a_chunk_of_varied_lengths():
+  """The first chunk decodes in batches; its completions end at different steps, so the next
+  chunk refills slots; every member gets the tokens batch decoding gives it."""
+  params = roofline.random_params(CONFIG, jax.random.key(1))
+  params["lm_head"]["kernel"] = params["lm_head"]["kernel"].at[:, 1].multiply(8.0)  # EOS
+  texts = ["hello", "a much longer prompt", "xy", "q", "seven", "the end", "abc", "zz"]
+  made = lambda decode: Generator(CONFIG, params, toys.CharTokenizer(),
+                                  generate.Sampling(max_new_tokens=8), batch_size=2, chat=False,
+                                  member_axis="vmap", decode=decode)
+  seeds, sigmas = np.array([4, 7, 9, 11]), np.full(4, 0.1, np.float32)
+  ids = lambda gen: np.concatenate([chunk_ids for _, chunk_ids in gen.population_token_ids(
+      seeds, sigmas, texts, members_per_batch=2)])
+  auto, batch = made(Decode()), made(Decode("batch"))
+  np.testing.assert_array_equal(ids(auto), ids(batch))
+  assert auto.chunk_decodes == ["batch", "refill"] and batch.chunk_decodes == ["batch"] * 2
+  first = generate.completion_mask(ids(batch)[:2], auto.codec.stop_ids).sum(-1)
+  assert len(np.unique(first)) >= 3
+
+
 @pytest.mark.parametrize("decode, sentence", [
-    (Decode("stream"), "unknown decode 'stream'; known: batch, refill."),
+    (Decode("stream"), "unknown decode 'stream'; known: auto, batch, refill."),
     (Decode("refill", 3), "--refill_rows must be between 1 and --batch_size (2), got 3.")])
 def test_a_bad_decode_is_one_sentence(decode, sentence):
   with pytest.raises(InputError, match=sentence.replace("(", r"\(").replace(")", r"\)")):

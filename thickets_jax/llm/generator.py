@@ -3,9 +3,10 @@ its base or a population of perturbed members.
 
 The program decodes in batches (`generate.token_generator`: each prompt batch until its longest
 row ends) or with slot refill (`refill.refill_generator`: a finished row's slot takes the next
-prompt). Both give the same tokens. For a population, each member is built inside the jitted
-call: member parameters exist only for the members of the chunk being generated and are never
-stored.
+prompt). Both give the same tokens, so a population may switch between them from one chunk of
+members to the next (`Decode`'s "auto"). For a population, each member is built inside the
+jitted call: member parameters exist only for the members of the chunk being generated and are
+never stored.
 """
 
 import dataclasses
@@ -23,18 +24,28 @@ from thickets_jax.llm import chunk, refill
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.codec import PromptCodec
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.llm.generate import Sampling, prompt_keys, token_generator
+from thickets_jax.llm.generate import Sampling, completion_mask, prompt_keys, token_generator
 from thickets_jax.perturb import PerturbSpec
 
-DECODES = ("batch", "refill")
+DECODES = ("auto", "batch", "refill")
+# The time of one slot-refill decode step over one batch-decoding step of as many rows: its
+# refills and per-row cache writes. Measured by B9 on 2 CPU cores (SmolLM2, 8 slots): refill
+# ran 0.71x the decode steps of batch decoding and took 0.82x its time. Not measured on
+# accelerators.
+REFILL_STEP_COST = 1.16
 
 
 @dataclasses.dataclass(frozen=True)
 class Decode:
   """How rows decode. "batch": each prompt batch of `batch_size` rows per member until its
   longest row ends. "refill": `batch_size` slots per member, a finished row's slot prefilling
-  the member's next prompt, `refill_rows` slots at a time (default a quarter of the slots)."""
-  kind: str = "batch"
+  the member's next prompt, `refill_rows` slots at a time (default a quarter of the slots).
+  "auto": a population's first chunk of members decodes in batches, and each next chunk with
+  the decoder the last chunk's completion lengths say is faster (`faster_decode`): refill where
+  lengths vary and a member has more prompts than slots, batches where rows run to one length
+  or one batch holds every prompt. A single model's call (`Generator.base_token_ids`) and
+  probability averaging decode in batches."""
+  kind: str = "auto"
   refill_rows: Optional[int] = None
 
   def validate(self, batch_size: int) -> None:
@@ -46,12 +57,24 @@ class Decode:
     return max(1, batch_size // 4) if self.refill_rows is None else self.refill_rows
 
 
+def faster_decode(lengths: np.ndarray, batch_size: int, refill_rows: int) -> str:
+  """"refill" or "batch": the decoder that runs completions of these lengths sooner, by the
+  decode steps each runs for them (`refill.refill_steps`, `refill.batch_steps`) at a refill
+  step's cost of REFILL_STEP_COST batch steps. lengths [M, Q] (tokens generated, ≥ 1); prompts
+  are padded to whole batches with rows of length 1."""
+  pad = -lengths.shape[1] % batch_size
+  lengths = np.pad(np.maximum(lengths, 1), ((0, 0), (0, pad)), constant_values=1)
+  refilled = refill.refill_steps(lengths, batch_size, refill_rows) * REFILL_STEP_COST
+  return "refill" if refilled < refill.batch_steps(lengths, batch_size) else "batch"
+
+
 def generation_function(config: ModelConfig, sampling: Sampling, decode: Decode, batch_size: int,
                         *, stop_ids: Sequence[int], pad_id: int,
                         layer_loop: Optional[str]) -> Callable:
   """The pure generation function of `decode` (`generate.token_generator`'s signature): slot
-  refill with `batch_size` slots per member, or batches of `batch_size`. Probability
-  averaging decodes the members in lockstep, so it always runs in batches."""
+  refill with `batch_size` slots per member, or batches of `batch_size` (also for "auto",
+  which `Generator` resolves chunk by chunk). Probability averaging decodes the members in
+  lockstep, so it always runs in batches."""
   if decode.kind == "refill" and not sampling.average_members:
     return refill.refill_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
                                    slots=batch_size, refill_rows=decode.rows(batch_size),
@@ -103,14 +126,16 @@ class Generator:
     self.config, self.params, self.sampling = config, params, sampling
     self.shared_prefix = shared_prefix
     decode.validate(batch_size)
-    self.factored = factored and self.perturb.noise == "lowrank"
-    self._base, self._population = _programs(
+    self.decode, self.factored = decode, factored and self.perturb.noise == "lowrank"
+    self._programs = lambda kind: _programs(
         config, sampling, tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop,
-        self.perturb, member_axis, self.factored, decode, batch_size)
+        self.perturb, member_axis, self.factored, Decode(kind, decode.refill_rows), batch_size)
+    self._base = self._programs("refill" if decode.kind == "refill" else "batch")[0]
     self._averaged = functools.partial(  # materialised members must share a decode loop
         _programs, config, dataclasses.replace(sampling, average_members=True),
         tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop, self.perturb, "vmap",
-        self.factored, Decode(), batch_size)
+        self.factored, Decode("batch"), batch_size)
+    self.chunk_decodes: list[str] = []  # the decoder of each population chunk generated
 
   def _encode(self, texts: Sequence[str], key: Optional[jax.Array]) -> tuple:
     """(prompts, masks, keys, prefix): the generation arguments of `texts`."""
@@ -139,13 +164,21 @@ class Generator:
     """Yields (members slice, [members, prompts, max_new_tokens] token ids) per chunk of members.
 
     Members perturb `params` (default: the base, e.g. an ES iterate) and share the sampling
-    key (irrelevant when greedy, the RandOpt protocol).
+    key (irrelevant when greedy, the RandOpt protocol). Under `Decode("auto")` each chunk after
+    the first decodes with `faster_decode` of the last chunk's completion lengths.
     """
     params = self.params if params is None else params
-    for part, out in population.iter_population(self._population, params, seeds, sigmas,
+    decoder = "refill" if self.decode.kind == "refill" else "batch"
+    program = lambda *args: self._programs(decoder)[1](*args)  # the decoder chosen by then
+    for part, out in population.iter_population(program, params, seeds, sigmas,
                                                 chunk_size=members_per_batch, mesh=mesh,
                                                 args=self._encode(texts, key)):
-      yield part, out.reshape(out.shape[0], -1, out.shape[-1])[:, :len(texts)]
+      ids = out.reshape(out.shape[0], -1, out.shape[-1])[:, :len(texts)]
+      self.chunk_decodes.append(decoder)
+      if self.decode.kind == "auto":
+        decoder = faster_decode(completion_mask(ids, self.codec.stop_ids).sum(-1),
+                                self.codec.batch_size, self.decode.rows(self.codec.batch_size))
+      yield part, ids
 
   def averaged_token_ids(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str],
                          key: Optional[jax.Array] = None, params=None) -> np.ndarray:

@@ -77,12 +77,13 @@ class ScoringConfig(scales.ScaleSettings):
       "cache and what each decode step reads of it, and can change tokens.",
       choices=tuple(generate.CACHE_DTYPES))
   decode: str = configs.setting(
-      "batch", "How rows decode: batch (each prompt batch until its longest row ends) or "
-      "refill (--batch_size slots per member; a finished row's slot takes the next prompt; the "
-      "same tokens).", choices=DECODES)
+      "auto", "How rows decode, with the same tokens: batch (each prompt batch until its "
+      "longest row ends), refill (--batch_size slots per member; a finished row's slot takes "
+      "the next prompt) or auto (each chunk of members after the first with the one the last "
+      "chunk's completion lengths say is faster).", choices=DECODES)
   refill_rows: Optional[int] = configs.setting(
-      None, "Slots one refill prefills together under --decode refill (default: a quarter of "
-      "--batch_size).")
+      None, "Slots one refill prefills together under --decode refill or auto (default: a "
+      "quarter of --batch_size).")
   mode: str = configs.setting(
       "independent", "Noise: independent per leaf and layer, or the reference's shared noise "
       "per shape.", choices=perturb.MODES)
