@@ -38,7 +38,6 @@ def _read(path):
 
 SMALL = ["--model", "tiny-random-llama", "--task", "countdown", "--N", "4", "--sigmas", "0.01,0.05",
          "--train_size", "2", "--max_new_tokens", "8", "--batch_size", "2", "--members_per_batch", "2"]
-TEST_SMALL = ["--test_size", "2", "--K", "1,2"]  # randopt's test evaluation, small
 
 
 def test_run_randopt_resumes_and_reevaluates(tmp_path, tiny_weights):
@@ -323,7 +322,8 @@ def test_a_hostile_weights_directory_exits_2_on_the_command_line(tmp_path, tiny_
 
 def test_a_second_job_on_a_busy_workdir_is_refused(tmp_path, tiny_weights):
   """A workdir whose lock another job holds is refused in one sentence, before anything is
-  written; two identical jobs started together never score a candidate twice."""
+  written; two identical jobs started together (the command line's tiny preset) never score a
+  candidate twice."""
   import fcntl  # pylint: disable=g-import-not-at-top
   workdir = tmp_path / "busy"
   workdir.mkdir()
@@ -335,16 +335,22 @@ def test_a_second_job_on_a_busy_workdir_is_refused(tmp_path, tiny_weights):
         f"{workdir} is in use by another running job (pid 4242 on elsewhere)")):
       randopt.run_randopt(randopt.RandOptConfig.tiny(tiny_weights), str(workdir))
   assert sorted(os.listdir(workdir)) == [".lock", "spec.json"]  # no config, log or scores
+  # Both jobs run the paper's Table 1 preset in its tiny variant, a flag on top of it.
   workdir = tmp_path / "shared"
-  both = [subprocess.Popen([sys.executable, "-m", "experiments.randopt", *SMALL, *TEST_SMALL,
-                            "--average_probabilities", "--weights", tiny_weights, "--workdir",
-                            str(workdir)], cwd=ROOT, text=True,
-                           stdout=subprocess.PIPE, stderr=subprocess.PIPE) for _ in range(2)]
+  both = [subprocess.Popen([sys.executable, "-m", "experiments.randopt", "--preset",
+                            "table1:tiny", "--K", "1,2,4", "--average_probabilities",
+                            "--weights", tiny_weights, "--workdir", str(workdir)], cwd=ROOT,
+                           text=True, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+          for _ in range(2)]
   codes = sorted(p.wait(timeout=900) for p in both)
   assert codes in ([0, 0], [0, 2])  # refused, or started after the first ended (a resume)
+  spec = _read(workdir / "spec.json")
+  tiny = randopt.RandOptConfig.tiny(tiny_weights)
+  assert (spec["ks"], spec["N"], spec["model"]) == ([1, 2, 4], tiny.N, tiny.model)
   result = _read(workdir / "results.json")
   assert set(result["probability_average_accuracy"]) == set(result["averaged_weights_accuracy"])
-  assert "probability average" in next(p for p in both if p.returncode == 0).stdout.read()
+  printed = next(p for p in both if p.returncode == 0).stdout.read()
+  assert "probability average" in printed and "K=4" in printed
   with open(workdir / "candidates.jsonl") as f:
     records = [json.loads(line) for line in f]
-  assert len(records) == 4 == len({(r["seed"], r["sigma"]) for r in records})
+  assert len(records) == tiny.N == len({(r["seed"], r["sigma"]) for r in records})
