@@ -10,9 +10,11 @@ import sys
 import numpy as np
 import pytest
 
-from thickets_jax import presets
+from thickets_jax import configs, population, presets
 from thickets_jax.errors import InputError
-from thickets_jax.signals import regimes, scaling
+from thickets_jax.signals import regimes, runs, scaling
+
+import toys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--width", "16", "--depth", "3", "--pretrain_steps", "20", "--posttrain_size", "32",
@@ -47,13 +49,21 @@ def test_signals1d_custom_run_resumes_without_rescoring(tmp_path):
   candidates = os.path.join(run_dir, "candidates.jsonl")
   assert len(_lines(candidates)) == 12
 
-  # A kill after 5 candidates: the rerun scores the other 7 and reproduces every figure.
+  # A kill after 5 candidates: the rerun (in-process, the same flags as experiments.signals1d
+  # reads them) scores the other 7 and reproduces every figure.
   kept = _lines(candidates)[:5]
   with open(candidates, "w") as f:
     f.write("\n".join(kept) + "\n")
-  second = _run("signals1d", *args)
-  assert second.returncode == 0, second.stderr[-3000:]
-  assert "resuming: 5 of 12 candidates already scored" in second.stderr
+  logged = os.path.getsize(os.path.join(workdir, "log.txt"))
+  values = toys.flag_values((regimes.RegimesConfig, runs.RunSpec),
+                            [a for a in args if a not in ("--workdir", workdir)])
+  config = configs.from_flags(regimes.RegimesConfig, values)
+  config = dataclasses.replace(config, run_specs=tuple(
+      configs.from_flags(runs.RunSpec, values, base=spec) for spec in config.specs()))
+  mesh, chunk_size = population.chunk_mesh(config.chunk_size)
+  regimes.run_regimes(config, workdir, mesh=mesh, chunk_size=chunk_size)
+  with open(os.path.join(workdir, "log.txt")) as f:
+    assert "resuming: 5 of 12 candidates already scored" in f.read()[logged:]
   assert len(_lines(candidates)) == 12
   with open(os.path.join(workdir, "results.json")) as f:
     again = json.load(f)["runs"][0]["runs"][0]

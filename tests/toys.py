@@ -34,11 +34,12 @@ TINY_CONFIG = ModelConfig(vocab_size=64, hidden_size=32, intermediate_size=64, n
                           dtype=jnp.float32)
 
 
-def flag_values(config_class: type, argv=()) -> flags.FlagValues:
-  """`config_class`'s flags (`configs.define_flags`, on their own `FlagValues`) parsed from the
-  command-line arguments `argv`."""
+def flag_values(config_classes, argv=()) -> flags.FlagValues:
+  """The flags of a config class, or of a tuple of them as one command line defines them
+  (`configs.define_flags`, on their own `FlagValues`), parsed from the arguments `argv`."""
   values = flags.FlagValues()
-  configs.define_flags(config_class, values)
+  for config_class in config_classes if isinstance(config_classes, tuple) else (config_classes,):
+    configs.define_flags(config_class, values)
   values(["prog", *argv])
   return values
 
