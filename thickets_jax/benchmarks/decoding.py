@@ -1,6 +1,7 @@
 """B9: slot refill against batch decoding and transformers `generate`. Both decoders get the same
 members and prompts, on a workload whose completion lengths vary, and must give the same
-tokens.
+tokens. On an offline model `--decode auto` is timed too (each chunk of members after the first
+with the decoder the last chunk's completion lengths choose), on the same members.
 
 On an offline model the workload is real completions (greedy) of Countdown and GSM8K-style
 prompts. With `--b9_random_weights` (accelerator checks, where no weights can be fetched) it
@@ -179,7 +180,7 @@ def b9(config: B9Config) -> str:
   seeds, sigmas = population.draw_candidates(0, config.b9_members, [1e-3])
   per_call = config.members_per_batch
   rates, ids = {}, {}
-  for kind in ("batch", "refill"):
+  for kind in ("batch", "refill", "auto"):  # auto reuses the two programs compiled before it
     gen = Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
                     batch_size=config.b9_batch, chat=loaded.entry.instruct,
                     member_axis=config.member_axis, layer_loop=config.layer_loop,
@@ -187,7 +188,8 @@ def b9(config: B9Config) -> str:
     rates[kind], ids[kind] = members_per_second(
         gen.population_token_ids(seeds, sigmas, texts, members_per_batch=per_call), len(seeds),
         per_call)
-    logging.info("B9 %s decoding: %.4f members/s", kind, rates[kind])
+    logging.info("B9 %s decoding: %.4f members/s; chunks decoded %s", kind, rates[kind],
+                 gen.chunk_decodes)
   hf = ""
   if config.b9_hf:  # on the timed members
     hf_rate, hf_ids = _hf_generate(loaded, gen, seeds[per_call:], sigmas[per_call:], texts,
@@ -203,6 +205,11 @@ def b9(config: B9Config) -> str:
 def _report(config: B9Config, rates: dict, ids: dict, stop_ids, hf: str) -> str:
   """The lengths' distribution (logged per workload part) and B9's line."""
   same = int(np.sum(np.all(ids["batch"] == ids["refill"], axis=-1)))
+  auto = ""
+  if "auto" in rates:  # the offline workloads
+    auto_same = int(np.sum(np.all(ids["batch"] == ids["auto"], axis=-1)))
+    auto = (f"; --decode auto {rates['auto'] / rates['batch']:.2f}x batch decoding "
+            f"({auto_same}/{ids['auto'].shape[0] * ids['auto'].shape[1]} rows identical)")
   lengths = generate.completion_mask(ids["batch"], stop_ids).sum(-1)
   summary = length_summary(lengths, config.b9_new_tokens)
   batch_useful, refill_useful = useful_fractions(
@@ -221,4 +228,4 @@ def _report(config: B9Config, rates: dict, ids: dict, stop_ids, hf: str) -> str:
           f"row-steps {100 * refill_useful:.0f}% vs {100 * batch_useful:.0f}%; {same}/"
           f"{lengths.size} rows identical; {config.b9_model} {workload}, lengths mean "
           f"{summary['mean']:.0f}, CV {summary['cv']:.2f}, {100 * summary['truncated']:.0f}% at "
-          f"the {config.b9_new_tokens}-token limit")
+          f"the {config.b9_new_tokens}-token limit{auto}")

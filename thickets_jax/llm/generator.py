@@ -13,6 +13,7 @@ import dataclasses
 import functools
 from typing import Callable, Iterator, Optional, Sequence
 
+from absl import logging
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -127,10 +128,11 @@ class Generator:
     self.shared_prefix = shared_prefix
     decode.validate(batch_size)
     self.decode, self.factored = decode, factored and self.perturb.noise == "lowrank"
-    self._programs = lambda kind: _programs(
+    self._programs_of = lambda kind: _programs(
         config, sampling, tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop,
-        self.perturb, member_axis, self.factored, Decode(kind, decode.refill_rows), batch_size)
-    self._base = self._programs("refill" if decode.kind == "refill" else "batch")[0]
+        self.perturb, member_axis, self.factored,
+        Decode(kind, decode.refill_rows if kind == "refill" else None), batch_size)
+    self._base = self._programs_of("refill" if decode.kind == "refill" else "batch")[0]
     self._averaged = functools.partial(  # materialised members must share a decode loop
         _programs, config, dataclasses.replace(sampling, average_members=True),
         tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop, self.perturb, "vmap",
@@ -169,15 +171,19 @@ class Generator:
     """
     params = self.params if params is None else params
     decoder = "refill" if self.decode.kind == "refill" else "batch"
-    program = lambda *args: self._programs(decoder)[1](*args)  # the decoder chosen by then
+    program = lambda *args: self._programs_of(decoder)[1](*args)  # the decoder chosen by then
     for part, out in population.iter_population(program, params, seeds, sigmas,
                                                 chunk_size=members_per_batch, mesh=mesh,
                                                 args=self._encode(texts, key)):
       ids = out.reshape(out.shape[0], -1, out.shape[-1])[:, :len(texts)]
       self.chunk_decodes.append(decoder)
       if self.decode.kind == "auto":
-        decoder = faster_decode(completion_mask(ids, self.codec.stop_ids).sum(-1),
-                                self.codec.batch_size, self.decode.rows(self.codec.batch_size))
+        chosen = faster_decode(completion_mask(ids, self.codec.stop_ids).sum(-1),
+                               self.codec.batch_size, self.decode.rows(self.codec.batch_size))
+        if chosen != decoder:
+          logging.info("decode: %s from member %d on (the last chunk's completion lengths)",
+                       chosen, part.stop)
+        decoder = chosen
       yield part, ids
 
   def averaged_token_ids(self, seeds: np.ndarray, sigmas: np.ndarray, texts: Sequence[str],
