@@ -10,6 +10,8 @@ inherits the mixins it uses and nothing else, so a flag it does not read is refu
 import dataclasses
 from typing import Any, Callable, Optional
 
+import numpy as np
+
 from thickets_jax import configs, population
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate
@@ -40,6 +42,11 @@ def run(name: str, **settings) -> str:
   """Benchmark `name` with its default settings but `settings`: its figure line(s)."""
   benchmark = BENCHMARKS.get(name)
   return benchmark.run(benchmark.config(**settings))
+
+
+def identical_rows(a, b) -> int:
+  """How many rows of two token-id arrays [..., n] (broadcast) are equal token for token."""
+  return int(np.sum(np.all(np.asarray(a) == np.asarray(b), axis=-1)))
 
 
 def check_positive(config: configs.Config, *fields: str) -> None:

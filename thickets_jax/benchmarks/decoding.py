@@ -19,7 +19,7 @@ from absl import logging
 
 from thickets_jax import configs, population
 from thickets_jax.benchmarks.base import (KVCache, LayerLoop, MemberBatching, check_positive,
-                                          register)
+                                          identical_rows, register)
 from thickets_jax.benchmarks.generation import few_shot_prompts, members_per_second
 from thickets_jax.errors import InputError
 from thickets_jax.llm import chunk, generate, refill, registry, roofline
@@ -194,7 +194,7 @@ def b9(config: B9Config) -> str:
   if config.b9_hf:  # on the timed members
     hf_rate, hf_ids = _hf_generate(loaded, gen, seeds[per_call:], sigmas[per_call:], texts,
                                    config)
-    hf_same = int(np.sum(np.all(hf_ids == ids["batch"][per_call:], axis=-1)))
+    hf_same = identical_rows(hf_ids, ids["batch"][per_call:])
     logging.info("B9 transformers generate: %.4f members/s; %d/%d rows token-identical",
                  hf_rate, hf_same, hf_ids.shape[0] * hf_ids.shape[1])
     hf = (f", {rates['refill'] / hf_rate:.2f}x HF generate ({hf_same}/"
@@ -204,10 +204,10 @@ def b9(config: B9Config) -> str:
 
 def _report(config: B9Config, rates: dict, ids: dict, stop_ids, hf: str) -> str:
   """The lengths' distribution (logged per workload part) and B9's line."""
-  same = int(np.sum(np.all(ids["batch"] == ids["refill"], axis=-1)))
+  same = identical_rows(ids["batch"], ids["refill"])
   auto = ""
   if "auto" in rates:  # the offline workloads
-    auto_same = int(np.sum(np.all(ids["batch"] == ids["auto"], axis=-1)))
+    auto_same = identical_rows(ids["batch"], ids["auto"])
     auto = (f"; --decode auto {rates['auto'] / rates['batch']:.2f}x batch decoding "
             f"({auto_same}/{ids['auto'].shape[0] * ids['auto'].shape[1]} rows identical)")
   lengths = generate.completion_mask(ids["batch"], stop_ids).sum(-1)

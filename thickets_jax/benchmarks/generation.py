@@ -12,7 +12,8 @@ from absl import logging
 
 from thickets_jax import bench, configs, flops, population
 from thickets_jax.benchmarks.base import (KVCache, LayerLoop, MemberBatching, NewTokens, Prompts,
-                                          Repeats, check_positive, register)
+                                          Repeats, check_positive, identical_rows,
+                                          register)
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate, model as llm_model, registry
 from thickets_jax.llm.generator import Generator
@@ -77,7 +78,7 @@ def b3(config: B3Config) -> str:
                         min_new_tokens=config.new_tokens, do_sample=False,
                         pad_token_id=gen.codec.pad_id)
     hf_s += time.perf_counter() - start
-    same_rows += int(np.sum(np.all(out[:, width:].numpy() == ours[m], axis=1)))
+    same_rows += identical_rows(out[:, width:].numpy(), ours[m])
   tokens = config.members * (prompt_tokens + config.prompts * config.new_tokens)
   model_flops = tokens * flops.token_flops(loaded.config.num_params)
   rate = model_flops / ours_s
@@ -160,7 +161,7 @@ def b6(config: B6Config) -> str:
     materialised, _ = timed_chunks(make(spec, factored=False, member_axis=config.member_axis
                                         ).population_token_ids(seeds[:check], sigmas[:check],
                                                                texts, members_per_batch=1))
-    same = int(np.sum(np.all(materialised == ids[:check], axis=-1)))
+    same = identical_rows(materialised, ids[:check])
     logging.info("B6 rank %d, factored (%d members x %d prompts per call): %.3f members/s = "
                  "%.2fx full rank; %d/%d rows token-identical to the materialised members", rank,
                  config.b6_chunk, config.prompts, rate, rate / full_rate, same,

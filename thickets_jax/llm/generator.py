@@ -57,6 +57,10 @@ class Decode:
   def rows(self, batch_size: int) -> int:
     return max(1, batch_size // 4) if self.refill_rows is None else self.refill_rows
 
+  def first(self) -> str:
+    """The decoder a call starts with ("auto" starts in batches and may switch later)."""
+    return "refill" if self.kind == "refill" else "batch"
+
 
 def faster_decode(lengths: np.ndarray, batch_size: int, refill_rows: int) -> str:
   """"refill" or "batch": the decoder that runs completions of these lengths sooner, by the
@@ -132,7 +136,7 @@ class Generator:
         config, sampling, tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop,
         self.perturb, member_axis, self.factored,
         Decode(kind, decode.refill_rows if kind == "refill" else None), batch_size)
-    self._base = self._programs_of("refill" if decode.kind == "refill" else "batch")[0]
+    self._base = self._programs_of(decode.first())[0]
     self._averaged = functools.partial(  # materialised members must share a decode loop
         _programs, config, dataclasses.replace(sampling, average_members=True),
         tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop, self.perturb, "vmap",
@@ -170,7 +174,7 @@ class Generator:
     the first decodes with `faster_decode` of the last chunk's completion lengths.
     """
     params = self.params if params is None else params
-    decoder = "refill" if self.decode.kind == "refill" else "batch"
+    decoder = self.decode.first()
     program = lambda *args: self._programs_of(decoder)[1](*args)  # the decoder chosen by then
     for part, out in population.iter_population(program, params, seeds, sigmas,
                                                 chunk_size=members_per_batch, mesh=mesh,
