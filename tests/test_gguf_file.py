@@ -1,5 +1,7 @@
 """Our GGUF reader against the `gguf` package's own reader and writer."""
 
+import os
+
 import numpy as np
 import pytest
 
@@ -70,3 +72,21 @@ def test_another_version_is_refused(tmp_path):
   path.write_bytes(bytes(data))
   with pytest.raises(InputError, match="GGUF version 1; this reader takes versions 2 and 3"):
     gguf_file.read(str(path))
+
+
+def test_a_tokenizer_another_process_cached_first_is_kept(tmp_path, monkeypatch):
+  """Two processes on a fresh machine both build the tokenizer; the second to finish keeps the
+  first's cache and leaves no staging directory behind."""
+  from thickets_jax.llm import assets, tokenizer  # pylint: disable=g-import-not-at-top
+  path, cache = assets.gguf_path(assets.SMOLLM2_135M_INSTRUCT), str(tmp_path / "tokenizer")
+  first = tokenizer.from_gguf(path, cache)
+  isdir, checks = os.path.isdir, []
+
+  def missed_once(name):  # the other process had not finished when this one looked
+    checks.append(name)
+    return False if name == cache and len(checks) == 1 else isdir(name)
+  monkeypatch.setattr(os.path, "isdir", missed_once)
+  second = tokenizer.from_gguf(path, cache)
+  assert checks[0] == cache and len(checks) >= 2
+  assert second("7 * 6 = 42")["input_ids"] == first("7 * 6 = 42")["input_ids"]
+  assert os.listdir(tmp_path) == ["tokenizer"]

@@ -6,6 +6,7 @@ converter, so no torch is needed; the result is saved once as a fast tokenizer i
 """
 
 import os
+import shutil
 import tempfile
 
 from thickets_jax.errors import InputError
@@ -56,5 +57,10 @@ def from_gguf(path: str, cache: str):
   os.makedirs(parent, exist_ok=True)
   staging = tempfile.mkdtemp(dir=parent, suffix=".partial")
   tokenizer.save_pretrained(staging)
-  os.replace(staging, cache)
+  try:
+    os.replace(staging, cache)
+  except OSError:  # another process published the same tokenizer first; it is the same one
+    if not os.path.isdir(cache):
+      raise
+    shutil.rmtree(staging)
   return tokenizer
