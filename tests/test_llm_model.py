@@ -235,6 +235,25 @@ def test_shared_prefix_prefill_gives_the_same_tokens(tmp_path):
   assert len(shared.codec.encode_shared_prefix(["same", "same"])[0]) == 0  # < 8 shared tokens
 
 
+def test_the_shared_prefix_is_kept_once_not_in_every_rows_cache():
+  """A 512-token prefix before 16 rows: the compiled program's temporaries stay below what one
+  copy of the prefix's keys and values per row would take."""
+  config = dataclasses.replace(toys.TINY_CONFIG, head_dim=64)
+  rows, shared, p = 16, 512, 8
+  sampling = generate.Sampling(max_new_tokens=8, ignore_eos=True)
+  abstract = lambda shape, dtype: jax.ShapeDtypeStruct(shape, dtype)
+  prefix_kv = (abstract((config.num_layers, 1, config.num_kv_heads, shared, config.head_dim),
+                        jnp.float32),) * 2
+  program = jax.jit(lambda params, tokens, mask, keys, kv: generate.generate_tokens(
+      config, params, tokens, mask, keys, sampling=sampling, stop_ids=(1,), pad_id=0,
+      prefix_kv=kv))
+  memory = program.lower(M.abstract_params(config), abstract((rows, p), jnp.int32),
+                         abstract((rows, p), bool), jax.eval_shape(lambda: jax.random.split(
+                             jax.random.key(0), rows)), prefix_kv).compile().memory_analysis()
+  per_row_copies = 2 * config.num_layers * rows * config.num_kv_heads * shared * config.head_dim * 4
+  assert memory.temp_size_in_bytes < per_row_copies / 2
+
+
 def test_sampling_is_keyed_and_tiny_top_p_is_greedy(tmp_path):
   greedy = _generator(tmp_path, generate.Sampling(max_new_tokens=8, ignore_eos=True))
   hot = _generator(tmp_path, generate.Sampling(max_new_tokens=8, temperature=1.5, ignore_eos=True))

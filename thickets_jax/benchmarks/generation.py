@@ -196,20 +196,24 @@ def few_shot_prompts(n: int, shots: int, seed: int = 0) -> list[str]:
 @dataclasses.dataclass(frozen=True)
 class B8Config(Repeats, Prompts, LayerLoop):
   b8_shots: int = configs.setting(8, "B8: solved examples in the few-shot prompts.")
+  b8_new_tokens: int = configs.setting(
+      1, "B8: new tokens per prompt (1 times the prefill; more adds decoding, where the shared "
+      "prefix is kept once instead of in every row's cache).")
 
   def validate(self) -> None:
     super().validate()
-    check_positive(self, "b8_shots")
+    check_positive(self, "b8_shots", "b8_new_tokens")
 
 
 @register("B8", B8Config, "shared-prefix prefill: Countdown and few-shot prompts")
 def b8(config: B8Config) -> str:
-  """Prefill time with the shared prefix computed once vs inside every prompt, on B3's
-  Countdown prompts and on few-shot GSM8K-style prompts (one model, `max_new_tokens=1`)."""
+  """Generation time with the shared prefix computed and kept once vs inside every prompt, on
+  B3's Countdown prompts and on few-shot GSM8K-style prompts (one model, `b8_new_tokens`: 1
+  times the prefill alone)."""
   loaded = registry.load(SMOLLM2)
   workloads = {"countdown": _countdown_prompts(config.prompts),
                f"{config.b8_shots}-shot": few_shot_prompts(config.prompts, config.b8_shots)}
-  sampling = generate.Sampling(max_new_tokens=1, ignore_eos=True)
+  sampling = generate.Sampling(max_new_tokens=config.b8_new_tokens, ignore_eos=True)
   figures = []
   for name, texts in workloads.items():
     seconds, ids = {}, {}
@@ -221,11 +225,14 @@ def b8(config: B8Config) -> str:
       ids[shared] = gen.base_token_ids(texts)
     prefix, _, _ = gen.codec.encode_shared_prefix(texts)
     _, plain_mask = gen.codec.encode(texts)
+    same = identical_rows(ids[False], ids[True])
     logging.info("B8 %s: %d prompts, %d real tokens (bucket %d), shared prefix %d tokens; "
-                 "prefill %.2f s in every prompt, %.2f s shared; first tokens identical: %s",
+                 "%d new tokens: %.2f s in every prompt, %.2f s shared; %d/%d rows identical",
                  name, len(texts), int(plain_mask.sum()), plain_mask.shape[-1], len(prefix),
-                 seconds[False], seconds[True], bool(np.array_equal(ids[False], ids[True])))
+                 config.b8_new_tokens, seconds[False], seconds[True], same, len(texts))
     figures.append(f"{name} {seconds[True]:.2f} s vs {seconds[False]:.2f} s "
                    f"({100 * (1 - seconds[True] / seconds[False]):.0f}% saved, prefix "
-                   f"{len(prefix)} tokens)")
-  return "B8: shared-prefix prefill, " + "; ".join(figures)
+                   f"{len(prefix)} tokens, {same}/{len(texts)} rows identical)")
+  what = ("prefill" if config.b8_new_tokens == 1 else
+          f"prefill and {config.b8_new_tokens} new tokens")
+  return f"B8: shared prefix, {what}, " + "; ".join(figures)

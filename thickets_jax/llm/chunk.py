@@ -62,18 +62,22 @@ def runner(config: ModelConfig, members: MaterialisedMembers, layer_loop: str) -
   count, axes = members.count, member_axes(members.params)
   axis = 1 if layer_loop == "scan" else 0  # the member axis of a stacked / per-layer cache
 
-  def one(params, tokens, positions, cache, cache_positions, token_mask, last_only):
+  def one(params, tokens, positions, cache, cache_positions, token_mask, prefix, last_only):
     layers = llm_model.layer_list(params) if layer_loop == "unrolled" else None
     return model.apply({"params": params}, tokens, positions, cache, None, cache_positions,
-                       token_mask, last_only=last_only, layers=layers)  # new keys/values
+                       token_mask, last_only=last_only, layers=layers,
+                       prefix=prefix)  # new keys/values
 
-  def run(tokens, positions, cache, write_index, cache_positions, token_mask, last_only=False):
+  def run(tokens, positions, cache, write_index, cache_positions, token_mask, last_only=False,
+          prefix=None):
     split = lambda x: x.reshape(count, -1, *x.shape[1:])  # member-major rows [M * b, ...]
     positions_axis = None if cache_positions is None else 0
+    prefix_axis = None if prefix is None else axis  # `prefill_prefix` on M rows, member-split
     logits, new_kv = jax.vmap(functools.partial(one, last_only=last_only),
-                              in_axes=(axes, 0, 0, axis, positions_axis, 0), out_axes=(0, axis))(
+                              in_axes=(axes, 0, 0, axis, positions_axis, 0, prefix_axis),
+                              out_axes=(0, axis))(
         members.params, split(tokens), split(positions), cache,
-        None if cache_positions is None else split(cache_positions), split(token_mask))
+        None if cache_positions is None else split(cache_positions), split(token_mask), prefix)
     logits = logits.reshape(-1, *logits.shape[2:])
     if write_index is None:  # the caller writes them (`refill`: each row at its own slot)
       return logits, new_kv

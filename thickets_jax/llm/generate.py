@@ -180,9 +180,10 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
       the decode loop, and runs them unrolled (`model.Transformer`). Same tokens, different
       speed and compile time.
     prefix_kv: `prefill_prefix` of P tokens every prompt starts with, left out of `prompt`:
-      each member's keys and values are copied to its rows at slots [0, P), the prompts follow
-      at [P, P + p). The same tokens as with the prefix inside the prompts (RoPE positions
-      count real tokens), for P rows of prefill instead of b × P.
+      kept once per member beside the rows' cache (`model.Transformer`'s `prefix`), which
+      holds the prompts at slots [0, p) and the new tokens after them. The tokens of the
+      prefix inside the prompts (RoPE positions count real tokens), for P rows of prefill
+      instead of b × P, and P cache slots per member instead of per row.
     members: a chunk of M members (`chunk`: factored low-rank, or `MaterialisedMembers`):
       every prompt row runs under each member (rows [M * b], member-major).
 
@@ -197,22 +198,13 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
   n = sampling.max_new_tokens
   run = member_runner(config, params, members, layer_loop)
   prompt, prompt_mask = jnp.tile(prompt, (count, 1)), jnp.tile(prompt_mask, (count, 1))
-  cache = empty_cache(config, rows, shared + p + n, layer_loop, members,
-                      sampling.cache_dtype)
+  cache = empty_cache(config, rows, p + n, layer_loop, members, sampling.cache_dtype)
   positions = shared + jnp.maximum(jnp.cumsum(prompt_mask, axis=1) - 1, 0)  # [rows, p]
   prompt_len = shared + prompt_mask.sum(axis=1)  # [rows]
-  if shared:
-    rows_of = lambda kv: jnp.repeat(kv, b, axis=kv.ndim - 4)  # each member's prefix to its b rows
-    # (the row axis is the fourth from last, member-split or not)
-    cache = jax.tree.map(lambda c, kv: kv_cache.write_slots(c, rows_of(kv), 0), cache, prefix_kv)
-    logits, cache = run(prompt, positions, cache, shared,
-                        jnp.broadcast_to(jnp.arange(shared, dtype=jnp.int32), (rows, shared)),
-                        prompt_mask, last_only=True)
-  else:
-    logits, cache = run(prompt, positions, cache, 0, None, prompt_mask, last_only=True)
-  cache_positions = jnp.concatenate(  # [rows, P + p + n], -1 on padding and future slots
-      [jnp.broadcast_to(jnp.arange(shared), (rows, shared)),
-       jnp.where(prompt_mask, positions, -1), jnp.full((rows, n), -1)], axis=1).astype(jnp.int32)
+  logits, cache = run(prompt, positions, cache, 0, None, prompt_mask, last_only=True,
+                      prefix=prefix_kv)
+  cache_positions = jnp.concatenate(  # [rows, p + n], -1 on padding and future slots
+      [jnp.where(prompt_mask, positions, -1), jnp.full((rows, n), -1)], axis=1).astype(jnp.int32)
   stop = jnp.asarray(stop_ids, jnp.int32)
 
   def next_token(logits, step):
@@ -234,10 +226,10 @@ def generate_tokens(config: ModelConfig, params, prompt: jax.Array, prompt_mask:
 
   def body(state):
     step, cache, cache_positions, out, done = state
-    slot = shared + p + step - 1  # where the previous token goes
+    slot = p + step - 1  # where the previous token goes
     position = prompt_len + step - 1
     logits, cache = run(out[:, step - 1, None], position[:, None], cache, slot,
-                        cache_positions, jnp.ones((rows, 1), bool))
+                        cache_positions, jnp.ones((rows, 1), bool), prefix=prefix_kv)
     cache_positions = cache_positions.at[:, slot].set(position)
     out, done = emit(out, done, step, next_token(logits[:, 0], step))
     return step + 1, cache, cache_positions, out, done

@@ -13,7 +13,9 @@ layer scan the cache is read-only: a call's `T` new tokens attend to the valid c
 (`cache_positions`) and causally to each other, the scan returns only their keys/values, and one
 update writes them at slot `write_index` afterwards.
 (Carrying or re-emitting the whole cache through the scan makes XLA rewrite all of it for
-every layer of every decode step.)
+every layer of every decode step.) A prefix every row starts with (a shared system prompt or
+few-shot block) can be kept outside the cache, once per member instead of once per row
+(`prefix`).
 
 Factored members: applied with a `members` variable collection (`llm.factored`, from
 `perturb.member_factors` of M low-rank members), the rows are M member-major groups
@@ -150,22 +152,42 @@ def _within_window(config: ModelConfig, layer, query_positions, key_positions):
   return query_positions[:, None, :] - key_positions[:, :, None] < window
 
 
+def _rows_to_groups(a: jax.Array, groups: int) -> jax.Array:
+  """[b, kv, keys, q] -> [g, kv, keys, (b / g) * q]: each group's rows side by side on the last
+  axis, for one matmul per group."""
+  b, kv, keys, q = a.shape
+  a = a.reshape(groups, b // groups, kv, keys, q).transpose(0, 2, 3, 1, 4)
+  return a.reshape(groups, kv, keys, -1)
+
+
+def _groups_to_rows(a: jax.Array, rows: int) -> jax.Array:
+  """The inverse of `_rows_to_groups`: [g, kv, keys, (b / g) * q] -> [b, kv, keys, q]."""
+  groups, kv, keys, _ = a.shape
+  a = a.reshape(groups, kv, keys, rows // groups, -1).transpose(0, 3, 1, 2, 4)
+  return a.reshape(rows, kv, keys, -1)
+
+
 class Attention(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, positions, layer_k, layer_v, cache_positions, token_mask, layer):
-    """Self-attention over cached slots and the new tokens.
+  def __call__(self, x, positions, layer_k, layer_v, cache_positions, token_mask, layer,
+               prefix=None):
+    """Self-attention over a shared prefix, cached slots and the new tokens.
 
     Args:
       x: [b, t, d] new tokens. positions: [b, t].
       layer_k, layer_v: [b, kv, S, hd] this layer's cache (read only).
       cache_positions: [b, s] int32 RoPE positions of the first s ≤ S slots of the cache, -1
-        on slots not to attend to (the later slots are not read: a prefill after a shared
-        prefix reads only the prefix), or None when the cache holds nothing yet (prefill: the
-        cached slots are skipped, not masked).
+        on slots not to attend to (the later slots are not read), or None when the cache holds
+        nothing yet (prefill: the cached slots are skipped, not masked).
       token_mask: [b, t] real new tokens.
       layer: this layer's index (sliding window and RoPE base).
+      prefix: None, or this layer's (k, v) of a prefix every row starts with, each
+        [g, kv, P, hd] at RoPE positions [0, P): the b rows are g member-major groups of b / g,
+        and each group attends to its own prefix. Its scores and values are one matmul per
+        group (the group's rows side by side), not one per row, and it is stored once per
+        group instead of in every row's cache.
 
     Returns:
       out [b, t, d], and the new keys and values, each [b, kv, t, hd].
@@ -214,13 +236,32 @@ class Attention(nn.Module):
         cached = cached & _within_window(c, layer, positions, cache_positions)
       mask = jnp.concatenate([cached, mask], axis=1)  # [b, s + t, t]
       scores = jnp.concatenate([score(layer_k), scores], axis=2)
+    if prefix is not None:
+      prefix_k, prefix_v = prefix
+      groups, shared = prefix_k.shape[0], prefix_k.shape[2]
+      grouped = lambda a: _rows_to_groups(a, groups)
+      queries = grouped(q.swapaxes(2, 3)).swapaxes(2, 3)  # [g, kv, (b / g) * group * t, hd]
+      prefix_scores = jnp.einsum("gksd,gkqd->gksq", prefix_k, queries, precision=precision,
+                                 preferred_element_type=jnp.float32)
+      prefix_mask = jnp.ones((b, shared, t), bool)
+      if c.has_sliding_layers:
+        prefix_mask = _within_window(c, layer, positions,
+                                     jnp.broadcast_to(jnp.arange(shared), (b, shared)))
+      mask = jnp.concatenate([prefix_mask, mask], axis=1)  # [b, P + s + t, t]
+      scores = jnp.concatenate([_groups_to_rows(prefix_scores, b), scores], axis=2)
     bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)[:, None, :, None]  # over kv, group
     keys = scores.shape[2]
     scores = (scores.reshape(b, c.num_kv_heads, keys, group, t) + bias).reshape(scores.shape)
     probs = jax.nn.softmax(scores, axis=2)
     out = mix(probs[:, :, -t:], v)  # [b, kv, group * t, hd]
+    cached_from = 0
+    if prefix is not None:
+      cached_from = shared
+      prefix_out = jnp.einsum("gksq,gksd->gkqd", grouped(probs[:, :, :shared]).astype(c.dtype),
+                              prefix_v, precision=precision, preferred_element_type=jnp.float32)
+      out = out + _groups_to_rows(prefix_out.swapaxes(2, 3), b).swapaxes(2, 3)
     if cache_positions is not None:
-      out = out + mix(probs[:, :, :-t], layer_v)
+      out = out + mix(probs[:, :, cached_from:-t], layer_v)
     out = out.astype(c.dtype).reshape(b, c.num_kv_heads, group, t, c.head_dim).transpose(0, 3, 1, 2, 4)
     out = dense(c.hidden_size, False, "o")(out.reshape(b, t, c.num_heads * c.head_dim))
     return out, k, v
@@ -246,13 +287,14 @@ class Block(nn.Module):
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, x, layer_cache, positions, cache_positions, token_mask, layer):
+  def __call__(self, x, layer_cache, positions, cache_positions, token_mask, layer,
+               prefix=None):
     c = self.config
     pre, post = c.norm_placement in ("pre", "sandwich"), c.norm_placement in ("post", "sandwich")
     branch_in = lambda h, name: _norm(c, name)(h) if pre else h
     branch_out = lambda h, name: _norm(c, name)(h) if post else h
     h, k, v = Attention(c, name="attn")(branch_in(x, "attn_norm"), positions, *layer_cache,
-                                        cache_positions, token_mask, layer)
+                                        cache_positions, token_mask, layer, prefix)
     x = x + branch_out(h, "attn_post_norm")
     x = x + branch_out(MLP(c, name="mlp")(branch_in(x, "mlp_norm")), "mlp_post_norm")
     return x, (k, v)
@@ -292,7 +334,7 @@ class Transformer(nn.Module):
 
   def __call__(self, tokens: jax.Array, positions: jax.Array, cache,
                write_index: jax.Array, cache_positions: Optional[jax.Array], token_mask: jax.Array,
-               last_only: bool = False, layers: Optional[list] = None):
+               last_only: bool = False, layers: Optional[list] = None, prefix=None):
     """Logits for `tokens` and the cache with their keys/values written at `write_index`.
 
     Args:
@@ -307,6 +349,9 @@ class Transformer(nn.Module):
       last_only: project only the last position to the vocabulary (prefill).
       layers: None scans the stacked layer parameters; `layer_list(params)` (or a member's)
         runs them unrolled.
+      prefix: None, or the (k, v) of a prefix [0, P) that precedes every row's cache, once per
+        member-major group of rows: each [layers, g, kv, P, hd] (listed per layer with
+        `layers`), as a prefill of the prefix alone on g rows returns it (`Attention`).
 
     Under a `members` collection of M members (module docstring), b = M × rows per member,
     member-major.
@@ -323,12 +368,13 @@ class Transformer(nn.Module):
                else None)  # leaves [layers, M, ...]
     if layers is None:
       index = jnp.arange(self.config.num_layers)
-      x, new_kv = jax.lax.scan(step, x, (self.layers, members, cache, index))
+      x, new_kv = jax.lax.scan(step, x, (self.layers, members, cache, prefix, index))
     else:
       new_kv = []
       for l, (layer, layer_cache) in enumerate(zip(layers, cache)):
         layer_members = None if members is None else jax.tree.map(lambda a: a[l], members)
-        x, kv = step(x, (layer, layer_members, layer_cache, l))
+        x, kv = step(x, (layer, layer_members, layer_cache, None if prefix is None else prefix[l],
+                         l))
         new_kv.append(kv)
     if write_index is None:
       return self.logits(x, last_only), new_kv
@@ -337,13 +383,14 @@ class Transformer(nn.Module):
 
   def _layer_step(self, x, layer, positions, cache_positions, token_mask):
     """One layer: (x [b, t, d], (its parameters, its members or None, its (k, v) cache, its
-    index)) -> (x, new (k, v))."""
-    layer_params, layer_members, layer_cache, index = layer
+    prefix's (k, v) or None, its index)) -> (x, new (k, v))."""
+    layer_params, layer_members, layer_cache, layer_prefix, index = layer
     variables = {"params": layer_params}
     if layer_members is not None:
       variables[MEMBERS] = layer_members
     return Block(self.config, parent=None).apply(variables, x, layer_cache, positions,
-                                                 cache_positions, token_mask, index)
+                                                 cache_positions, token_mask, index,
+                                                 layer_prefix)
 
   def logits(self, x: jax.Array, last_only: bool = False) -> jax.Array:
     """[b, t, d] last hidden states -> [b, t or 1, vocab] float32."""

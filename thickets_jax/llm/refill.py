@@ -9,13 +9,13 @@ alternates two phases, with no host round trip per token:
 
 1. Refill. While some member has at least min(R, prompts it has left) free slots, up to R free
    slots of every member prefill that member's next prompts: [M * R, p] tokens in one call,
-   attending to the shared prefix. The prefix was written into every slot's cache once, at the
-   start. Each refilled row then draws its first token.
+   attending to the shared prefix, which is kept once per member beside the slots' cache
+   (`model.Transformer`'s `prefix`). Each refilled row then draws its first token.
 2. Decode. Every slot runs one token. Each row writes its key and value at its own slot, and
    keeps its own RoPE positions, so rows at different steps share the call.
 
-Each row's cache region has the layout of `generate.generate_tokens`: the prefix (P slots),
-then the left-padded prompt (p slots), then n new tokens. A row attends to the same slots in
+Each row's cache region has the layout of `generate.generate_tokens`: the left-padded prompt
+(p slots), then n new tokens, after the prefix. A row attends to the same slots in
 the same order, and its sampling key depends only on its prompt and step
 (`generate.step_keys`). So every (member, prompt) gets the tokens `generate.token_generator`
 gives it.
@@ -24,6 +24,7 @@ A member's slots serve only that member's prompts, under factored members too. A
 a chunk share the prompts, so their queues drain together.
 """
 
+import functools
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -31,14 +32,14 @@ import jax.numpy as jnp
 import numpy as np
 
 from thickets_jax.errors import InputError
-from thickets_jax.llm import chunk, generate, kv_cache
+from thickets_jax.llm import chunk, generate
 from thickets_jax.llm.config import ModelConfig
 
 
 class _State(NamedTuple):
   """The loop state. Row arrays are [M * S], member-major."""
   cache: object  # the KV cache, laid out as `generate.empty_cache` lays out M * S rows
-  positions: jax.Array  # [M * S, P + p + n] RoPE position of each cached slot, -1 if unused
+  positions: jax.Array  # [M * S, p + n] RoPE position of each cached slot, -1 if unused
   prompt: jax.Array  # the prompt each row serves, -1 before its first
   step: jax.Array  # tokens the row has generated
   last: jax.Array  # its last token
@@ -67,9 +68,9 @@ def _write_each_row(leaf, new, slot, split: bool):
   return write(leaf, new, index)
 
 
-def _write_rows(leaf, new, slot, start: int, split: bool):
+def _write_rows(leaf, new, slot, split: bool):
   """Writes the prefill of R rows per member, new [..., M * R (or M, R), kv, p, hd], at slots
-  [start, start + p) of the member's slots `slot` [M, R]. An index S is not written."""
+  [0, p) of the member's slots `slot` [M, R]. An index S is not written."""
   count, per_member = slot.shape
   slots = leaf.shape[_leading(leaf, split) + 1] if split else leaf.shape[
       _leading(leaf, split)] // count
@@ -78,7 +79,7 @@ def _write_rows(leaf, new, slot, start: int, split: bool):
       jnp.where(slot < slots, member * slots + slot, count * slots),)
   lead = (slice(None),) * _leading(leaf, split)
   new = new.reshape(*leaf.shape[:len(lead)], count, per_member, *new.shape[-3:])
-  index = lead + rows + (slice(None), slice(start, start + new.shape[-2]))
+  index = lead + rows + (slice(None), slice(0, new.shape[-2]))
   return leaf.at[index].set(new.astype(leaf.dtype), mode="drop")
 
 
@@ -110,24 +111,15 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
   per_refill = min(refill_rows, slots)
   n = sampling.max_new_tokens
   shared = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-2]
-  width, rows = shared + p + n, count * slots
-  run = generate.member_runner(config, params, members, layer_loop)
+  width, rows = p + n, count * slots
+  run = functools.partial(generate.member_runner(config, params, members, layer_loop),
+                          prefix=prefix_kv)
   stop = jnp.asarray(stop_ids, jnp.int32)
   member_of = jnp.repeat(jnp.arange(count), slots)
-  rows_of = lambda kv, k: jnp.repeat(kv, k, axis=kv.ndim - 4)  # each member's prefix to k rows
-
   cache = generate.empty_cache(config, rows, width, layer_loop, members,
                                sampling.cache_dtype)
-  if shared:
-    cache = jax.tree.map(lambda c, kv: kv_cache.write_slots(c, rows_of(kv, slots), 0), cache,
-                         prefix_kv)
-    prefill_cache = jax.tree.map(lambda kv: rows_of(kv, per_refill), prefix_kv)
-    prefill_positions = jnp.broadcast_to(jnp.arange(shared, dtype=jnp.int32),
-                                         (count * per_refill, shared))
-  else:
-    # A placeholder of one slot: with no prefix, the prefill never reads it.
-    prefill_cache = generate.empty_cache(config, count * per_refill, 1, layer_loop, members)
-    prefill_positions = None
+  # A placeholder of one slot: a prefill reads only the prefix and its own tokens.
+  prefill_cache = generate.empty_cache(config, count * per_refill, 1, layer_loop, members)
 
   def wants_refill(st: _State):
     left = queued - st.queue
@@ -144,19 +136,17 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
     tokens = prompts[prompt].reshape(-1, p)
     mask = masks[prompt].reshape(-1, p)
     positions = shared + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    logits, new_kv = run(tokens, positions, prefill_cache, None, prefill_positions, mask,
-                         last_only=True)
+    logits, new_kv = run(tokens, positions, prefill_cache, None, None, mask, last_only=True)
     first = generate.pick_token(logits[:, -1], generate.step_keys(keys[prompt.reshape(-1)], 0),
                                 sampling, stop)
     row_positions = jnp.concatenate(
-        [jnp.broadcast_to(jnp.arange(shared), (first.shape[0], shared)),
-         jnp.where(mask, positions, -1), jnp.full((first.shape[0], n), -1)], axis=1)
+        [jnp.where(mask, positions, -1), jnp.full((first.shape[0], n), -1)], axis=1)
     row = jnp.where(taken, jnp.arange(count)[:, None] * slots + slot, rows).reshape(-1)
     put = lambda a, value: a.at[row].set(value, mode="drop")
     out = st.out.at[jnp.arange(count)[:, None], jnp.where(taken, prompt, queued), 0].set(
         first.reshape(count, per_refill), mode="drop")
     return st._replace(
-        cache=jax.tree.map(lambda c, new: _write_rows(c, new, slot, shared, split), st.cache,
+        cache=jax.tree.map(lambda c, new: _write_rows(c, new, slot, split), st.cache,
                            new_kv),
         positions=put(st.positions, row_positions.astype(jnp.int32)),
         prompt=put(st.prompt, prompt.reshape(-1)), step=put(st.step, 1),
@@ -165,7 +155,7 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
 
   def decode(st: _State) -> _State:
     active = ~st.done
-    slot = shared + p + st.step - 1  # where each row's last token goes
+    slot = p + st.step - 1  # where each row's last token goes
     position = st.length + st.step - 1
     logits, new_kv = run(st.last[:, None], position[:, None], st.cache, None, st.positions,
                          jnp.ones((rows, 1), bool))
