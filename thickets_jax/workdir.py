@@ -15,8 +15,9 @@ A run directory holds:
   *.png              figures (`figure`)
   runs/<name>/       nested runs (`child`), each a RunDir of its own
   bases/             checkpoints of pretrained bases (orbax)
-  .lock              held (flock) by the job writing here while its session lasts: a second
-                     job on the same directory is refused; a killed job's lock dies with it
+  .lock              held (flock) by the job writing here while its session lasts, and while
+                     a spec is written: a second job on the same directory is refused before
+                     it writes anything; a killed job's lock dies with it
 
 Resuming is the same everywhere: claim the spec, then every part is either read back
 (JSON, checkpoints, stored members) or computed and persisted as soon as it exists.
@@ -179,22 +180,30 @@ class RunDir:
     return os.path.join(self.path, "checkpoints")
 
   def claim(self, spec: dict) -> None:
-    """Makes this directory hold the run `spec`; a directory holding another run is refused."""
+    """Makes this directory hold the run `spec`; a directory holding another run is refused,
+    and one in use by another job is refused before `spec` is written (the write happens
+    under the directory's lock, after checking again)."""
     os.makedirs(self.path, exist_ok=True)
     spec = json.loads(json.dumps(spec))  # as it reads back: tuples become lists
-    if self.exists("spec"):
-      held = self.read("spec")
-      if "experiment" in held and "experiment" in spec and held["experiment"] != spec["experiment"]:
-        raise InputError(f"{self.path} holds a {held['experiment']} run, not a "
-                         f"{spec['experiment']} run; use a new --workdir.")
-      changed = _changed(held, spec)
-      if changed:
-        raise InputError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
-                         "use a new --workdir or the original settings to resume.")
-      if held != spec:  # written before some of LATER_SETTINGS existed: the same run
-        self.write("spec", spec)
-    else:
-      self.write("spec", spec)  # process 0 of a multi-host run; the others only check
+    if self._needs_writing(spec):
+      with _locked(self.path):
+        if self._needs_writing(spec):
+          self.write("spec", spec)  # process 0 of a multi-host run; the others only check
+
+  def _needs_writing(self, spec: dict) -> bool:
+    """Whether `spec` is new here (or the held one predates some of LATER_SETTINGS); one
+    sentence if the directory holds another run."""
+    if not self.exists("spec"):
+      return True
+    held = self.read("spec")
+    if "experiment" in held and "experiment" in spec and held["experiment"] != spec["experiment"]:
+      raise InputError(f"{self.path} holds a {held['experiment']} run, not a "
+                       f"{spec['experiment']} run; use a new --workdir.")
+    changed = _changed(held, spec)
+    if changed:
+      raise InputError(f"{self.path} holds a run with other settings ({', '.join(changed)}); "
+                       "use a new --workdir or the original settings to resume.")
+    return held != spec
 
   @contextlib.contextmanager
   def session(self, experiment: str, settings: dict) -> Iterator[None]:
