@@ -37,98 +37,12 @@ import jax.numpy as jnp
 
 from thickets_jax.llm import rope
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.llm.factored import (MEMBERS, by_member, low_rank_term, member_count,
-                                       plus_member_vector)
+from thickets_jax.llm.factored import MEMBERS, member_count
 from thickets_jax.llm.kv_cache import init_cache, write_slots
+from thickets_jax.llm.modules import Dense, Embed, RMSNorm, matmul_precision, norm, param_dtype
 from thickets_jax.tree import path_name
 STACKED_LEAVES = r"^layers/"  # leaves whose leading axis stacks the layers
 _MASKED = -1e30
-
-
-def matmul_precision(config: ModelConfig) -> Optional[jax.lax.Precision]:
-  """float32 models multiply in full float32 on every backend (GPUs default to TF32 and TPUs
-  to bfloat16 passes, which breaks parity with the reference); others use the backend's
-  native precision."""
-  return jax.lax.Precision.HIGHEST if config.dtype == jnp.float32 else None
-
-
-def param_dtype(shape: tuple[int, ...], stacked: bool, dtype) -> jnp.dtype:
-  """The stored dtype of a parameter leaf: float32 for vectors (norm scales, biases; one value
-  per feature, per layer when `stacked`), else the model's `dtype`."""
-  return jnp.dtype(jnp.float32) if len(shape) - stacked == 1 else jnp.dtype(dtype)
-
-
-def _promote_keeping_bias(inputs, kernel, bias, *, dtype):
-  """`nn.Dense`'s `promote_dtype`: inputs and kernel in the compute dtype, the bias in float32,
-  so its noise survives a bfloat16 model (the output is rounded once, after the bias)."""
-  return (jnp.asarray(inputs, dtype), jnp.asarray(kernel, dtype),
-          None if bias is None else jnp.asarray(bias, jnp.float32))
-
-
-def _norm(config: ModelConfig, name: str) -> "RMSNorm":
-  return RMSNorm(config.rms_norm_eps, config.dtype, config.norm_offset, name=name)
-
-
-class Dense(nn.Dense):
-  """`nn.Dense` with a float32 bias (`_promote_keeping_bias`), plus each row's member term under
-  the `members` collection; the output is in `dtype`."""
-  promote_dtype: Any = _promote_keeping_bias
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:
-    y = super().__call__(x)  # float32 when a bias was added, else `dtype`
-    if self.has_variable(MEMBERS, "kernel"):
-      term = low_rank_term(x, self.get_variable(MEMBERS, "kernel"))
-      y = y.astype(jnp.float32) + term
-    if self.has_variable(MEMBERS, "bias"):
-      y = plus_member_vector(y, self.get_variable(MEMBERS, "bias"))
-    return y.astype(self.dtype)
-
-
-class Embed(nn.Embed):
-  """`nn.Embed` (lookup, and the tied head through `logits`), plus each row's member term."""
-
-  def __call__(self, tokens: jax.Array) -> jax.Array:  # [M * b, t] -> [M * b, t, d]
-    x = super().__call__(tokens)
-    if not self.has_variable(MEMBERS, "embedding"):
-      return x
-    factors = self.get_variable(MEMBERS, "embedding")  # a [M, vocab, r], b [M, d, r]
-    rows = jax.vmap(lambda a, t: a[t])(factors["a"], tokens.reshape(factors["a"].shape[0], -1))
-    term = jnp.einsum("gtr,gdr->gtd", rows, factors["b"], precision=jax.lax.Precision.HIGHEST)
-    return (x.astype(jnp.float32) + term.reshape(x.shape)).astype(x.dtype)
-
-  def logits(self, x: jax.Array, precision) -> jax.Array:
-    """Tied head: x [M * b, t, d] -> [M * b, t, vocab] (`nn.Embed.attend` takes no precision)."""
-    out = jnp.dot(x, self.embedding.T.astype(x.dtype), precision=precision)
-    if not self.has_variable(MEMBERS, "embedding"):
-      return out
-    factors = self.get_variable(MEMBERS, "embedding")
-    swapped = {"a": factors["b"], "b": factors["a"]}  # (E + a bᵀ)ᵀ = Eᵀ + b aᵀ
-    return (out.astype(jnp.float32) + low_rank_term(x, swapped)).astype(out.dtype)
-
-
-class RMSNorm(nn.Module):
-  """RMSNorm over the last axis, times (offset + scale): Gemma stores w for x·(1 + w)."""
-  eps: float
-  dtype: jnp.dtype
-  offset: float = 0.0
-
-  @nn.compact
-  def __call__(self, x: jax.Array) -> jax.Array:  # [..., d]
-    """The norm in float32 times the float32 scale (the member's, under `members`), rounded to
-    `dtype` once, at the end."""
-    init = nn.initializers.zeros if self.offset else nn.initializers.ones
-    scale = self.param("scale", init, (x.shape[-1],), jnp.float32)
-    x32 = x.astype(jnp.float32)
-    normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-    scale = jnp.asarray(scale, jnp.float32)
-    if self.offset:
-      scale = scale + self.offset
-    if not self.has_variable(MEMBERS, "scale"):
-      return (scale * normed).astype(self.dtype)
-    delta = self.get_variable(MEMBERS, "scale")  # [M, d]
-    return (by_member(normed, delta.shape[0]) * (scale + delta.astype(jnp.float32))[:, None, :]
-            ).reshape(normed.shape).astype(self.dtype)
 
 
 def _rope(config: ModelConfig, layer) -> tuple[jax.Array, Any]:
@@ -203,11 +117,11 @@ class Attention(nn.Module):
     k = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, "k")(x)
     v = dense(c.num_kv_heads * c.head_dim, c.qkv_bias, "v")(x).reshape(b, t, c.num_kv_heads, c.head_dim)
     if c.qk_norm == "full":  # over all heads together (OLMo)
-      q, k = _norm(c, "q_norm")(q), _norm(c, "k_norm")(k)
+      q, k = norm(c, "q_norm")(q), norm(c, "k_norm")(k)
     q = q.reshape(b, t, c.num_heads, c.head_dim)
     k = k.reshape(b, t, c.num_kv_heads, c.head_dim)
     if c.qk_norm == "head":  # each head over head_dim (Qwen3, Gemma-3)
-      q, k = _norm(c, "q_norm")(q), _norm(c, "k_norm")(k)
+      q, k = norm(c, "q_norm")(q), norm(c, "k_norm")(k)
     inv_freq, attention_factor = _rope(c, layer)
     q = rope.apply(q, positions, inv_freq, attention_factor)
     k = heads_major(rope.apply(k, positions, inv_freq, attention_factor))
@@ -291,8 +205,8 @@ class Block(nn.Module):
                prefix=None):
     c = self.config
     pre, post = c.norm_placement in ("pre", "sandwich"), c.norm_placement in ("post", "sandwich")
-    branch_in = lambda h, name: _norm(c, name)(h) if pre else h
-    branch_out = lambda h, name: _norm(c, name)(h) if post else h
+    branch_in = lambda h, name: norm(c, name)(h) if pre else h
+    branch_out = lambda h, name: norm(c, name)(h) if post else h
     h, k, v = Attention(c, name="attn")(branch_in(x, "attn_norm"), positions, *layer_cache,
                                         cache_positions, token_mask, layer, prefix)
     x = x + branch_out(h, "attn_post_norm")

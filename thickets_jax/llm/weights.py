@@ -79,7 +79,7 @@ def build_params(config: ModelConfig, names: dict[str, str], read: Callable[[str
     place: puts a finished host leaf on device(s), e.g. with a sharding; the host copy is then
       dropped before the next leaf is built.
   """
-  abstract = llm_model.abstract_params(config)  # vectors float32 (`model.param_dtype`)
+  abstract = llm_model.abstract_params(config)  # vectors float32 (`modules.param_dtype`)
 
   def fill(path, spec):
     name = path_name(path)
