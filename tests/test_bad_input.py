@@ -197,6 +197,8 @@ CASES = {
         (["--bench", "B9", "--b9_refill_rows", "9"],
          "--b9_refill_rows must be between 1 and --b9_batch (8), got 9."),
         (["--bench", "B9", "--b9_prompts", "12"], "--b9_prompts 12 must be a multiple of"),
+        (["--bench", "B9", "--b9_dtype", "float32"],
+         "--b9_dtype sets the random weights' dtype; it needs --b9_random_weights."),
     ],
 }
 

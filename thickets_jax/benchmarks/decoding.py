@@ -11,9 +11,9 @@ with every (n/4)-th token id a stop token, so lengths are roughly geometric with
 import dataclasses
 import os
 import time
+from typing import Optional
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from absl import logging
 
@@ -22,7 +22,7 @@ from thickets_jax.benchmarks.base import (KVCache, LayerLoop, MemberBatching, ch
                                           identical_rows, register)
 from thickets_jax.benchmarks.generation import few_shot_prompts, members_per_second
 from thickets_jax.errors import InputError
-from thickets_jax.llm import chunk, generate, refill, registry, roofline
+from thickets_jax.llm import chunk, generate, refill, registry, roofline, session
 from thickets_jax.llm import model as llm_model
 from thickets_jax.llm.generator import Decode, Generator, generation_function
 from thickets_jax.perturb import PerturbSpec, rebuild_member
@@ -73,6 +73,9 @@ class B9Config(MemberBatching, LayerLoop, KVCache):
   b9_random_weights: bool = configs.setting(
       False, "B9: random weights and prompts, sampled, every (n/4)-th token id a stop (no "
       "weights needed; accelerator checks).")
+  b9_dtype: Optional[str] = configs.setting(
+      None, "B9 with --b9_random_weights: the weights' dtype (default bfloat16 on accelerators, "
+      "float32 on CPU; float32 multiplies in full precision).", choices=tuple(session.DTYPES))
   b9_workload: str = configs.setting(
       "mixed", "B9: countdown, gsm8k (8-shot word problems) or mixed (the two alternating).",
       choices=WORKLOADS)
@@ -91,6 +94,8 @@ class B9Config(MemberBatching, LayerLoop, KVCache):
     if not self.b9_random_weights and self.b9_model not in registry.OFFLINE_MODELS:
       raise InputError(f"--b9_model {self.b9_model} has no offline weights; use one of "
                        f"{', '.join(registry.OFFLINE_MODELS)}, or --b9_random_weights.")
+    if self.b9_dtype and not self.b9_random_weights:
+      raise InputError("--b9_dtype sets the random weights' dtype; it needs --b9_random_weights.")
     refill.check_slots(self.b9_batch, self.b9_refill_rows, ("--b9_batch", "--b9_refill_rows"))
     if self.b9_members < 2 * self.members_per_batch:
       raise InputError(f"B9 times every chunk but the first: --b9_members {self.b9_members} "
@@ -135,9 +140,8 @@ def _hf_generate(loaded, gen: Generator, seeds, sigmas, texts, config: B9Config)
 def _random_workload(config: B9Config) -> tuple:
   """(per-decode members/s, ids [M, Q, n], stop ids): random weights and prompts (module
   docstring), each decoder's population program timed over every chunk but the first."""
-  shapes = registry.entry(config.b9_model).config
-  if jax.default_backend() != "cpu":
-    shapes = shapes.replace(dtype=jnp.bfloat16)
+  dtype = config.b9_dtype or ("float32" if jax.default_backend() == "cpu" else "bfloat16")
+  shapes = registry.entry(config.b9_model).config.replace(dtype=session.DTYPES[dtype])
   params = roofline.random_params(shapes, jax.random.key(0))
   rng = np.random.default_rng(0)
   batches, prompt = config.b9_prompts // config.b9_batch, 64

@@ -30,7 +30,9 @@ from thickets_jax.tasks import TASKS
 from thickets_jax.workdir import RunDir
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
-# Settings that change how a run is computed, never its numbers: a run may resume with others.
+# Settings that change how a run is computed, not its numbers, so a run may resume with others.
+# In bfloat16, though, the shapes they give the programs can change rounding and so some tokens
+# (docs/scale.md).
 EXECUTION_FIELDS = ("batch_size", "members_per_batch", "member_axis", "layer_loop", "decode",
                     "refill_rows", "model_parallel", "keep_completions", "plan", "dry_run")
 # The identity holds these as a PerturbSpec.
