@@ -12,7 +12,7 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from thickets_jax import configs, population
+from thickets_jax import cli, configs, population
 from thickets_jax.errors import InputError
 from thickets_jax.llm import generate
 from thickets_jax.registry import Registry
@@ -47,6 +47,16 @@ def run(name: str, **settings) -> str:
 def identical_rows(a, b) -> int:
   """How many rows of two token-id arrays [..., n] (broadcast) are equal token for token."""
   return int(np.sum(np.all(np.asarray(a) == np.asarray(b), axis=-1)))
+
+
+def seeds(text: str, flag: str) -> tuple[int, ...]:
+  """The seeds a benchmark reports over (`cli.int_ranges`): at least two, since its figures
+  are means ± SE over seeds."""
+  values = cli.int_ranges(text, flag)
+  if len(values) < 2:
+    raise InputError(f"--{flag} needs at least two seeds (figures are means ± SE over seeds), "
+                     f"got {text!r}.")
+  return values
 
 
 def check_positive(config: configs.Config, *fields: str) -> None:

@@ -9,8 +9,8 @@ from typing import Optional
 
 import numpy as np
 
-from thickets_jax import cli, configs, metrics, plotting
-from thickets_jax.benchmarks.base import Figure, register
+from thickets_jax import configs, metrics, plotting
+from thickets_jax.benchmarks.base import Figure, register, seeds
 from thickets_jax.errors import InputError
 from thickets_jax.llm import randopt, registry
 
@@ -33,7 +33,7 @@ class B11Config(Figure):
   def validate(self) -> None:
     super().validate()
     registry.MODELS.get(self.b11_llm)
-    cli.int_ranges(self.b11_seeds, "b11_seeds")
+    seeds(self.b11_seeds, "b11_seeds")
     if not 2 <= self.b11_K <= self.b11_N or self.b11_test_size <= 0:
       raise InputError("B11 needs 2 <= --b11_K <= --b11_N and a positive --b11_test_size.")
 
@@ -48,7 +48,7 @@ def b11(config: B11Config) -> str:
         train_size=32, max_new_tokens=32, batch_size=32, ks=(1, config.b11_K),
         test_size=config.b11_test_size, seed=seed, average_probabilities=True),
         os.path.join(root, f"seed{seed}"))
-               for seed in cli.int_ranges(config.b11_seeds, "b11_seeds")]
+               for seed in seeds(config.b11_seeds, "b11_seeds")]
   flops = {"top-1": [r["test_flops"]["top1"] for r in results],
            "vote": [r["test_flops"]["vote"][k] for r in results],
            "averaged weights": [r["test_flops"]["averaged_weights"][k] for r in results],

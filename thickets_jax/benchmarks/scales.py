@@ -9,8 +9,8 @@ from typing import Optional
 
 import numpy as np
 
-from thickets_jax import cli, configs, metrics, perturb, plotting, scales, workdir
-from thickets_jax.benchmarks.base import Figure, register
+from thickets_jax import configs, metrics, perturb, plotting, scales, workdir
+from thickets_jax.benchmarks.base import Figure, register, seeds
 from thickets_jax.errors import InputError
 from thickets_jax.llm import density, registry
 from thickets_jax.signals import runs as signal_runs
@@ -34,7 +34,7 @@ class B10Config(Figure):
     for scale in self.b10_scales:
       if scale not in scales.SCALES:
         raise InputError(f"unknown --b10_scales {scale!r}; known: {', '.join(scales.SCALES)}.")
-    cli.int_ranges(self.b10_seeds, "b10_seeds")
+    seeds(self.b10_seeds, "b10_seeds")
     if self.b10_llm:
       registry.MODELS.get(self.b10_llm)
     if self.b10_llm_N < 2 or not self.b10_llm_sigma > 0 or min(self.b10_multipliers) <= 0:
@@ -57,7 +57,7 @@ def _one_dimensional(config: B10Config, root: str, figure: dict) -> list[str]:
     curve = []
     for multiplier in config.b10_multipliers:
       rows = []
-      for seed in cli.int_ranges(config.b10_seeds, "b10_seeds"):
+      for seed in seeds(config.b10_seeds, "b10_seeds"):
         bases = os.path.join(root, "bases")
         probe = signal_runs.RunSpec(**spec, seed=seed)
         _, params, _ = signal_runs.build_base(probe.pretrain, bases, width=probe.width,
@@ -92,7 +92,7 @@ def _language_model(config: B10Config, root: str) -> list[str]:
     sigma = perturb.matched_sigma(loaded.params, run.perturb_spec(), config.b10_llm_sigma)
     points = [density.run_density(dataclasses.replace(run, sigmas=(sigma,), seed=seed),
                                   os.path.join(root, f"llm_{scale}_{seed}"))["points"][0]
-              for seed in cli.int_ranges(config.b10_seeds, "b10_seeds")]
+              for seed in seeds(config.b10_seeds, "b10_seeds")]
     lines.append(
         f"  {config.b10_llm} {scale:<10} σ {sigma:.3g}  above base "
         f"{_mean_se([p['versus_base_reward']['above']['fraction'] for p in points])}  "

@@ -8,8 +8,8 @@ from typing import Optional
 
 import numpy as np
 
-from thickets_jax import cli, configs, halving, workdir
-from thickets_jax.benchmarks.base import register
+from thickets_jax import configs, halving, metrics, workdir
+from thickets_jax.benchmarks.base import register, seeds
 from thickets_jax.errors import InputError
 from thickets_jax.llm import randopt, registry
 from thickets_jax.signals import runs as signal_runs
@@ -28,7 +28,7 @@ class B7Config(configs.Config):
   def validate(self) -> None:
     if not self.b7_eta > 1:
       raise InputError(f"--b7_eta must be greater than 1, got {self.b7_eta}.")
-    cli.int_ranges(self.b7_seeds, "b7_seeds")
+    seeds(self.b7_seeds, "b7_seeds")
     if self.b7_llm:
       registry.MODELS.get(self.b7_llm)
     if self.b7_llm_N < 4:
@@ -41,7 +41,7 @@ def _one_dimensional(config: B7Config, root: str) -> list[str]:
   spec = dict(pretrain="mixed", posttrain="sinusoid", test="sinusoid", n=1024, ks=(5,),
               sigma=0.002, posttrain_size=256, test_size=256)
   rows = {"full": [], "halving": []}
-  for seed in cli.int_ranges(config.b7_seeds, "b7_seeds"):
+  for seed in seeds(config.b7_seeds, "b7_seeds"):
     for name, extra in (("full", {}), ("halving", dict(halving_eta=config.b7_eta,
                                                        halving_min_examples=16))):
       rows[name].append(signal_runs.run(
@@ -55,9 +55,9 @@ def _one_dimensional(config: B7Config, root: str) -> list[str]:
   for name, results in rows.items():
     mse = np.asarray([r["ensemble_test_mse"]["5"]["mean"] for r in results])
     cost = np.mean([r["selection"]["flops"] for r in results])
+    mean, se = metrics.mean_se(mse)
     lines.append(f"  1D {name:<8} selection FLOPs {cost:.3g}  top-5 ensemble test MSE per seed "
-                 f"{np.round(mse, 4).tolist()}, mean {mse.mean():.4f} ± "
-                 f"{mse.std(ddof=1) / np.sqrt(len(mse)):.4f}")
+                 f"{np.round(mse, 4).tolist()}, mean {mean:.4f} ± {se:.4f}")
   ratio = np.mean([h["selection"]["flops"] / f["selection"]["flops"]
                    for f, h in zip(rows["full"], rows["halving"])])
   lines.append(f"  1D halving/full selection FLOPs {ratio:.3f}, top-5 recall per seed {recall}")
