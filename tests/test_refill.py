@@ -106,6 +106,13 @@ def test_faster_decode_picks_refill_only_where_lengths_vary_across_more_prompts_
   assert faster_decode(varied[:, :5], 2, 1) == "refill"  # padded to 3 batches
 
 
+def test_faster_decode_weighs_a_refill_step_at_the_backends_measured_cost(monkeypatch):
+  lengths = np.array([[3, 7, 9, 5, 6, 11, 9, 11]])  # refill 30 steps, batches 34
+  assert faster_decode(lengths, 2, 1) == "batch"  # CPU: 30 × 1.16 > 34
+  monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
+  assert faster_decode(lengths, 2, 1) == "refill"  # GPU: 30 × 1.0 < 34
+
+
 def test_auto_decoding_switches_to_refill_after_a_chunk_of_varied_lengths():
   """The first chunk decodes in batches; its completions end at different steps, so the next
   chunk refills slots; every member gets the tokens batch decoding gives it."""

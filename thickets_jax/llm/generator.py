@@ -29,11 +29,18 @@ from thickets_jax.llm.generate import Sampling, completion_mask, prompt_keys, to
 from thickets_jax.perturb import PerturbSpec
 
 DECODES = ("auto", "batch", "refill")
-# The time of one slot-refill decode step over one batch-decoding step of as many rows: its
-# refills and per-row cache writes. Measured by B9 on 2 CPU cores (SmolLM2, 8 slots): refill
-# ran 0.71x the decode steps of batch decoding and took 0.82x its time. Not measured on
-# accelerators.
-REFILL_STEP_COST = 1.16
+# The time of one slot-refill decode step over one batch-decoding step of as many rows (its
+# refills and per-row cache writes), by backend, measured by B9. CPU (2 cores, SmolLM2, 8
+# slots): refill ran 0.71x the decode steps of batch decoding and took 0.82x its time. GPU (an
+# H200, random bfloat16 Qwen2.5-1.5B shapes, 32 slots): 0.45x the steps (useful row-steps 56%
+# against 25%) in 0.45x the time (2.23x the members/s), where a decode step reads the weights
+# whatever it writes. TPUs are unmeasured and take the CPU's dearer figure.
+REFILL_STEP_COSTS = {"cpu": 1.16, "gpu": 1.0}
+
+
+def refill_step_cost() -> float:
+  """This backend's REFILL_STEP_COSTS entry."""
+  return REFILL_STEP_COSTS.get(jax.default_backend(), REFILL_STEP_COSTS["cpu"])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,11 +72,11 @@ class Decode:
 def faster_decode(lengths: np.ndarray, batch_size: int, refill_rows: int) -> str:
   """"refill" or "batch": the decoder that runs completions of these lengths sooner, by the
   decode steps each runs for them (`refill.refill_steps`, `refill.batch_steps`) at a refill
-  step's cost of REFILL_STEP_COST batch steps. lengths [M, Q] (tokens generated, ≥ 1); prompts
+  step's cost of `refill_step_cost()` batch steps. lengths [M, Q] (tokens generated, ≥ 1); prompts
   are padded to whole batches with rows of length 1."""
   pad = -lengths.shape[1] % batch_size
   lengths = np.pad(np.maximum(lengths, 1), ((0, 0), (0, pad)), constant_values=1)
-  refilled = refill.refill_steps(lengths, batch_size, refill_rows) * REFILL_STEP_COST
+  refilled = refill.refill_steps(lengths, batch_size, refill_rows) * refill_step_cost()
   return "refill" if refilled < refill.batch_steps(lengths, batch_size) else "batch"
 
 
