@@ -139,15 +139,18 @@ class Generator:
     self.shared_prefix = shared_prefix
     decode.validate(batch_size)
     self.decode, self.factored = decode, factored and self.perturb.noise == "lowrank"
-    self._programs_of = lambda kind: _programs(
-        config, sampling, tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop,
-        self.perturb, member_axis, self.factored,
-        Decode(kind, decode.refill_rows if kind == "refill" else None), batch_size)
-    self._base = self._programs_of(decode.first())[0]
-    self._averaged = functools.partial(  # materialised members must share a decode loop
-        _programs, config, dataclasses.replace(sampling, average_members=True),
-        tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop, self.perturb, "vmap",
-        self.factored, Decode("batch"), batch_size)
+
+    def programs_of(kind: str, averaged: bool = False):
+      """`_programs` of decoder `kind`; `averaged`: probability averaging, whose materialised
+      members must share a decode loop (vmap)."""
+      return _programs(
+          config, dataclasses.replace(sampling, average_members=True) if averaged else sampling,
+          tuple(self.codec.stop_ids), self.codec.pad_id, layer_loop, self.perturb,
+          "vmap" if averaged else member_axis, self.factored,
+          Decode(kind, decode.refill_rows if kind == "refill" else None), batch_size)
+    self._programs_of = programs_of
+    self._base = programs_of(decode.first())[0]
+    self._averaged = functools.partial(programs_of, "batch", averaged=True)
     self.chunk_decodes: list[str] = []  # the decoder of each population chunk generated
 
   def _encode(self, texts: Sequence[str], key: Optional[jax.Array]) -> tuple:
