@@ -150,7 +150,6 @@ class Generator:
           Decode(kind, decode.refill_rows if kind == "refill" else None), batch_size)
     self._programs_of = programs_of
     self._base = programs_of(decode.first())[0]
-    self._averaged = functools.partial(programs_of, "batch", averaged=True)
     self.chunk_decodes: list[str] = []  # the decoder of each population chunk generated
 
   def _encode(self, texts: Sequence[str], key: Optional[jax.Array]) -> tuple:
@@ -207,7 +206,7 @@ class Generator:
     low-rank, else materialised together), each step's token from the mean of their
     next-token probabilities (`Sampling.average_members`)."""
     params = self.params if params is None else params
-    program = self._averaged()[1]
+    program = self._programs_of("batch", averaged=True)[1]
     out = distributed.to_host(program(params, jnp.asarray(seeds, jnp.int32),
                                       jnp.asarray(sigmas, jnp.float32),
                                       *self._encode(texts, key)))  # [K, batches, b, new]
