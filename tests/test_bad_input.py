@@ -203,6 +203,8 @@ CASES = {
         (["--bench", "B9", "--b9_prompts", "12"], "--b9_prompts 12 must be a multiple of"),
         (["--bench", "B9", "--b9_dtype", "float32"],
          "--b9_dtype sets the random weights' dtype; it needs --b9_random_weights."),
+        (["--bench", "B9", "--b9_rank", "-1"],
+         "--b9_rank must be 0 (full rank) or positive, got -1."),
     ],
 }
 

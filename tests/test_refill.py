@@ -11,10 +11,11 @@ import pytest
 
 import toys
 from thickets_jax.errors import InputError
-from thickets_jax.llm import chunk, generate, refill, roofline
+from thickets_jax import rng
+from thickets_jax.llm import chunk, factored, generate, refill, roofline
 from thickets_jax.llm import model as M
 from thickets_jax.llm.generator import Decode, Generator, faster_decode
-from thickets_jax.perturb import PerturbSpec
+from thickets_jax.perturb import PerturbSpec, member_factors
 
 # An untied head: the tied tiny model's greedy rows repeat their last token, so all would run
 # to the limit or stop at once.
@@ -38,7 +39,8 @@ def inputs():
     ("lowrank", True, 1.0, "scan"),
     ("full", True, 0.0, "unrolled"),
     ("full", False, 1.0, "scan"),
-    ("none", True, 1.0, "unrolled")])
+    ("none", True, 1.0, "unrolled"),
+    ("lowrank", False, 0.0, "unrolled")])
 def test_slot_refill_gives_the_tokens_of_batch_decoding(inputs, members, prefixed, temperature,
                                                         layer_loop):
   params, prompts, masks, prefix = inputs
@@ -83,6 +85,67 @@ def test_the_host_replay_counts_the_decode_steps_the_loop_runs(inputs):
     useful = int((lengths - 1).sum())
     assert useful <= int(steps) * 3 < useful + 3 * NEW
     assert int(steps) * 3 < refill.batch_steps(lengths, ROWS) * ROWS
+
+
+@pytest.mark.parametrize("qk_norm", ["none", "head"])
+def test_rows_that_carry_their_member_get_their_members_logits_and_prefix(qk_norm):
+  """Factored members sharing slots: rows of any members in any order (`factored.assign_rows`)
+  get the logits and keys of the same rows grouped member-major, each attending to its own
+  member's prefix; every factored leaf (embedding, head, kernels, biases, norms) is perturbed."""
+  config = dataclasses.replace(CONFIG, qk_norm=qk_norm)
+  params = roofline.random_params(config, jax.random.key(2))
+  spec = PerturbSpec(stacked=M.STACKED_LEAVES, noise="lowrank", rank=3)
+  factors = jax.vmap(lambda seed, sigma: member_factors(params, rng.member_key(seed), sigma,
+                                                        spec))(jnp.array([3, 11, 7]),
+                                                               jnp.array([0.3, 0.5, 0.4]))
+  members = factored.members_collection(factors)
+  count, per_member, length = 3, 2, 5
+  prefix_kv = generate.prefill_prefix(config, params, jnp.array([5, 9, 2, 7]), members=members)
+  tokens = np.random.default_rng(0).integers(2, config.vocab_size, (count * per_member, length))
+  mask = np.arange(length)[None] >= np.array([0, 2, 1, 0, 3, 1])[:, None]
+  positions = 4 + np.maximum(np.cumsum(mask, axis=1) - 1, 0)
+  run = generate.member_runner(config, params, members, "scan")
+  cache = generate.empty_cache(config, count * per_member, 1, "scan", members)
+  call = lambda order, **rows: run(tokens[order], positions[order], cache, None, None,
+                                   mask[order], prefix=prefix_kv, **rows)
+  grouped = np.arange(count * per_member)
+  logits, (keys, _) = call(grouped)
+  order = np.array([4, 1, 5, 0, 3, 2])  # members 2, 0, 2, 0, 1, 1
+  mixed, (mixed_keys, _) = call(order, row_members=jnp.asarray(order // per_member))
+  np.testing.assert_allclose(mixed, logits[order], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(mixed_keys, keys[:, order], rtol=1e-5, atol=1e-5)
+  assert float(jnp.abs(logits[0] - logits[2]).max()) > 1e-2  # the members differ
+  assert float(jnp.abs(mixed - logits).max()) > 1e-2  # so the order matters
+
+
+def test_factored_members_share_their_slots_and_the_replay_counts_the_steps(inputs):
+  """One queue of M × Q (member, prompt) pairs in M × S slots: the compiled loop runs the
+  steps `refill_steps(shared=True)` replays, fewer than per-member queues on these lengths,
+  and gives every member its batch-decoding tokens."""
+  params, prompts, masks, _ = inputs
+  sampling = generate.Sampling(max_new_tokens=NEW, temperature=1.0)
+  keys = generate.prompt_keys(sampling, jax.random.key(3), BATCHES, ROWS)
+  spec = PerturbSpec(stacked=M.STACKED_LEAVES, noise="lowrank", rank=2)
+  seeds, sigmas = jnp.array([1, 2, 5]), jnp.full(3, 0.5, jnp.float32)
+
+  def steps_of(params, seeds, sigmas, prompts, masks, keys):
+    members = factored.members_collection(jax.vmap(
+        lambda seed, sigma: member_factors(params, rng.member_key(seed), sigma, spec))(
+            seeds, sigmas))
+    return refill.refill_tokens(CONFIG, params, prompts, masks, keys, sampling=sampling,
+                                stop_ids=STOPS, pad_id=0, slots=1, refill_rows=1,
+                                members=members)
+  ids, steps = jax.jit(steps_of)(params, seeds, sigmas, prompts.reshape(-1, PROMPT),
+                                 masks.reshape(-1, PROMPT), keys.reshape(-1))
+  batch = chunk.population_program(generate.token_generator(CONFIG, sampling, stop_ids=STOPS,
+                                                            pad_id=0), spec,
+                                   member_axis="vmap", factored=True)
+  expected = batch(params, seeds, sigmas, prompts, masks, keys, prompts[0, 0, :0])
+  np.testing.assert_array_equal(np.asarray(ids), np.asarray(expected).reshape(ids.shape))
+  lengths = generate.completion_mask(np.asarray(ids), STOPS).sum(-1)  # [3, 12]
+  assert refill.refill_steps(lengths, 1, 1, shared=True) == int(steps)
+  assert int(steps) < refill.refill_steps(lengths, 1, 1)
+  assert len(np.unique(lengths.sum(axis=1))) == 3  # the members' queues differ in length
 
 
 def test_a_generator_decoding_with_refill_gives_its_members_the_same_texts(tmp_path):
@@ -158,11 +221,16 @@ def test_a_bfloat16_cache_holds_bfloat16_and_both_decoders_agree_on_it(inputs):
   assert {leaf.dtype for leaf in jax.tree.leaves(cache)} == {jnp.dtype(jnp.bfloat16)}
 
 
-def test_b9_on_random_weights_reports_identical_rows_and_the_useful_fractions():
+@pytest.mark.parametrize("rank, per_call", [(0, 1), (2, 2)])
+def test_b9_on_random_weights_reports_identical_rows_and_the_useful_fractions(rank, per_call):
+  """Full-rank members (one per call), and low-rank ones run factored (two per call, sharing
+  their slots)."""
   from thickets_jax import benchmarks  # pylint: disable=g-import-not-at-top
   line = benchmarks.run("B9", b9_random_weights=True, b9_model="tiny-random-llama",
                         b9_prompts=8, b9_batch=4, b9_refill_rows=2, b9_new_tokens=16,
-                        b9_members=2, members_per_batch=1, b9_hf=False)
-  assert line.startswith("B9: slot refill ") and "16/16 rows identical" in line
+                        b9_members=2 * per_call, members_per_batch=per_call, b9_hf=False,
+                        b9_rank=rank)
+  rows = 16 * per_call
+  assert line.startswith("B9: slot refill ") and f"{rows}/{rows} rows identical" in line
   useful = [int(x) for x in re.findall(r"row-steps (\d+)% vs (\d+)%", line)[0]]
   assert 0 < useful[1] <= useful[0] <= 100  # refill wastes no more row-steps than batches

@@ -51,16 +51,17 @@ def length_summary(lengths: np.ndarray, limit: int) -> dict:
           "cv": float(flat.std() / flat.mean()), "truncated": float(np.mean(flat == limit))}
 
 
-def useful_fractions(lengths: np.ndarray, *, batch_size: int, refill_rows: int,
-                     per_call: int, lockstep: bool) -> tuple[float, float]:
+def useful_fractions(lengths: np.ndarray, *, batch_size: int, refill_rows: Optional[int],
+                     per_call: int, lockstep: bool, shared: bool = False) -> tuple[float, float]:
   """Useful decode row-steps, Σ(length − 1), as a fraction of the row-steps each decoder runs:
   (batch, refill). lengths [members, prompts]; `per_call` members per call, stepping together when
-  `lockstep` (vmapped or factored members), else one after another."""
+  `lockstep` (vmapped or factored members), else one after another; `shared`: a call's members
+  share their slots (factored)."""
   step = per_call if lockstep else 1
   groups = [lengths[i:i + step] for i in range(0, len(lengths), step)]
   useful = float((lengths - 1).sum())
   batch = sum(refill.batch_steps(g, batch_size) * g.shape[0] * batch_size for g in groups)
-  slots = sum(refill.refill_steps(g, batch_size, refill_rows) * g.shape[0] * batch_size
+  slots = sum(refill.refill_steps(g, batch_size, refill_rows, shared) * g.shape[0] * batch_size
               for g in groups)
   return useful / batch, useful / slots
 
@@ -83,13 +84,20 @@ class B9Config(MemberBatching, LayerLoop, KVCache):
   b9_members: int = configs.setting(4, "B9: perturbed members (all but the first chunk timed).")
   b9_new_tokens: int = configs.setting(256, "B9: generation length limit (greedy, stops end rows).")
   b9_batch: int = configs.setting(8, "B9: rows per prompt batch = slots per member.")
-  b9_refill_rows: int = configs.setting(2, "B9: slots one refill prefills together.")
+  b9_refill_rows: Optional[int] = configs.setting(
+      None, "B9: slots one refill prefills together (default: a quarter of a member's slots, "
+      "or of a call's for factored members).")
+  b9_rank: int = configs.setting(
+      0, "B9: 0 perturbs at full rank (members materialised); r > 0 draws low-rank members of "
+      "rank r, run factored: a call's members share their slots.")
   b9_hf: bool = configs.setting(
       True, "B9: also time transformers generate on the timed members (offline models).")
 
   def validate(self) -> None:
     super().validate()
     check_positive(self, "b9_prompts", "b9_members", "b9_new_tokens", "b9_batch")
+    if self.b9_rank < 0:
+      raise InputError(f"--b9_rank must be 0 (full rank) or positive, got {self.b9_rank}.")
     registry.entry(self.b9_model)  # an unknown model is one sentence
     if not self.b9_random_weights and self.b9_model not in registry.OFFLINE_MODELS:
       raise InputError(f"--b9_model {self.b9_model} has no offline weights; use one of "
@@ -104,6 +112,13 @@ class B9Config(MemberBatching, LayerLoop, KVCache):
     if self.b9_prompts % self.b9_batch:
       raise InputError(f"--b9_prompts {self.b9_prompts} must be a multiple of --b9_batch "
                        f"{self.b9_batch}.")
+
+
+def _perturbation(config: B9Config) -> PerturbSpec:
+  """Full-rank members, or low-rank ones of rank `b9_rank` (factored)."""
+  if config.b9_rank:
+    return PerturbSpec(stacked=llm_model.STACKED_LEAVES, noise="lowrank", rank=config.b9_rank)
+  return PerturbSpec(stacked=llm_model.STACKED_LEAVES)
 
 
 def _hf_generate(loaded, gen: Generator, seeds, sigmas, texts, config: B9Config):
@@ -156,14 +171,14 @@ def _random_workload(config: B9Config) -> tuple:
           generate.prompt_keys(sampling, jax.random.key(1), batches, config.b9_batch),
           np.zeros((0,), np.int32))
   seeds, sigmas = population.draw_candidates(0, config.b9_members, [1e-3])
-  spec = PerturbSpec(stacked=llm_model.STACKED_LEAVES)
+  spec = _perturbation(config)
   rates, ids = {}, {}
   for kind in ("batch", "refill"):
     run = generation_function(shapes, sampling, Decode(kind, config.b9_refill_rows),
                               config.b9_batch, stop_ids=stops, pad_id=0,
                               layer_loop=config.layer_loop)
     program = chunk.population_program(run, spec, member_axis=config.member_axis,
-                                       factored=False)
+                                       factored=config.b9_rank > 0)
     chunks = ((part, out.reshape(out.shape[0], -1, out.shape[-1]))
               for part, out in population.iter_population(
                   program, params, seeds, sigmas, chunk_size=config.members_per_batch,
@@ -188,7 +203,7 @@ def b9(config: B9Config) -> str:
     gen = Generator(loaded.config, loaded.params, loaded.tokenizer, sampling,
                     batch_size=config.b9_batch, chat=loaded.entry.instruct,
                     member_axis=config.member_axis, layer_loop=config.layer_loop,
-                    decode=Decode(kind, config.b9_refill_rows))
+                    perturb=_perturbation(config), decode=Decode(kind, config.b9_refill_rows))
     rates[kind], ids[kind] = members_per_second(
         gen.population_token_ids(seeds, sigmas, texts, members_per_batch=per_call), len(seeds),
         per_call)
@@ -218,7 +233,8 @@ def _report(config: B9Config, rates: dict, ids: dict, stop_ids, hf: str) -> str:
   summary = length_summary(lengths, config.b9_new_tokens)
   batch_useful, refill_useful = useful_fractions(
       lengths, batch_size=config.b9_batch, refill_rows=config.b9_refill_rows,
-      per_call=config.members_per_batch, lockstep=config.member_axis == "vmap")
+      per_call=config.members_per_batch,
+      lockstep=config.member_axis == "vmap" or config.b9_rank > 0, shared=config.b9_rank > 0)
   workload = "random" if config.b9_random_weights else config.b9_workload
   parts = {workload: lengths}
   if workload == "mixed":

@@ -119,16 +119,21 @@ def _check_layer_loop(layer_loop: str) -> None:
 
 def member_runner(config: ModelConfig, params, members, layer_loop: str) -> Callable:
   """`Transformer.apply` over `params` (and factored or materialised `members`) with the layer
-  loop's layers bound."""
+  loop's layers bound. Under factored members it also takes `row_members=` [b], each row's
+  member (`factored.assign_rows`; default: member-major groups)."""
   _check_layer_loop(layer_loop)
   if isinstance(members, chunk.MaterialisedMembers):
     return chunk.runner(config, members, layer_loop)
   layers = llm_model.layer_list(params) if layer_loop == "unrolled" else None
-  variables = {"params": params}
-  if members is not None:
-    variables[factored.MEMBERS] = members
   model = llm_model.Transformer(config)
-  return lambda *args, **kwargs: model.apply(variables, *args, layers=layers, **kwargs)
+
+  def run(*args, row_members=None, **kwargs):
+    variables = {"params": params}
+    if members is not None:
+      variables[factored.MEMBERS] = members if row_members is None else factored.assign_rows(
+          members, row_members, config.num_layers)
+    return model.apply(variables, *args, layers=layers, **kwargs)
+  return run
 
 
 def empty_cache(config: ModelConfig, rows: int, slots: int, layer_loop: str, members=None,

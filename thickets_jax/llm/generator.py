@@ -47,7 +47,9 @@ def refill_step_cost() -> float:
 class Decode:
   """How rows decode. "batch": each prompt batch of `batch_size` rows per member until its
   longest row ends. "refill": `batch_size` slots per member, a finished row's slot prefilling
-  the member's next prompt, `refill_rows` slots at a time (default a quarter of the slots).
+  the member's next prompt, `refill_rows` slots at a time (default a quarter of the slots);
+  factored members share the chunk's slots, a finished row taking the chunk's next (member,
+  prompt), and refill a quarter of all of them by default.
   "auto": a population's first chunk of members decodes in batches, and each next chunk with
   the decoder the last chunk's completion lengths say is faster (`faster_decode`): refill where
   lengths vary and a member has more prompts than slots, batches where rows run to one length
@@ -59,24 +61,24 @@ class Decode:
   def validate(self, batch_size: int) -> None:
     if self.kind not in DECODES:
       raise InputError(f"unknown decode {self.kind!r}; known: {', '.join(DECODES)}.")
-    refill.check_slots(batch_size, self.rows(batch_size))
-
-  def rows(self, batch_size: int) -> int:
-    return max(1, batch_size // 4) if self.refill_rows is None else self.refill_rows
+    refill.check_slots(batch_size, self.refill_rows)
 
   def first(self) -> str:
     """The decoder a call starts with ("auto" starts in batches and may switch later)."""
     return "refill" if self.kind == "refill" else "batch"
 
 
-def faster_decode(lengths: np.ndarray, batch_size: int, refill_rows: int) -> str:
+def faster_decode(lengths: np.ndarray, batch_size: int, refill_rows: Optional[int] = None,
+                  shared: bool = False) -> str:
   """"refill" or "batch": the decoder that runs completions of these lengths sooner, by the
   decode steps each runs for them (`refill.refill_steps`, `refill.batch_steps`) at a refill
   step's cost of `refill_step_cost()` batch steps. lengths [M, Q] (tokens generated, ≥ 1); prompts
-  are padded to whole batches with rows of length 1."""
+  are padded to whole batches with rows of length 1; `shared`: the members share their slots
+  (factored members)."""
   pad = -lengths.shape[1] % batch_size
   lengths = np.pad(np.maximum(lengths, 1), ((0, 0), (0, pad)), constant_values=1)
-  refilled = refill.refill_steps(lengths, batch_size, refill_rows) * refill_step_cost()
+  refilled = refill.refill_steps(lengths, batch_size, refill_rows,
+                                 shared) * refill_step_cost()
   return "refill" if refilled < refill.batch_steps(lengths, batch_size) else "batch"
 
 
@@ -89,7 +91,7 @@ def generation_function(config: ModelConfig, sampling: Sampling, decode: Decode,
   lockstep, so it always runs in batches."""
   if decode.kind == "refill" and not sampling.average_members:
     return refill.refill_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
-                                   slots=batch_size, refill_rows=decode.rows(batch_size),
+                                   slots=batch_size, refill_rows=decode.refill_rows,
                                    layer_loop=layer_loop)
   return token_generator(config, sampling, stop_ids=stop_ids, pad_id=pad_id,
                          layer_loop=layer_loop)
@@ -192,7 +194,8 @@ class Generator:
       self.chunk_decodes.append(decoder)
       if self.decode.kind == "auto":
         chosen = faster_decode(completion_mask(ids, self.codec.stop_ids).sum(-1),
-                               self.codec.batch_size, self.decode.rows(self.codec.batch_size))
+                               self.codec.batch_size, self.decode.refill_rows,
+                               shared=self.factored)
         if chosen != decoder:
           logging.info("decode: %s from member %d on (the last chunk's completion lengths)",
                        chosen, part.stop)

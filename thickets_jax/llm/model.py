@@ -37,7 +37,7 @@ import jax.numpy as jnp
 
 from thickets_jax.llm import rope
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.llm.factored import MEMBERS, member_count
+from thickets_jax.llm.factored import MEMBERS, member_count, rows_of
 from thickets_jax.llm.kv_cache import init_cache, write_slots
 from thickets_jax.llm.modules import Dense, Embed, RMSNorm, matmul_precision, norm, param_dtype
 from thickets_jax.tree import path_name
@@ -101,7 +101,8 @@ class Attention(nn.Module):
         [g, kv, P, hd] at RoPE positions [0, P): the b rows are g member-major groups of b / g,
         and each group attends to its own prefix. Its scores and values are one matmul per
         group (the group's rows side by side), not one per row, and it is stored once per
-        group instead of in every row's cache.
+        group instead of in every row's cache. Under a `members` collection with each row's
+        member (`factored.assign_rows`), g = M and each row reads its member's prefix.
 
     Returns:
       out [b, t, d], and the new keys and values, each [b, kv, t, hd].
@@ -150,19 +151,25 @@ class Attention(nn.Module):
         cached = cached & _within_window(c, layer, positions, cache_positions)
       mask = jnp.concatenate([cached, mask], axis=1)  # [b, s + t, t]
       scores = jnp.concatenate([score(layer_k), scores], axis=2)
+    row_members = rows_of(self)
     if prefix is not None:
       prefix_k, prefix_v = prefix
       groups, shared = prefix_k.shape[0], prefix_k.shape[2]
       grouped = lambda a: _rows_to_groups(a, groups)
-      queries = grouped(q.swapaxes(2, 3)).swapaxes(2, 3)  # [g, kv, (b / g) * group * t, hd]
-      prefix_scores = jnp.einsum("gksd,gkqd->gksq", prefix_k, queries, precision=precision,
-                                 preferred_element_type=jnp.float32)
+      if row_members is None:
+        queries = grouped(q.swapaxes(2, 3)).swapaxes(2, 3)  # [g, kv, (b / g) * group * t, hd]
+        prefix_scores = _groups_to_rows(jnp.einsum(
+            "gksd,gkqd->gksq", prefix_k, queries, precision=precision,
+            preferred_element_type=jnp.float32), b)
+      else:  # each row's member's prefix, [b, kv, P, hd]
+        prefix_k, prefix_v = prefix_k[row_members], prefix_v[row_members]
+        prefix_scores = score(prefix_k)
       prefix_mask = jnp.ones((b, shared, t), bool)
       if c.has_sliding_layers:
         prefix_mask = _within_window(c, layer, positions,
                                      jnp.broadcast_to(jnp.arange(shared), (b, shared)))
       mask = jnp.concatenate([prefix_mask, mask], axis=1)  # [b, P + s + t, t]
-      scores = jnp.concatenate([_groups_to_rows(prefix_scores, b), scores], axis=2)
+      scores = jnp.concatenate([prefix_scores, scores], axis=2)
     bias = jnp.where(mask, 0.0, _MASKED).astype(jnp.float32)[:, None, :, None]  # over kv, group
     keys = scores.shape[2]
     scores = (scores.reshape(b, c.num_kv_heads, keys, group, t) + bias).reshape(scores.shape)
@@ -171,9 +178,12 @@ class Attention(nn.Module):
     cached_from = 0
     if prefix is not None:
       cached_from = shared
-      prefix_out = jnp.einsum("gksq,gksd->gkqd", grouped(probs[:, :, :shared]).astype(c.dtype),
-                              prefix_v, precision=precision, preferred_element_type=jnp.float32)
-      out = out + _groups_to_rows(prefix_out.swapaxes(2, 3), b).swapaxes(2, 3)
+      if row_members is None:
+        prefix_out = jnp.einsum("gksq,gksd->gkqd", grouped(probs[:, :, :shared]).astype(c.dtype),
+                                prefix_v, precision=precision, preferred_element_type=jnp.float32)
+        out = out + _groups_to_rows(prefix_out.swapaxes(2, 3), b).swapaxes(2, 3)
+      else:
+        out = out + mix(probs[:, :, :shared], prefix_v)
     if cache_positions is not None:
       out = out + mix(probs[:, :, cached_from:-t], layer_v)
     out = out.astype(c.dtype).reshape(b, c.num_kv_heads, group, t, c.head_dim).transpose(0, 3, 1, 2, 4)

@@ -10,7 +10,8 @@ import jax
 import jax.numpy as jnp
 
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.llm.factored import MEMBERS, by_member, low_rank_term, plus_member_vector
+from thickets_jax.llm.factored import (MEMBERS, by_member, low_rank_term, plus_member_vector,
+                                       row_vectors, rows_of)
 
 
 def matmul_precision(config: ModelConfig) -> Optional[jax.lax.Precision]:
@@ -47,10 +48,10 @@ class Dense(nn.Dense):
   def __call__(self, x: jax.Array) -> jax.Array:
     y = super().__call__(x)  # float32 when a bias was added, else `dtype`
     if self.has_variable(MEMBERS, "kernel"):
-      term = low_rank_term(x, self.get_variable(MEMBERS, "kernel"))
+      term = low_rank_term(x, self.get_variable(MEMBERS, "kernel"), rows_of(self))
       y = y.astype(jnp.float32) + term
     if self.has_variable(MEMBERS, "bias"):
-      y = plus_member_vector(y, self.get_variable(MEMBERS, "bias"))
+      y = plus_member_vector(y, self.get_variable(MEMBERS, "bias"), rows_of(self))
     return y.astype(self.dtype)
 
 
@@ -62,8 +63,13 @@ class Embed(nn.Embed):
     if not self.has_variable(MEMBERS, "embedding"):
       return x
     factors = self.get_variable(MEMBERS, "embedding")  # a [M, vocab, r], b [M, d, r]
-    rows = jax.vmap(lambda a, t: a[t])(factors["a"], tokens.reshape(factors["a"].shape[0], -1))
-    term = jnp.einsum("gtr,gdr->gtd", rows, factors["b"], precision=jax.lax.Precision.HIGHEST)
+    members, highest = rows_of(self), jax.lax.Precision.HIGHEST
+    if members is None:
+      rows = jax.vmap(lambda a, t: a[t])(factors["a"], tokens.reshape(factors["a"].shape[0], -1))
+      term = jnp.einsum("gtr,gdr->gtd", rows, factors["b"], precision=highest)
+    else:  # each row's own member: [b, t, r] and [b, d, r] gathered (d·r per row)
+      term = jnp.einsum("btr,bdr->btd", factors["a"][members[:, None], tokens],
+                        factors["b"][members], precision=highest)
     return (x.astype(jnp.float32) + term.reshape(x.shape)).astype(x.dtype)
 
   def logits(self, x: jax.Array, precision) -> jax.Array:
@@ -73,7 +79,8 @@ class Embed(nn.Embed):
       return out
     factors = self.get_variable(MEMBERS, "embedding")
     swapped = {"a": factors["b"], "b": factors["a"]}  # (E + a bᵀ)ᵀ = Eᵀ + b aᵀ
-    return (out.astype(jnp.float32) + low_rank_term(x, swapped)).astype(out.dtype)
+    term = low_rank_term(x, swapped, rows_of(self))
+    return (out.astype(jnp.float32) + term).astype(out.dtype)
 
 
 class RMSNorm(nn.Module):
@@ -96,5 +103,9 @@ class RMSNorm(nn.Module):
     if not self.has_variable(MEMBERS, "scale"):
       return (scale * normed).astype(self.dtype)
     delta = self.get_variable(MEMBERS, "scale")  # [M, d]
-    return (by_member(normed, delta.shape[0]) * (scale + delta.astype(jnp.float32))[:, None, :]
-            ).reshape(normed.shape).astype(self.dtype)
+    rows = rows_of(self)
+    member_scale = scale + row_vectors(delta, normed, rows).astype(jnp.float32)
+    if rows is None:
+      return (by_member(normed, delta.shape[0]) * member_scale).reshape(normed.shape).astype(
+          self.dtype)
+    return (normed * member_scale).astype(self.dtype)

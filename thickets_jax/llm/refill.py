@@ -1,30 +1,32 @@
-"""Slot-refill (continuous) batching: each member decodes in a fixed number of slots, and a slot
-whose row has ended takes that member's next prompt, so no row-step waits for the longest row
-of a batch.
+"""Slot-refill (continuous) batching: a finished row's slot takes the next (member, prompt), so
+no row-step waits for the longest row of a batch.
 
 A call generates Q prompts under each of M members (factored low-rank, materialised, or M = 1
-without members). Each member owns S slots, rows [M * S] member-major as in
-`generate.generate_tokens`, and takes the Q prompts in order. One compiled `lax.while_loop`
-alternates two phases, with no host round trip per token:
+without members), in M * S slots, rows [M * S] member-major as in `generate.generate_tokens`.
+The slots form groups, each with its own queue of (member, prompt) pairs, taken in order:
 
-1. Refill. While some member has at least min(R, prompts it has left) free slots, up to R free
-   slots of every member prefill that member's next prompts: [M * R, p] tokens in one call,
-   attending to the shared prefix, which is kept once per member beside the slots' cache
-   (`model.Transformer`'s `prefix`). Each refilled row then draws its first token.
+- materialised members (and M = 1): one group per member, its S slots and its Q prompts (a
+  member's weights exist only for its own rows);
+- factored members: one group of all M * S slots and the M * Q pairs, member by member. Rows
+  carry their member (`factored.assign_rows`), so slots of any member share a call, and only
+  the chunk's last pairs drain the slots, not each member's.
+
+One compiled `lax.while_loop` alternates two phases, with no host round trip per token:
+
+1. Refill. While some group has at least min(R, pairs it has left) free slots, up to R free
+   slots of every group (R = M * R' / groups for R' refill rows per member: [M * R', p] tokens
+   in one call) prefill their pairs' prompts, attending to the shared prefix of their member,
+   which is kept once per member beside the slots' cache (`model.Transformer`'s `prefix`).
+   Each refilled row then draws its first token.
 2. Decode. Every slot runs one token. Each row writes its key and value at its own slot, and
    keeps its own RoPE positions, so rows at different steps share the call.
 
 Each row's cache region has the layout of `generate.generate_tokens`: the left-padded prompt
-(p slots), then n new tokens, after the prefix. A row attends to the same slots in
-the same order, and its sampling key depends only on its prompt and step
-(`generate.step_keys`). So every (member, prompt) gets the tokens `generate.token_generator`
-gives it.
-
-A member's slots serve only that member's prompts, under factored members too. All members of
-a chunk share the prompts, so their queues drain together.
+(p slots), then n new tokens, after the prefix. A row attends to the same slots in the same
+order, and its sampling key depends only on its prompt and step (`generate.step_keys`). So every
+(member, prompt) gets the tokens `generate.token_generator` gives it.
 """
 
-import functools
 from typing import NamedTuple, Optional, Sequence
 
 import jax
@@ -37,15 +39,16 @@ from thickets_jax.llm.config import ModelConfig
 
 
 class _State(NamedTuple):
-  """The loop state. Row arrays are [M * S], member-major."""
+  """The loop state. Row arrays are [M * S], member-major (groups of consecutive slots)."""
   cache: object  # the KV cache, laid out as `generate.empty_cache` lays out M * S rows
   positions: jax.Array  # [M * S, p + n] RoPE position of each cached slot, -1 if unused
+  member: jax.Array  # the member each row serves (fixed unless the members share slots)
   prompt: jax.Array  # the prompt each row serves, -1 before its first
   step: jax.Array  # tokens the row has generated
   last: jax.Array  # its last token
   done: jax.Array  # free: ended, or never filled
   length: jax.Array  # real tokens before its first new one (prefix and prompt)
-  queue: jax.Array  # [M] prompts each member has taken
+  queue: jax.Array  # [groups] pairs each group has taken
   out: jax.Array  # [M, Q, n] generated ids, padded
   steps: jax.Array  # decode steps run
 
@@ -83,16 +86,24 @@ def _write_rows(leaf, new, slot, split: bool):
   return leaf.at[index].set(new.astype(leaf.dtype), mode="drop")
 
 
+def shares_slots(members) -> bool:
+  """Whether a call's members share one group of slots: factored members, whose rows carry
+  their member (module docstring)."""
+  return members is not None and not isinstance(members, chunk.MaterialisedMembers)
+
+
 def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Array,
                   keys: jax.Array, *, sampling: generate.Sampling, stop_ids: Sequence[int],
-                  pad_id: int, slots: int, refill_rows: int, layer_loop: str = "scan",
-                  prefix_kv=None, members: Optional[dict] = None) -> tuple:
+                  pad_id: int, slots: int, refill_rows: Optional[int] = None,
+                  layer_loop: str = "scan", prefix_kv=None,
+                  members: Optional[dict] = None) -> tuple:
   """Continuations of Q left-padded prompts under each of M members, in S slots per member.
 
   Args:
     prompts, masks: [Q, p] left-padded prompts and their real tokens. keys: [Q], each prompt's
       sampling key (`generate.prompt_keys`).
-    slots: S, decode rows per member. refill_rows: R ≤ S, the rows of one refill.
+    slots: S, decode rows per member (factored members share the M * S). refill_rows: the
+      rows of one refill of a group (`refill_size`).
     prefix_kv, members, sampling, stop_ids, pad_id, layer_loop: as
       `generate.generate_tokens`. Probability averaging decodes every member in lockstep, so
       it is refused here.
@@ -108,94 +119,116 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
   queued, p = prompts.shape
   count = chunk.count(members)
   split = isinstance(members, chunk.MaterialisedMembers)
-  per_refill = min(refill_rows, slots)
+  groups = 1 if shares_slots(members) else count
+  width, rows = p + sampling.max_new_tokens, count * slots
+  per_group, pairs = rows // groups, count * queued // groups  # a group's slots and queue
+  per_refill = refill_size(per_group, refill_rows)
   n = sampling.max_new_tokens
   shared = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-2]
-  width, rows = p + n, count * slots
-  run = functools.partial(generate.member_runner(config, params, members, layer_loop),
-                          prefix=prefix_kv)
+  model = generate.member_runner(config, params, members, layer_loop)
+
+  def run(member, *args, **kwargs):
+    """The model on rows of members `member` [b] (member-major unless they share slots)."""
+    if groups != count:
+      kwargs["row_members"] = member
+    return model(*args, prefix=prefix_kv, **kwargs)
+
   stop = jnp.asarray(stop_ids, jnp.int32)
-  member_of = jnp.repeat(jnp.arange(count), slots)
   cache = generate.empty_cache(config, rows, width, layer_loop, members,
                                sampling.cache_dtype)
   # A placeholder of one slot: a prefill reads only the prefix and its own tokens.
-  prefill_cache = generate.empty_cache(config, count * per_refill, 1, layer_loop, members)
+  prefill_cache = generate.empty_cache(config, groups * per_refill, 1, layer_loop, members)
 
   def wants_refill(st: _State):
-    left = queued - st.queue
-    free = st.done.reshape(count, slots).sum(axis=1)
+    left = pairs - st.queue
+    free = st.done.reshape(groups, per_group).sum(axis=1)
     return jnp.any((left > 0) & (free >= jnp.minimum(per_refill, left)))
 
   def refill(st: _State) -> _State:
-    free = st.done.reshape(count, slots)
+    free = st.done.reshape(groups, per_group)
     order = jnp.argsort(~free, axis=1, stable=True)[:, :per_refill]  # free slots first
-    take = jnp.minimum(jnp.minimum(free.sum(axis=1), per_refill), queued - st.queue)
-    taken = jnp.arange(per_refill)[None] < take[:, None]  # [M, R]
-    slot = jnp.where(taken, order, slots)
-    prompt = jnp.minimum(st.queue[:, None] + jnp.arange(per_refill)[None], queued - 1)
+    take = jnp.minimum(jnp.minimum(free.sum(axis=1), per_refill), pairs - st.queue)
+    taken = jnp.arange(per_refill)[None] < take[:, None]  # [groups, R]
+    slot = jnp.where(taken, order, per_group)
+    pair = jnp.arange(groups)[:, None] * pairs + jnp.minimum(
+        st.queue[:, None] + jnp.arange(per_refill)[None], pairs - 1)  # member-major
+    member, prompt = pair // queued, pair % queued
     tokens = prompts[prompt].reshape(-1, p)
     mask = masks[prompt].reshape(-1, p)
     positions = shared + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    logits, new_kv = run(tokens, positions, prefill_cache, None, None, mask, last_only=True)
+    logits, new_kv = run(member.reshape(-1), tokens, positions, prefill_cache, None, None, mask,
+                         last_only=True)
     first = generate.pick_token(logits[:, -1], generate.step_keys(keys[prompt.reshape(-1)], 0),
                                 sampling, stop)
     row_positions = jnp.concatenate(
         [jnp.where(mask, positions, -1), jnp.full((first.shape[0], n), -1)], axis=1)
-    row = jnp.where(taken, jnp.arange(count)[:, None] * slots + slot, rows).reshape(-1)
+    row = jnp.where(taken, jnp.arange(groups)[:, None] * per_group + slot, rows).reshape(-1)
     put = lambda a, value: a.at[row].set(value, mode="drop")
-    out = st.out.at[jnp.arange(count)[:, None], jnp.where(taken, prompt, queued), 0].set(
-        first.reshape(count, per_refill), mode="drop")
+    out = st.out.at[jnp.where(taken, member, count), prompt, 0].set(
+        first.reshape(groups, per_refill), mode="drop")
     return st._replace(
         cache=jax.tree.map(lambda c, new: _write_rows(c, new, slot, split), st.cache,
                            new_kv),
         positions=put(st.positions, row_positions.astype(jnp.int32)),
-        prompt=put(st.prompt, prompt.reshape(-1)), step=put(st.step, 1),
-        last=put(st.last, first), done=put(st.done, jnp.isin(first, stop) | (n == 1)),
+        member=put(st.member, member.reshape(-1)), prompt=put(st.prompt, prompt.reshape(-1)),
+        step=put(st.step, 1), last=put(st.last, first),
+        done=put(st.done, jnp.isin(first, stop) | (n == 1)),
         length=put(st.length, shared + mask.sum(axis=1)), queue=st.queue + take, out=out)
 
   def decode(st: _State) -> _State:
     active = ~st.done
     slot = p + st.step - 1  # where each row's last token goes
     position = st.length + st.step - 1
-    logits, new_kv = run(st.last[:, None], position[:, None], st.cache, None, st.positions,
-                         jnp.ones((rows, 1), bool))
+    logits, new_kv = run(st.member, st.last[:, None], position[:, None], st.cache, None,
+                         st.positions, jnp.ones((rows, 1), bool))
     token = generate.pick_token(
         logits[:, 0], generate.step_keys(keys[jnp.maximum(st.prompt, 0)], st.step), sampling,
         stop)
     step = st.step + active
     return st._replace(
-        cache=jax.tree.map(lambda c, new: _write_each_row(c, new, slot.reshape(count, slots),
-                                                          split), st.cache, new_kv),
+        cache=jax.tree.map(lambda c, new: _write_each_row(
+            c, new, slot.reshape(groups, per_group), split), st.cache, new_kv),
         positions=st.positions.at[jnp.arange(rows), jnp.where(active, slot, width)].set(
             position, mode="drop"),
-        out=st.out.at[member_of, jnp.where(active, st.prompt, queued), st.step].set(
+        out=st.out.at[st.member, jnp.where(active, st.prompt, queued), st.step].set(
             token, mode="drop"),
         step=step, last=jnp.where(active, token, st.last),
         done=st.done | (active & (jnp.isin(token, stop) | (step == n))),
         steps=st.steps + jnp.any(active))
 
   def busy(st: _State):
-    return jnp.any(~st.done) | jnp.any(st.queue < queued)
+    return jnp.any(~st.done) | jnp.any(st.queue < pairs)
 
   def body(st: _State) -> _State:
     return decode(jax.lax.while_loop(wants_refill, refill, st))
 
   start = _State(cache=cache, positions=jnp.full((rows, width), -1, jnp.int32),
+                 member=jnp.repeat(jnp.arange(count, dtype=jnp.int32), slots),
                  prompt=jnp.full((rows,), -1, jnp.int32), step=jnp.zeros((rows,), jnp.int32),
                  last=jnp.full((rows,), pad_id, jnp.int32), done=jnp.ones((rows,), bool),
-                 length=jnp.zeros((rows,), jnp.int32), queue=jnp.zeros((count,), jnp.int32),
+                 length=jnp.zeros((rows,), jnp.int32), queue=jnp.zeros((groups,), jnp.int32),
                  out=jnp.full((count, queued, n), pad_id, jnp.int32),
                  steps=jnp.zeros((), jnp.int32))
   end = jax.lax.while_loop(busy, body, start)
   return end.out, end.steps
 
 
-def refill_steps(lengths: np.ndarray, slots: int, refill_rows: int) -> int:
+def refill_size(group_slots: int, refill_rows: Optional[int]) -> int:
+  """Rows one refill takes of a group of slots (a member's, or a factored chunk's shared
+  ones): `refill_rows`, by default a quarter of the group."""
+  return max(1, group_slots // 4) if refill_rows is None else min(refill_rows, group_slots)
+
+
+def refill_steps(lengths: np.ndarray, slots: int, refill_rows: Optional[int] = None,
+                 shared: bool = False) -> int:
   """The decode steps `refill_tokens` runs for completions of these lengths, replayed on the
   host: lengths [M, Q] (tokens generated, `generate.completion_mask` summed; ≥ 1) -> steps. A
-  row of length L takes L − 1 decode steps after its prefill; the members step together."""
+  row of length L takes L − 1 decode steps after its prefill; the members step together.
+  `shared`: the members share their M * S slots (`shares_slots`), one queue of M * Q pairs."""
   count, queued = lengths.shape
-  per_refill = min(refill_rows, slots)
+  if shared and count > 1:
+    return refill_steps(lengths.reshape(1, -1), count * slots, refill_rows)
+  per_refill = refill_size(slots, refill_rows)
   left_steps = np.zeros((count, slots), np.int64)  # decode steps each slot's row still needs
   queue, steps = np.zeros(count, np.int64), 0
   while (left_steps > 0).any() or (queue < queued).any():
@@ -220,19 +253,20 @@ def batch_steps(lengths: np.ndarray, batch_size: int) -> int:
   return int((batches.max(axis=(0, 2)) - 1).sum())
 
 
-def check_slots(slots: int, refill_rows: int, names: tuple[str, str] = ("--batch_size",
+def check_slots(slots: int, refill_rows: Optional[int], names: tuple[str, str] = ("--batch_size",
                                                                         "--refill_rows")) -> None:
-  """One sentence unless 1 ≤ refill_rows ≤ slots; `names` are their flags (a run's slots are
-  its --batch_size)."""
+  """One sentence unless 1 ≤ refill_rows ≤ slots (None: the default); `names` are their flags
+  (a run's slots are its --batch_size)."""
   if slots <= 0:
     raise InputError(f"{names[0]} must be positive, got {slots}.")
-  if not 0 < refill_rows <= slots:
+  if refill_rows is not None and not 0 < refill_rows <= slots:
     raise InputError(f"{names[1]} must be between 1 and {names[0]} ({slots}), got "
                      f"{refill_rows}.")
 
 
 def refill_generator(config: ModelConfig, sampling: generate.Sampling, *,
-                     stop_ids: Sequence[int], pad_id: int, slots: int, refill_rows: int,
+                     stop_ids: Sequence[int], pad_id: int, slots: int,
+                     refill_rows: Optional[int] = None,
                      layer_loop: Optional[str] = None):
   """`refill_tokens` behind `generate.token_generator`'s signature, `(params, prompts, masks,
   keys, prefix, members=None) -> ids [batches, M * b, n]`: the prompt batches of a call are one
