@@ -14,10 +14,10 @@ The slots form groups, each with its own queue of (member, prompt) pairs, taken 
 One compiled `lax.while_loop` alternates two phases, with no host round trip per token:
 
 1. Refill. While some group has at least min(R, pairs it has left) free slots, up to R free
-   slots of every group (R = M * R' / groups for R' refill rows per member: [M * R', p] tokens
-   in one call) prefill their pairs' prompts, attending to the shared prefix of their member,
-   which is kept once per member beside the slots' cache (`model.Transformer`'s `prefix`).
-   Each refilled row then draws its first token.
+   slots of every group (`refill_size`: by default a quarter of a group's slots) prefill their
+   pairs' prompts in one call, attending to the shared prefix of their member, which is kept
+   once per member beside the slots' cache (`model.Transformer`'s `prefix`). Each refilled
+   row then draws its first token.
 2. Decode. Every slot runs one token. Each row writes its key and value at its own slot, and
    keeps its own RoPE positions, so rows at different steps share the call.
 
@@ -120,10 +120,10 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
   count = chunk.count(members)
   split = isinstance(members, chunk.MaterialisedMembers)
   groups = 1 if shares_slots(members) else count
-  width, rows = p + sampling.max_new_tokens, count * slots
+  n = sampling.max_new_tokens
+  width, rows = p + n, count * slots
   per_group, pairs = rows // groups, count * queued // groups  # a group's slots and queue
   per_refill = refill_size(per_group, refill_rows)
-  n = sampling.max_new_tokens
   shared = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-2]
   model = generate.member_runner(config, params, members, layer_loop)
 
@@ -253,8 +253,8 @@ def batch_steps(lengths: np.ndarray, batch_size: int) -> int:
   return int((batches.max(axis=(0, 2)) - 1).sum())
 
 
-def check_slots(slots: int, refill_rows: Optional[int], names: tuple[str, str] = ("--batch_size",
-                                                                        "--refill_rows")) -> None:
+def check_slots(slots: int, refill_rows: Optional[int],
+                names: tuple[str, str] = ("--batch_size", "--refill_rows")) -> None:
   """One sentence unless 1 ≤ refill_rows ≤ slots (None: the default); `names` are their flags
   (a run's slots are its --batch_size)."""
   if slots <= 0:
