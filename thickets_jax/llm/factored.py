@@ -4,7 +4,7 @@ share of it.
 M members run as M member-major groups of rows `[M * b, ...]`, or, once `assign_rows` gives the
 collection each row's member, as rows of any members in any order (slot refill's shared slots).
 A weight's member term is `(x a_m) b_mᵀ` for the rows of member m (`low_rank_term`), a vector
-leaf's (norm scale, bias) is its member's dense displacement (`plus_member_vector`); `llm.model`'s
+leaf's (norm scale, bias) is its member's dense displacement (`with_member_vector`); `llm.model`'s
 layers add them to the base computation, which all rows share.
 """
 
@@ -43,21 +43,13 @@ def low_rank_term(x: jax.Array, factors: dict, rows: Optional[jax.Array] = None)
   return out.reshape(*x.shape[:-1], b.shape[1])
 
 
-def row_vectors(delta: jax.Array, like: jax.Array, rows: Optional[jax.Array]) -> jax.Array:
-  """Each row's member vector, broadcastable against `like` [b, ..., n]: delta [M, n] ->
-  [M, 1, n] against by_member(like) (rows None) or [b, 1, ..., 1, n]."""
+def with_member_vector(y: jax.Array, delta: jax.Array, rows: Optional[jax.Array] = None,
+                       op=jnp.add) -> jax.Array:
+  """op(y, each row's member vector): y [b, ..., n], delta [M, n] (rows: as `low_rank_term`)
+  -> [b, ..., n]. `op` is jnp.add for a bias; RMSNorm multiplies by its members' scales."""
   if rows is None:
-    return delta[:, None, :]
-  return delta[rows].reshape(like.shape[0], *(1,) * (like.ndim - 2), delta.shape[-1])
-
-
-def plus_member_vector(y: jax.Array, delta: jax.Array, rows: Optional[jax.Array] = None
-                       ) -> jax.Array:
-  """y [b, ..., n] plus each row's member vector delta [M, n] (rows: as `low_rank_term`)."""
-  shift = row_vectors(delta, y, rows).astype(y.dtype)
-  if rows is None:
-    return (by_member(y, delta.shape[0]) + shift).reshape(y.shape)
-  return y + shift
+    return op(by_member(y, delta.shape[0]), delta[:, None, :]).reshape(y.shape)
+  return op(y, delta[rows].reshape(y.shape[0], *(1,) * (y.ndim - 2), delta.shape[-1]))
 
 
 def rows_of(module) -> Optional[jax.Array]:

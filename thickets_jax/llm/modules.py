@@ -10,8 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from thickets_jax.llm.config import ModelConfig
-from thickets_jax.llm.factored import (MEMBERS, by_member, low_rank_term, plus_member_vector,
-                                       row_vectors, rows_of)
+from thickets_jax.llm.factored import MEMBERS, low_rank_term, rows_of, with_member_vector
 
 
 def matmul_precision(config: ModelConfig) -> Optional[jax.lax.Precision]:
@@ -51,7 +50,8 @@ class Dense(nn.Dense):
       term = low_rank_term(x, self.get_variable(MEMBERS, "kernel"), rows_of(self))
       y = y.astype(jnp.float32) + term
     if self.has_variable(MEMBERS, "bias"):
-      y = plus_member_vector(y, self.get_variable(MEMBERS, "bias"), rows_of(self))
+      y = with_member_vector(y, self.get_variable(MEMBERS, "bias").astype(y.dtype),
+                             rows_of(self))
     return y.astype(self.dtype)
 
 
@@ -103,9 +103,5 @@ class RMSNorm(nn.Module):
     if not self.has_variable(MEMBERS, "scale"):
       return (scale * normed).astype(self.dtype)
     delta = self.get_variable(MEMBERS, "scale")  # [M, d]
-    rows = rows_of(self)
-    member_scale = scale + row_vectors(delta, normed, rows).astype(jnp.float32)
-    if rows is None:
-      return (by_member(normed, delta.shape[0]) * member_scale).reshape(normed.shape).astype(
-          self.dtype)
-    return (normed * member_scale).astype(self.dtype)
+    return with_member_vector(normed, scale + delta.astype(jnp.float32), rows_of(self),
+                              jnp.multiply).astype(self.dtype)
