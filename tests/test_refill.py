@@ -68,20 +68,23 @@ def test_slot_refill_gives_the_tokens_of_batch_decoding(inputs, members, prefixe
 
 
 def test_the_host_replay_counts_the_decode_steps_the_loop_runs(inputs):
-  """`refill_steps` replays the loop's schedule: its count is the compiled loop's, Σ(length − 1)
-  useful row-steps fit in steps × slots, and 12 prompts in 3 slots take fewer row-steps than 3
-  batches of 4 run to their longest row (`batch_steps`)."""
+  """`refill_steps` replays the loop's schedule: a free slot takes the next pair before the
+  next step however many pairs a prefill stages, so its count is the compiled loop's for any
+  R; Σ(length − 1) useful row-steps fit in steps × slots; 12 prompts in 3 slots take fewer
+  row-steps than 3 batches of 4 run to their longest row (`batch_steps`); and the loop stages
+  R pairs per prefill call."""
   params, prompts, masks, _ = inputs
   sampling = generate.Sampling(max_new_tokens=NEW, temperature=1.0)
   keys = generate.prompt_keys(sampling, jax.random.key(3), BATCHES, ROWS)
-  for refill_rows in (1, 2):
+  for refill_rows in (1, 2, 3):
     run = jax.jit(lambda params, prompts, masks, keys: refill.refill_tokens(
         CONFIG, params, prompts, masks, keys, sampling=sampling, stop_ids=STOPS, pad_id=0,
         slots=3, refill_rows=refill_rows))
-    ids, steps = run(params, prompts.reshape(-1, PROMPT), masks.reshape(-1, PROMPT),
-                     keys.reshape(-1))
+    ids, steps, prefills = run(params, prompts.reshape(-1, PROMPT), masks.reshape(-1, PROMPT),
+                               keys.reshape(-1))
     lengths = generate.completion_mask(np.asarray(ids), STOPS).sum(-1)  # [1, 12]
-    assert refill.refill_steps(lengths, 3, refill_rows) == int(steps)
+    assert refill.refill_steps(lengths, 3) == int(steps)
+    assert int(prefills) == -(-BATCHES * ROWS // refill_rows)
     useful = int((lengths - 1).sum())
     assert useful <= int(steps) * 3 < useful + 3 * NEW
     assert int(steps) * 3 < refill.batch_steps(lengths, ROWS) * ROWS
@@ -135,7 +138,7 @@ def test_factored_members_share_their_slots_and_the_replay_counts_the_steps(inpu
     return refill.refill_tokens(CONFIG, params, prompts, masks, keys, sampling=sampling,
                                 stop_ids=STOPS, pad_id=0, slots=1, refill_rows=1,
                                 members=members)
-  ids, steps = jax.jit(steps_of)(params, seeds, sigmas, prompts.reshape(-1, PROMPT),
+  ids, steps, _ = jax.jit(steps_of)(params, seeds, sigmas, prompts.reshape(-1, PROMPT),
                                  masks.reshape(-1, PROMPT), keys.reshape(-1))
   batch = chunk.population_program(generate.token_generator(CONFIG, sampling, stop_ids=STOPS,
                                                             pad_id=0), spec,
@@ -143,8 +146,8 @@ def test_factored_members_share_their_slots_and_the_replay_counts_the_steps(inpu
   expected = batch(params, seeds, sigmas, prompts, masks, keys, prompts[0, 0, :0])
   np.testing.assert_array_equal(np.asarray(ids), np.asarray(expected).reshape(ids.shape))
   lengths = generate.completion_mask(np.asarray(ids), STOPS).sum(-1)  # [3, 12]
-  assert refill.refill_steps(lengths, 1, 1, shared=True) == int(steps)
-  assert int(steps) < refill.refill_steps(lengths, 1, 1)
+  assert refill.refill_steps(lengths, 1, shared=True) == int(steps)
+  assert int(steps) < refill.refill_steps(lengths, 1)
   assert len(np.unique(lengths.sum(axis=1))) == 3  # the members' queues differ in length
 
 
@@ -163,17 +166,17 @@ def test_a_generator_decoding_with_refill_gives_its_members_the_same_texts(tmp_p
 
 def test_faster_decode_picks_refill_only_where_lengths_vary_across_more_prompts_than_slots():
   varied = np.array([[2, 9, 3, 9, 2, 9, 3, 9]])
-  assert faster_decode(varied, 2, 1) == "refill"  # 4 batches of 2: each waits for a 9
-  assert faster_decode(np.full((1, 8), 9), 2, 1) == "batch"  # one length: the same steps
-  assert faster_decode(varied[:, :2], 2, 1) == "batch"  # one batch holds every prompt
-  assert faster_decode(varied[:, :5], 2, 1) == "refill"  # padded to 3 batches
+  assert faster_decode(varied, 2) == "refill"  # 4 batches of 2: each waits for a 9
+  assert faster_decode(np.full((1, 8), 9), 2) == "batch"  # one length: the same steps
+  assert faster_decode(varied[:, :2], 2) == "batch"  # one batch holds every prompt
+  assert faster_decode(varied[:, :5], 2) == "refill"  # padded to 3 batches
 
 
 def test_faster_decode_weighs_a_refill_step_at_the_backends_measured_cost(monkeypatch):
   lengths = np.array([[3, 7, 9, 5, 6, 11, 9, 11]])  # refill 30 steps, batches 34
-  assert faster_decode(lengths, 2, 1) == "batch"  # CPU: 30 × 1.16 > 34
+  assert faster_decode(lengths, 2) == "batch"  # CPU: 30 × 1.16 > 34
   monkeypatch.setattr(jax, "default_backend", lambda: "gpu")
-  assert faster_decode(lengths, 2, 1) == "refill"  # GPU: 30 × 1.0 < 34
+  assert faster_decode(lengths, 2) == "refill"  # GPU: 30 × 1.0 < 34
 
 
 def test_auto_decoding_switches_to_refill_after_a_chunk_of_varied_lengths():

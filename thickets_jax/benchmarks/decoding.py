@@ -51,8 +51,8 @@ def length_summary(lengths: np.ndarray, limit: int) -> dict:
           "cv": float(flat.std() / flat.mean()), "truncated": float(np.mean(flat == limit))}
 
 
-def useful_fractions(lengths: np.ndarray, *, batch_size: int, refill_rows: Optional[int],
-                     per_call: int, lockstep: bool, shared: bool = False) -> tuple[float, float]:
+def useful_fractions(lengths: np.ndarray, *, batch_size: int, per_call: int, lockstep: bool,
+                     shared: bool = False) -> tuple[float, float]:
   """Useful decode row-steps, Σ(length − 1), as a fraction of the row-steps each decoder runs:
   (batch, refill). lengths [members, prompts]; `per_call` members per call, stepping together when
   `lockstep` (vmapped or factored members), else one after another; `shared`: a call's members
@@ -61,7 +61,7 @@ def useful_fractions(lengths: np.ndarray, *, batch_size: int, refill_rows: Optio
   groups = [lengths[i:i + step] for i in range(0, len(lengths), step)]
   useful = float((lengths - 1).sum())
   batch = sum(refill.batch_steps(g, batch_size) * g.shape[0] * batch_size for g in groups)
-  slots = sum(refill.refill_steps(g, batch_size, refill_rows, shared) * g.shape[0] * batch_size
+  slots = sum(refill.refill_steps(g, batch_size, shared) * g.shape[0] * batch_size
               for g in groups)
   return useful / batch, useful / slots
 
@@ -85,8 +85,8 @@ class B9Config(MemberBatching, LayerLoop, KVCache):
   b9_new_tokens: int = configs.setting(256, "B9: generation length limit (greedy, stops end rows).")
   b9_batch: int = configs.setting(8, "B9: rows per prompt batch = slots per member.")
   b9_refill_rows: Optional[int] = configs.setting(
-      None, "B9: slots one refill prefills together (default: a quarter of a member's slots, "
-      "or of a call's for factored members).")
+      None, "B9: prompts one prefill stages together for the slots that free (default: a "
+      "quarter of a member's slots, or of a call's for factored members).")
   b9_rank: int = configs.setting(
       0, "B9: 0 perturbs at full rank (members materialised); r > 0 draws low-rank members of "
       "rank r, run factored: a call's members share their slots.")
@@ -127,7 +127,7 @@ def _hf_generate(loaded, gen: Generator, seeds, sigmas, texts, config: B9Config)
   import torch  # pylint: disable=g-import-not-at-top
   from thickets_jax.llm import torch_twin  # pylint: disable=g-import-not-at-top
   torch.set_num_threads(os.cpu_count())
-  hf = torch_twin.transformers_model(loaded.config, loaded.params)
+  hf = torch_twin.transformers_model(loaded.config, loaded.params, contiguous=True)
   prefix, tokens, mask = gen.codec.encode_shared_prefix(texts)
   rows = [prefix.tolist() + t[m].tolist() for t, m in zip(tokens.reshape(-1, tokens.shape[-1]),
                                                             mask.reshape(-1, mask.shape[-1]))]
@@ -232,8 +232,7 @@ def _report(config: B9Config, rates: dict, ids: dict, stop_ids, hf: str) -> str:
   lengths = generate.completion_mask(ids["batch"], stop_ids).sum(-1)
   summary = length_summary(lengths, config.b9_new_tokens)
   batch_useful, refill_useful = useful_fractions(
-      lengths, batch_size=config.b9_batch, refill_rows=config.b9_refill_rows,
-      per_call=config.members_per_batch,
+      lengths, batch_size=config.b9_batch, per_call=config.members_per_batch,
       lockstep=config.member_axis == "vmap" or config.b9_rank > 0, shared=config.b9_rank > 0)
   workload = "random" if config.b9_random_weights else config.b9_workload
   parts = {workload: lengths}

@@ -66,7 +66,7 @@ def b3(config: B3Config) -> str:
   width = max(len(x) for x in ids)
   input_ids = torch.tensor([[gen.codec.pad_id] * (width - len(x)) + x for x in ids])
   attention = torch.tensor([[0] * (width - len(x)) + [1] * len(x) for x in ids])
-  hf = torch_twin.transformers_model(loaded.config, loaded.params)
+  hf = torch_twin.transformers_model(loaded.config, loaded.params, contiguous=True)
   hf_s, same_rows = 0.0, 0
   for m, (seed, sigma) in enumerate(zip(seeds, sigmas)):
     member = rebuild_member(loaded.params, int(seed), float(sigma), gen.perturb)

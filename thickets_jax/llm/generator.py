@@ -46,10 +46,11 @@ def refill_step_cost() -> float:
 @dataclasses.dataclass(frozen=True)
 class Decode:
   """How rows decode. "batch": each prompt batch of `batch_size` rows per member until its
-  longest row ends. "refill": `batch_size` slots per member, a finished row's slot prefilling
-  the member's next prompt, `refill_rows` slots at a time (default a quarter of the slots);
-  factored members share the chunk's slots, a finished row taking the chunk's next (member,
-  prompt), and refill a quarter of all of them by default.
+  longest row ends. "refill": `batch_size` slots per member, a finished row's slot taking the
+  member's next prompt at once, prompts prefilled `refill_rows` together ahead of the slots
+  that free (default a quarter of the slots); factored members share the chunk's slots, a
+  finished row taking the chunk's next (member, prompt), and stage a quarter of all of them by
+  default.
   "auto": a population's first chunk of members decodes in batches, and each next chunk with
   the decoder the last chunk's completion lengths say is faster (`faster_decode`): refill where
   lengths vary and a member has more prompts than slots, batches where rows run to one length
@@ -68,8 +69,7 @@ class Decode:
     return "refill" if self.kind == "refill" else "batch"
 
 
-def faster_decode(lengths: np.ndarray, batch_size: int, refill_rows: Optional[int] = None,
-                  shared: bool = False) -> str:
+def faster_decode(lengths: np.ndarray, batch_size: int, shared: bool = False) -> str:
   """"refill" or "batch": the decoder that runs completions of these lengths sooner, by the
   decode steps each runs for them (`refill.refill_steps`, `refill.batch_steps`) at a refill
   step's cost of `refill_step_cost()` batch steps. lengths [M, Q] (tokens generated, ≥ 1); prompts
@@ -77,8 +77,7 @@ def faster_decode(lengths: np.ndarray, batch_size: int, refill_rows: Optional[in
   (factored members)."""
   pad = -lengths.shape[1] % batch_size
   lengths = np.pad(np.maximum(lengths, 1), ((0, 0), (0, pad)), constant_values=1)
-  refilled = refill.refill_steps(lengths, batch_size, refill_rows,
-                                 shared) * refill_step_cost()
+  refilled = refill.refill_steps(lengths, batch_size, shared) * refill_step_cost()
   return "refill" if refilled < refill.batch_steps(lengths, batch_size) else "batch"
 
 
@@ -194,8 +193,7 @@ class Generator:
       self.chunk_decodes.append(decoder)
       if self.decode.kind == "auto":
         chosen = faster_decode(completion_mask(ids, self.codec.stop_ids).sum(-1),
-                               self.codec.batch_size, self.decode.refill_rows,
-                               shared=self.factored)
+                               self.codec.batch_size, shared=self.factored)
         if chosen != decoder:
           logging.info("decode: %s from member %d on (the last chunk's completion lengths)",
                        chosen, part.stop)

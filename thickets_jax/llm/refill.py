@@ -13,11 +13,12 @@ The slots form groups, each with its own queue of (member, prompt) pairs, taken 
 
 One compiled `lax.while_loop` alternates two phases, with no host round trip per token:
 
-1. Refill. While some group has at least min(R, pairs it has left) free slots, up to R free
-   slots of every group (`refill_size`: by default a quarter of a group's slots) prefill their
-   pairs' prompts in one call, attending to the shared prefix of their member, which is kept
-   once per member beside the slots' cache (`model.Transformer`'s `prefix`). Each refilled
-   row then draws its first token.
+1. Refill. Every free slot takes the next pair its group has staged. A group with a free slot
+   and nothing staged first stages its next R pairs (`refill_size`: by default a quarter of
+   its slots) in one prefill call, which attends to the shared prefix of their member (kept
+   once per member beside the slots' cache, `model.Transformer`'s `prefix`) and draws each
+   pair's first token. So slots refill one at a time, as they free, while prompts are
+   prefilled R together (a one-prompt call costs more per prompt).
 2. Decode. Every slot runs one token. Each row writes its key and value at its own slot, and
    keeps its own RoPE positions, so rows at different steps share the call.
 
@@ -38,6 +39,19 @@ from thickets_jax.llm import chunk, generate
 from thickets_jax.llm.config import ModelConfig
 
 
+class _Stage(NamedTuple):
+  """Pairs prefilled ahead of a free slot, R per group, each [groups, R, ...]; they move into
+  their group's slots in order, one to each slot that frees."""
+  cache: object  # their keys and values, [groups, R, (layers,) kv, p, hd] per leaf
+  positions: jax.Array  # [groups, R, p] RoPE position of each prompt slot, -1 if padding
+  member: jax.Array
+  prompt: jax.Array
+  first: jax.Array  # the first token each drew
+  length: jax.Array  # real tokens before it (prefix and prompt)
+  rows: jax.Array  # [groups] pairs staged
+  moved: jax.Array  # [groups] of them moved into slots
+
+
 class _State(NamedTuple):
   """The loop state. Row arrays are [M * S], member-major (groups of consecutive slots)."""
   cache: object  # the KV cache, laid out as `generate.empty_cache` lays out M * S rows
@@ -48,9 +62,11 @@ class _State(NamedTuple):
   last: jax.Array  # its last token
   done: jax.Array  # free: ended, or never filled
   length: jax.Array  # real tokens before its first new one (prefix and prompt)
-  queue: jax.Array  # [groups] pairs each group has taken
+  queue: jax.Array  # [groups] pairs each group has staged
+  stage: _Stage
   out: jax.Array  # [M, Q, n] generated ids, padded
   steps: jax.Array  # decode steps run
+  prefills: jax.Array  # prefill calls run
 
 
 def _leading(leaf, split: bool) -> int:
@@ -72,18 +88,26 @@ def _write_each_row(leaf, new, slot, split: bool):
 
 
 def _write_rows(leaf, new, slot, split: bool):
-  """Writes the prefill of R rows per member, new [..., M * R (or M, R), kv, p, hd], at slots
-  [0, p) of the member's slots `slot` [M, R]. An index S is not written."""
+  """Writes the prompts' keys or values of R rows per group, new [groups, R, ..., kv, p, hd]
+  (`_Stage.cache`), at slots [0, p) of the group's slots `slot` [groups, R]. An index equal to
+  the group's slots is not written."""
   count, per_member = slot.shape
-  slots = leaf.shape[_leading(leaf, split) + 1] if split else leaf.shape[
-      _leading(leaf, split)] // count
+  lead = _leading(leaf, split)
+  slots = leaf.shape[lead + 1] if split else leaf.shape[lead] // count
   member = jnp.broadcast_to(jnp.arange(count)[:, None], slot.shape)
   rows = (member, slot) if split else (
       jnp.where(slot < slots, member * slots + slot, count * slots),)
-  lead = (slice(None),) * _leading(leaf, split)
-  new = new.reshape(*leaf.shape[:len(lead)], count, per_member, *new.shape[-3:])
-  index = lead + rows + (slice(None), slice(0, new.shape[-2]))
+  new = jnp.moveaxis(new, (0, 1), (lead, lead + 1))
+  index = (slice(None),) * lead + rows + (slice(None), slice(0, new.shape[-2]))
   return leaf.at[index].set(new.astype(leaf.dtype), mode="drop")
+
+
+def _by_group(leaf, groups: int, split: bool):
+  """A prefill's keys or values [(layers,) rows..., kv, p, hd], rows member-major (or [M, R]
+  when split), as [groups, R, (layers,) kv, p, hd]."""
+  lead = leaf.ndim - 4 - split
+  leaf = leaf.reshape(*leaf.shape[:lead], groups, -1, *leaf.shape[-3:])
+  return jnp.moveaxis(leaf, (lead, lead + 1), (0, 1))
 
 
 def shares_slots(members) -> bool:
@@ -103,15 +127,15 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
     prompts, masks: [Q, p] left-padded prompts and their real tokens. keys: [Q], each prompt's
       sampling key (`generate.prompt_keys`).
     slots: S, decode rows per member (factored members share the M * S). refill_rows: the
-      rows of one refill of a group (`refill_size`).
+      pairs one prefill stages for a group (`refill_size`).
     prefix_kv, members, sampling, stop_ids, pad_id, layer_loop: as
       `generate.generate_tokens`. Probability averaging decodes every member in lockstep, so
       it is refused here.
 
   Returns:
     ids [M, Q, n] int32, with `pad_id` after a stop token, the same as
-    `generate.generate_tokens` gives; and the number of decode steps run, a scalar. Useful
-    decode row-steps are Σ(length − 1) over (member, prompt), out of steps × M × S.
+    `generate.generate_tokens` gives; the decode steps run and the prefill calls run, scalars.
+    Useful decode row-steps are Σ(length − 1) over (member, prompt), out of steps × M × S.
   """
   if sampling.average_members:
     raise ValueError("probability averaging decodes the members in lockstep; use "
@@ -123,7 +147,7 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
   n = sampling.max_new_tokens
   width, rows = p + n, count * slots
   per_group, pairs = rows // groups, count * queued // groups  # a group's slots and queue
-  per_refill = refill_size(per_group, refill_rows)
+  per_stage = refill_size(per_group, refill_rows)
   shared = 0 if prefix_kv is None else jax.tree.leaves(prefix_kv)[0].shape[-2]
   model = generate.member_runner(config, params, members, layer_loop)
 
@@ -137,43 +161,70 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
   cache = generate.empty_cache(config, rows, width, layer_loop, members,
                                sampling.cache_dtype)
   # A placeholder of one slot: a prefill reads only the prefix and its own tokens.
-  prefill_cache = generate.empty_cache(config, groups * per_refill, 1, layer_loop, members)
+  prefill_cache = generate.empty_cache(config, groups * per_stage, 1, layer_loop, members)
 
-  def wants_refill(st: _State):
-    left = pairs - st.queue
-    free = st.done.reshape(groups, per_group).sum(axis=1)
-    return jnp.any((left > 0) & (free >= jnp.minimum(per_refill, left)))
-
-  def refill(st: _State) -> _State:
-    free = st.done.reshape(groups, per_group)
-    order = jnp.argsort(~free, axis=1, stable=True)[:, :per_refill]  # free slots first
-    take = jnp.minimum(jnp.minimum(free.sum(axis=1), per_refill), pairs - st.queue)
-    taken = jnp.arange(per_refill)[None] < take[:, None]  # [groups, R]
-    slot = jnp.where(taken, order, per_group)
+  def prefill(queue: jax.Array, take: jax.Array) -> _Stage:
+    """The `take` [groups] pairs that follow `queue` [groups] in each group's queue, staged."""
     pair = jnp.arange(groups)[:, None] * pairs + jnp.minimum(
-        st.queue[:, None] + jnp.arange(per_refill)[None], pairs - 1)  # member-major
+        queue[:, None] + jnp.arange(per_stage)[None], pairs - 1)  # member-major
     member, prompt = pair // queued, pair % queued
-    tokens = prompts[prompt].reshape(-1, p)
     mask = masks[prompt].reshape(-1, p)
     positions = shared + jnp.maximum(jnp.cumsum(mask, axis=1) - 1, 0)
-    logits, new_kv = run(member.reshape(-1), tokens, positions, prefill_cache, None, None, mask,
-                         last_only=True)
+    logits, new_kv = run(member.reshape(-1), prompts[prompt].reshape(-1, p), positions,
+                         prefill_cache, None, None, mask, last_only=True)
     first = generate.pick_token(logits[:, -1], generate.step_keys(keys[prompt.reshape(-1)], 0),
                                 sampling, stop)
+    by_group = lambda a: a.reshape(groups, per_stage, *a.shape[1:])
+    return _Stage(cache=jax.tree.map(lambda c: _by_group(c, groups, split), new_kv),
+                  positions=by_group(jnp.where(mask, positions, -1)), member=member,
+                  prompt=prompt, first=by_group(first), length=by_group(shared + mask.sum(1)),
+                  rows=take, moved=jnp.zeros_like(take))
+
+  def needs_stage(st: _State) -> jax.Array:
+    """[groups]: a free slot, nothing staged left, and pairs left to stage."""
+    free = st.done.reshape(groups, per_group).any(axis=1)
+    return free & (st.stage.moved == st.stage.rows) & (st.queue < pairs)
+
+  def stage(st: _State) -> _State:
+    need = needs_stage(st)
+    take = jnp.where(need, jnp.minimum(per_stage, pairs - st.queue), 0)
+    new = prefill(st.queue, take)
+    keep_or_new = lambda a, b: jnp.where(need.reshape(-1, *(1,) * (a.ndim - 1)), a, b)
+    return st._replace(stage=jax.tree.map(keep_or_new, new, st.stage), queue=st.queue + take,
+                       prefills=st.prefills + 1)
+
+  def wants_refill(st: _State) -> jax.Array:
+    free = st.done.reshape(groups, per_group).any(axis=1)
+    return jnp.any(free & ((st.stage.moved < st.stage.rows) | (st.queue < pairs)))
+
+  def refill(st: _State) -> _State:
+    """Stages pairs where a group needs them, then moves staged pairs into free slots."""
+    st = jax.lax.while_loop(lambda s: jnp.any(needs_stage(s)), stage, st)
+    free = st.done.reshape(groups, per_group)
+    order = jnp.argsort(~free, axis=1, stable=True)[:, :per_stage]  # free slots first
+    take = jnp.minimum(free.sum(axis=1), st.stage.rows - st.stage.moved)
+    taken = jnp.arange(per_stage)[None] < take[:, None]  # [groups, R]
+    slot = jnp.where(taken, order, per_group)
+    source = jnp.minimum(st.stage.moved[:, None] + jnp.arange(per_stage)[None], per_stage - 1)
+    take_rows = jax.vmap(lambda a, i: a[i])  # rows i [R] of a group's [R, ...], per group
+    moving = jax.tree.map(lambda a: take_rows(a, source),
+                          st.stage._replace(rows=None, moved=None))
+    first = moving.first.reshape(-1)
     row_positions = jnp.concatenate(
-        [jnp.where(mask, positions, -1), jnp.full((first.shape[0], n), -1)], axis=1)
+        [moving.positions.reshape(-1, p), jnp.full((first.shape[0], n), -1)], axis=1)
     row = jnp.where(taken, jnp.arange(groups)[:, None] * per_group + slot, rows).reshape(-1)
     put = lambda a, value: a.at[row].set(value, mode="drop")
-    out = st.out.at[jnp.where(taken, member, count), prompt, 0].set(
-        first.reshape(groups, per_refill), mode="drop")
+    out = st.out.at[jnp.where(taken, moving.member, count), moving.prompt, 0].set(
+        moving.first, mode="drop")
     return st._replace(
         cache=jax.tree.map(lambda c, new: _write_rows(c, new, slot, split), st.cache,
-                           new_kv),
+                           moving.cache),
         positions=put(st.positions, row_positions.astype(jnp.int32)),
-        member=put(st.member, member.reshape(-1)), prompt=put(st.prompt, prompt.reshape(-1)),
-        step=put(st.step, 1), last=put(st.last, first),
-        done=put(st.done, jnp.isin(first, stop) | (n == 1)),
-        length=put(st.length, shared + mask.sum(axis=1)), queue=st.queue + take, out=out)
+        member=put(st.member, moving.member.reshape(-1)),
+        prompt=put(st.prompt, moving.prompt.reshape(-1)), step=put(st.step, 1),
+        last=put(st.last, first), done=put(st.done, jnp.isin(first, stop) | (n == 1)),
+        length=put(st.length, moving.length.reshape(-1)), out=out,
+        stage=st.stage._replace(moved=st.stage.moved + take))
 
   def decode(st: _State) -> _State:
     active = ~st.done
@@ -197,50 +248,49 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
         steps=st.steps + jnp.any(active))
 
   def busy(st: _State):
-    return jnp.any(~st.done) | jnp.any(st.queue < pairs)
+    return jnp.any(~st.done) | jnp.any(st.stage.moved < st.stage.rows) | jnp.any(
+        st.queue < pairs)
 
   def body(st: _State) -> _State:
     return decode(jax.lax.while_loop(wants_refill, refill, st))
 
+  initial = jnp.full((groups,), min(per_stage, pairs), jnp.int32)  # every slot starts free
   start = _State(cache=cache, positions=jnp.full((rows, width), -1, jnp.int32),
                  member=jnp.repeat(jnp.arange(count, dtype=jnp.int32), slots),
                  prompt=jnp.full((rows,), -1, jnp.int32), step=jnp.zeros((rows,), jnp.int32),
                  last=jnp.full((rows,), pad_id, jnp.int32), done=jnp.ones((rows,), bool),
-                 length=jnp.zeros((rows,), jnp.int32), queue=jnp.zeros((groups,), jnp.int32),
+                 length=jnp.zeros((rows,), jnp.int32), queue=initial,
+                 stage=prefill(jnp.zeros((groups,), jnp.int32), initial),
                  out=jnp.full((count, queued, n), pad_id, jnp.int32),
-                 steps=jnp.zeros((), jnp.int32))
+                 steps=jnp.zeros((), jnp.int32), prefills=jnp.ones((), jnp.int32))
   end = jax.lax.while_loop(busy, body, start)
-  return end.out, end.steps
+  return end.out, end.steps, end.prefills
 
 
 def refill_size(group_slots: int, refill_rows: Optional[int]) -> int:
-  """Rows one refill takes of a group of slots (a member's, or a factored chunk's shared
+  """Pairs one prefill stages for a group of slots (a member's, or a factored chunk's shared
   ones): `refill_rows`, by default a quarter of the group."""
   return max(1, group_slots // 4) if refill_rows is None else min(refill_rows, group_slots)
 
 
-def refill_steps(lengths: np.ndarray, slots: int, refill_rows: Optional[int] = None,
-                 shared: bool = False) -> int:
+def refill_steps(lengths: np.ndarray, slots: int, shared: bool = False) -> int:
   """The decode steps `refill_tokens` runs for completions of these lengths, replayed on the
   host: lengths [M, Q] (tokens generated, `generate.completion_mask` summed; ≥ 1) -> steps. A
-  row of length L takes L − 1 decode steps after its prefill; the members step together.
-  `shared`: the members share their M * S slots (`shares_slots`), one queue of M * Q pairs."""
+  row of length L takes L − 1 decode steps after its prefill, a free slot takes its group's
+  next pair before the next step (however many pairs a prefill stages), and the members step
+  together. `shared`: the members share their M * S slots (`shares_slots`), one queue of
+  M * Q pairs."""
   count, queued = lengths.shape
   if shared and count > 1:
-    return refill_steps(lengths.reshape(1, -1), count * slots, refill_rows)
-  per_refill = refill_size(slots, refill_rows)
+    return refill_steps(lengths.reshape(1, -1), count * slots)
   left_steps = np.zeros((count, slots), np.int64)  # decode steps each slot's row still needs
   queue, steps = np.zeros(count, np.int64), 0
   while (left_steps > 0).any() or (queue < queued).any():
-    while True:
-      free, left = (left_steps == 0).sum(axis=1), queued - queue
-      if not ((left > 0) & (free >= np.minimum(per_refill, left))).any():
-        break
-      for m in range(count):
-        take = min(free[m], per_refill, left[m])
-        slot = np.flatnonzero(left_steps[m] == 0)[:take]
-        left_steps[m, slot] = lengths[m, queue[m]:queue[m] + take] - 1
-        queue[m] += take
+    for m in range(count):
+      while queue[m] < queued and (left_steps[m] == 0).any():  # a length-1 row frees its slot
+        slot = np.flatnonzero(left_steps[m] == 0)[:queued - queue[m]]
+        left_steps[m, slot] = lengths[m, queue[m]:queue[m] + len(slot)] - 1
+        queue[m] += len(slot)
     steps += int((left_steps > 0).any())
     left_steps = np.maximum(left_steps - 1, 0)
   return steps
@@ -282,7 +332,7 @@ def refill_generator(config: ModelConfig, sampling: generate.Sampling, *,
       prefix_kv = generate.prefill_prefix(config, params, prefix, members=members,
                                           layer_loop=layer_loop,
                                           cache_dtype=sampling.cache_dtype)
-    out, _ = refill_tokens(config, params, prompts.reshape(-1, p), masks.reshape(-1, p),
+    out, _, _ = refill_tokens(config, params, prompts.reshape(-1, p), masks.reshape(-1, p),
                            keys.reshape(-1), sampling=sampling, stop_ids=stop_ids,
                            pad_id=pad_id, slots=slots, refill_rows=refill_rows,
                            layer_loop=layer_loop, prefix_kv=prefix_kv, members=members)

@@ -84,9 +84,9 @@ class ScoringConfig(scales.ScaleSettings):
       "the next prompt) or auto (each chunk of members after the first with the one the last "
       "chunk's completion lengths say is faster).", choices=DECODES)
   refill_rows: Optional[int] = configs.setting(
-      None, "Slots one refill prefills together under --decode refill or auto (default: a "
-      "quarter of --batch_size; of all the chunk's slots for factored low-rank members, which "
-      "share them).")
+      None, "Prompts one prefill stages together under --decode refill or auto, moved one into "
+      "each slot that frees (default: a quarter of --batch_size; of all the chunk's slots for "
+      "factored low-rank members, which share them).")
   mode: str = configs.setting(
       "independent", "Noise: independent per leaf and layer, or the reference's shared noise "
       "per shape.", choices=perturb.MODES)

@@ -3,6 +3,9 @@
 Needs torch (the `test` extra); nothing else in the package imports this module.
 """
 
+import warnings
+
+import jax
 import numpy as np
 
 from thickets_jax.llm import architectures, weights
@@ -10,25 +13,40 @@ from thickets_jax.llm.config import ModelConfig
 
 
 def state_dict(config: ModelConfig, params) -> dict:
-  """Our parameter tree as a Hugging Face state dict (torch tensors, [out, in] layout)."""
+  """Our parameter tree as a Hugging Face state dict: torch tensors in [out, in] shape that view
+  `params`' host buffers (transposed views of our [in, out] kernels; nothing is copied)."""
   import torch  # pylint: disable=g-import-not-at-top
-  state = {name: torch.from_numpy(np.ascontiguousarray(np.asarray(tensor)))
-           for name, tensor in weights.hf_tensors(config, params)}
+  host = jax.tree.map(np.asarray, params)
+  with warnings.catch_warnings():  # read-only views, by design: see `transformers_model`
+    warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+    state = {name: torch.from_numpy(tensor) for name, tensor in weights.hf_tensors(config, host)}
   if config.tie_embeddings:
     state["lm_head.weight"] = state["model.embed_tokens.weight"]
   return state
 
 
-def transformers_model(config: ModelConfig, params):
+def transformers_model(config: ModelConfig, params, contiguous: bool = False):
   """The architecture's transformers `...ForCausalLM` (eval mode) holding exactly `params`.
 
   Built without its random initialisation (`no_init_weights`), which every weight loaded next
-  overwrites: for Qwen2.5-0.5B on CPU that initialisation alone took 15 s of a 15 s build.
+  would overwrite, and given the tensors themselves (`assign=True`) rather than copies: for
+  Qwen2.5-Coder-0.5B on CPU the initialisation took 15 s and copying 2 GB into it 11-17 s
+  (first-touch page faults), of a build that now takes a few seconds.
+
+  Args:
+    contiguous: hold copies in Hugging Face's own [out, in] layout, as `from_pretrained` would
+      (the peer benchmarks time this model, and load each member into it with
+      `load_state_dict`). Otherwise its weights are read-only views of `params`' buffers:
+      replace them only with `load_state_dict(..., assign=True)`, never copy into them.
   """
   import transformers  # pylint: disable=g-import-not-at-top
   from transformers.initialization import no_init_weights  # pylint: disable=g-import-not-at-top
   hf_config = transformers.AutoConfig.for_model(**architectures.to_hf(config))
   with no_init_weights():
     model = transformers.AutoModelForCausalLM.from_config(hf_config)
-  model.load_state_dict(state_dict(config, params), strict=True)
+  state = state_dict(config, params)
+  if contiguous:
+    copies = {id(t): t.contiguous() for t in state.values()}  # a tied head stays one tensor
+    state = {name: copies[id(t)] for name, t in state.items()}
+  model.load_state_dict(state, strict=True, assign=True)
   return model.eval()
