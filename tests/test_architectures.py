@@ -127,6 +127,24 @@ def test_perturbed_members_match_transformers_on_the_rebuilt_member(checkpoint):
     np.testing.assert_array_equal(ours[m].reshape(2, -1), expected)
 
 
+def test_a_twin_of_copies_takes_members_and_leaves_our_weights_alone(checkpoint):
+  """`contiguous=True` (the peer benchmarks' twin) holds copies in Hugging Face's layout: a
+  member loaded into it with `load_state_dict` gives the member's logits, and every leaf of
+  ours keeps its values (the default twin's weights are views of them)."""
+  _, _, config, params = checkpoint
+  before = jax.tree.map(np.array, params)
+  hf = torch_twin.transformers_model(config, params, contiguous=True)
+  assert all(p.is_contiguous() for p in hf.parameters())
+  member = rebuild_member(params, 3, 0.05, PerturbSpec(stacked=M.STACKED_LEAVES))
+  hf.load_state_dict(torch_twin.state_dict(config, member))
+  jax.tree.map(np.testing.assert_array_equal, jax.tree.map(np.asarray, params), before)
+  tokens = np.random.default_rng(0).integers(0, VOCAB, size=(2, 9))
+  with torch.no_grad():
+    expected = hf(torch.tensor(tokens)).logits.numpy()
+  np.testing.assert_allclose(np.asarray(M.forward(config, member, jnp.asarray(tokens))),
+                             expected, atol=1e-4)
+
+
 def test_factored_members_give_the_logits_of_the_materialised_members(checkpoint):
   """The low-rank path covers every leaf the architecture adds (q/k and post norms)."""
   _, _, config, params = checkpoint

@@ -39,14 +39,15 @@ def transformers_model(config: ModelConfig, params, contiguous: bool = False):
       `load_state_dict`). Otherwise its weights are read-only views of `params`' buffers:
       replace them only with `load_state_dict(..., assign=True)`, never copy into them.
   """
+  import torch  # pylint: disable=g-import-not-at-top
   import transformers  # pylint: disable=g-import-not-at-top
   from transformers.initialization import no_init_weights  # pylint: disable=g-import-not-at-top
   hf_config = transformers.AutoConfig.for_model(**architectures.to_hf(config))
   with no_init_weights():
     model = transformers.AutoModelForCausalLM.from_config(hf_config)
   state = state_dict(config, params)
-  if contiguous:
-    copies = {id(t): t.contiguous() for t in state.values()}  # a tied head stays one tensor
-    state = {name: copies[id(t)] for name, t in state.items()}
+  if contiguous:  # copies, even of tensors already contiguous (views of our buffers too)
+    copies = {id(t): t.clone(memory_format=torch.contiguous_format) for t in state.values()}
+    state = {name: copies[id(t)] for name, t in state.items()}  # a tied head stays one tensor
   model.load_state_dict(state, strict=True, assign=True)
   return model.eval()
