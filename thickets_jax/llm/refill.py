@@ -105,7 +105,7 @@ def _write_rows(leaf, new, slot, split: bool):
 def _by_group(leaf, groups: int, split: bool):
   """A prefill's keys or values [(layers,) rows..., kv, p, hd], rows member-major (or [M, R]
   when split), as [groups, R, (layers,) kv, p, hd]."""
-  lead = leaf.ndim - 4 - split
+  lead = _leading(leaf, split)
   leaf = leaf.reshape(*leaf.shape[:lead], groups, -1, *leaf.shape[-3:])
   return jnp.moveaxis(leaf, (lead, lead + 1), (0, 1))
 
@@ -180,9 +180,13 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
                   prompt=prompt, first=by_group(first), length=by_group(shared + mask.sum(1)),
                   rows=take, moved=jnp.zeros_like(take))
 
+  def free_slots(st: _State) -> jax.Array:
+    """[groups, slots of a group]: slots whose row has ended or never started."""
+    return st.done.reshape(groups, per_group)
+
   def needs_stage(st: _State) -> jax.Array:
     """[groups]: a free slot, nothing staged left, and pairs left to stage."""
-    free = st.done.reshape(groups, per_group).any(axis=1)
+    free = free_slots(st).any(axis=1)
     return free & (st.stage.moved == st.stage.rows) & (st.queue < pairs)
 
   def stage(st: _State) -> _State:
@@ -194,13 +198,13 @@ def refill_tokens(config: ModelConfig, params, prompts: jax.Array, masks: jax.Ar
                        prefills=st.prefills + 1)
 
   def wants_refill(st: _State) -> jax.Array:
-    free = st.done.reshape(groups, per_group).any(axis=1)
+    free = free_slots(st).any(axis=1)
     return jnp.any(free & ((st.stage.moved < st.stage.rows) | (st.queue < pairs)))
 
   def refill(st: _State) -> _State:
     """Stages pairs where a group needs them, then moves staged pairs into free slots."""
     st = jax.lax.while_loop(lambda s: jnp.any(needs_stage(s)), stage, st)
-    free = st.done.reshape(groups, per_group)
+    free = free_slots(st)
     order = jnp.argsort(~free, axis=1, stable=True)[:, :per_stage]  # free slots first
     take = jnp.minimum(free.sum(axis=1), st.stage.rows - st.stage.moved)
     taken = jnp.arange(per_stage)[None] < take[:, None]  # [groups, R]
