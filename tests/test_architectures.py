@@ -15,6 +15,7 @@ from thickets_jax.errors import InputError
 from thickets_jax.llm import adapter, architectures, assets, chunk, export, generate, model as M
 from thickets_jax.llm import factored, registry, tokenizer, torch_twin, weights
 from thickets_jax.perturb import PerturbSpec, member_factors, rebuild_member
+from thickets_jax.tree import path_name
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -348,3 +349,43 @@ def test_qwen3_gguf_matches_transformers_gguf_loader(tmp_path):
     expected = theirs(torch.tensor(tokens)).logits.numpy()
   assert config.architecture == "qwen3" and config.head_dim == 128
   np.testing.assert_allclose(M.forward(config, params, jnp.asarray(tokens)), expected, atol=1e-4)
+
+
+def test_a_gguf_dequantised_in_blocks_of_rows_equals_it_dequantised_whole(tmp_path, monkeypatch):
+  """Q8_0 Llama tensors (whose q/k rows llama.cpp interleaves per head) read a few rows at a
+  time, blocks that cut tensors unevenly and hold whole heads, give the leaves of one block."""
+  gguf = pytest.importorskip("gguf")
+  Q8_0 = gguf.GGMLQuantizationType.Q8_0  # pylint: disable=invalid-name
+  c = registry.MODELS.get("tiny-random-llama").config
+  path = str(tmp_path / "model.gguf")
+  writer = gguf.GGUFWriter(path, "llama")
+  for add, value in ((writer.add_block_count, c.num_layers), (writer.add_context_length, 256),
+                     (writer.add_embedding_length, c.hidden_size),
+                     (writer.add_feed_forward_length, c.intermediate_size),
+                     (writer.add_head_count, c.num_heads),
+                     (writer.add_head_count_kv, c.num_kv_heads),
+                     (writer.add_rope_freq_base, c.rope_theta),
+                     (writer.add_layer_norm_rms_eps, c.rms_norm_eps),
+                     (writer.add_vocab_size, c.vocab_size)):
+    add(value)
+  draw = np.random.default_rng(0)
+  for key_path, spec in jax.tree_util.tree_flatten_with_path(M.abstract_params(c))[0]:
+    leaf = path_name(key_path)
+    name = architectures.get("llama").gguf_names[leaf]
+    shape = spec.shape[1:] if leaf.startswith("layers/") else spec.shape
+    shape = shape[::-1] if weights.transposed(leaf) else shape
+    for i in range(c.num_layers) if leaf.startswith("layers/") else [None]:
+      tensor = draw.standard_normal(shape).astype(np.float32)
+      if len(shape) == 1:  # norms stay float32, as in llama.cpp's files
+        writer.add_tensor(name.format(i=i), tensor)
+      else:
+        writer.add_tensor(name.format(i=i), gguf.quants.quantize(tensor, Q8_0), raw_dtype=Q8_0)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+  _, whole = weights.load_gguf(path, jnp.float32)
+  for elements in (3 * c.hidden_size, 2 * c.head_dim * c.hidden_size + 5):
+    monkeypatch.setattr(weights, "BLOCK_ELEMENTS", elements)
+    _, blocks = weights.load_gguf(path, jnp.float32)
+    jax.tree.map(np.testing.assert_array_equal, blocks, whole)
