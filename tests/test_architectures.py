@@ -310,10 +310,25 @@ def test_model_parallel_params_give_the_same_logits(checkpoint):
   np.testing.assert_allclose(forward(sharded), forward(params), atol=2e-5, rtol=1e-5)
 
 
+def _write_gguf(path: str, arch: str, metadata: dict, tensors: list) -> None:
+  """A GGUF file of `arch`: `metadata` by `GGUFWriter.add_<key>`, `tensors` as (name, array,
+  raw quantisation type or None for a plain array)."""
+  gguf = pytest.importorskip("gguf")
+  writer = gguf.GGUFWriter(path, arch)
+  for key, value in metadata.items():
+    getattr(writer, f"add_{key}")(value)
+  for name, array, raw_dtype in tensors:
+    writer.add_tensor(name, array, raw_dtype=raw_dtype)
+  writer.write_header_to_file()
+  writer.write_kv_data_to_file()
+  writer.write_tensors_to_file()
+  writer.close()
+
+
 def test_qwen3_gguf_matches_transformers_gguf_loader(tmp_path):
   """A float32 GGUF written with the `gguf` package from a tiny Qwen3 under our GGUF names,
   read by our loader and by transformers' own GGUF loader."""
-  gguf = pytest.importorskip("gguf")
+  pytest.importorskip("gguf")
   pytest.importorskip("accelerate")
   torch.manual_seed(0)
   hf = transformers.Qwen3ForCausalLM(transformers.Qwen3Config(  # head_dim: its GGUF default
@@ -325,22 +340,15 @@ def test_qwen3_gguf_matches_transformers_gguf_loader(tmp_path):
       p.add_(0.1 * torch.randn_like(p))
   state = {name: tensor.numpy() for name, tensor in hf.state_dict().items()}
   path = str(tmp_path / "model.gguf")
-  writer = gguf.GGUFWriter(path, "qwen3")
-  for add, value in ((writer.add_block_count, 2), (writer.add_context_length, 256),
-                     (writer.add_embedding_length, 64), (writer.add_feed_forward_length, 96),
-                     (writer.add_head_count, 2), (writer.add_head_count_kv, 1),
-                     (writer.add_key_length, 128), (writer.add_value_length, 128),
-                     (writer.add_rope_freq_base, 1e6), (writer.add_layer_norm_rms_eps, 1e-6),
-                     (writer.add_vocab_size, VOCAB)):
-    add(value)
   arch = architectures.get("qwen3")
-  for leaf, hf_name in weights.hf_names(registry.MODELS.get("qwen3-0.6b").config).items():
-    for i in range(2) if leaf.startswith("layers/") else [None]:
-      writer.add_tensor(arch.gguf_names[leaf].format(i=i), state[hf_name.format(i=i)])
-  writer.write_header_to_file()
-  writer.write_kv_data_to_file()
-  writer.write_tensors_to_file()
-  writer.close()
+  names = weights.hf_names(registry.MODELS.get("qwen3-0.6b").config)
+  _write_gguf(path, "qwen3", dict(
+      block_count=2, context_length=256, embedding_length=64, feed_forward_length=96,
+      head_count=2, head_count_kv=1, key_length=128, value_length=128, rope_freq_base=1e6,
+      layer_norm_rms_eps=1e-6, vocab_size=VOCAB),
+      [(arch.gguf_names[leaf].format(i=i), state[hf_name.format(i=i)], None)
+       for leaf, hf_name in names.items() for i in (range(2) if leaf.startswith("layers/")
+                                                    else [None])])
   config, params = weights.load_gguf(path, jnp.float32)
   theirs = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), gguf_file="model.gguf",
                                                              dtype=torch.float32).eval()
@@ -357,18 +365,8 @@ def test_a_gguf_dequantised_in_blocks_of_rows_equals_it_dequantised_whole(tmp_pa
   gguf = pytest.importorskip("gguf")
   Q8_0 = gguf.GGMLQuantizationType.Q8_0  # pylint: disable=invalid-name
   c = registry.MODELS.get("tiny-random-llama").config
-  path = str(tmp_path / "model.gguf")
-  writer = gguf.GGUFWriter(path, "llama")
-  for add, value in ((writer.add_block_count, c.num_layers), (writer.add_context_length, 256),
-                     (writer.add_embedding_length, c.hidden_size),
-                     (writer.add_feed_forward_length, c.intermediate_size),
-                     (writer.add_head_count, c.num_heads),
-                     (writer.add_head_count_kv, c.num_kv_heads),
-                     (writer.add_rope_freq_base, c.rope_theta),
-                     (writer.add_layer_norm_rms_eps, c.rms_norm_eps),
-                     (writer.add_vocab_size, c.vocab_size)):
-    add(value)
   draw = np.random.default_rng(0)
+  tensors = []
   for key_path, spec in jax.tree_util.tree_flatten_with_path(M.abstract_params(c))[0]:
     leaf = path_name(key_path)
     name = architectures.get("llama").gguf_names[leaf]
@@ -377,13 +375,15 @@ def test_a_gguf_dequantised_in_blocks_of_rows_equals_it_dequantised_whole(tmp_pa
     for i in range(c.num_layers) if leaf.startswith("layers/") else [None]:
       tensor = draw.standard_normal(shape).astype(np.float32)
       if len(shape) == 1:  # norms stay float32, as in llama.cpp's files
-        writer.add_tensor(name.format(i=i), tensor)
+        tensors.append((name.format(i=i), tensor, None))
       else:
-        writer.add_tensor(name.format(i=i), gguf.quants.quantize(tensor, Q8_0), raw_dtype=Q8_0)
-  writer.write_header_to_file()
-  writer.write_kv_data_to_file()
-  writer.write_tensors_to_file()
-  writer.close()
+        tensors.append((name.format(i=i), gguf.quants.quantize(tensor, Q8_0), Q8_0))
+  path = str(tmp_path / "model.gguf")
+  _write_gguf(path, "llama", dict(
+      block_count=c.num_layers, context_length=256, embedding_length=c.hidden_size,
+      feed_forward_length=c.intermediate_size, head_count=c.num_heads,
+      head_count_kv=c.num_kv_heads, rope_freq_base=c.rope_theta,
+      layer_norm_rms_eps=c.rms_norm_eps, vocab_size=c.vocab_size), tensors)
   _, whole = weights.load_gguf(path, jnp.float32)
   for elements in (3 * c.hidden_size, 2 * c.head_dim * c.hidden_size + 5):
     monkeypatch.setattr(weights, "BLOCK_ELEMENTS", elements)

@@ -119,9 +119,10 @@ def build_params(config: ModelConfig, names: dict[str, str], read: Callable[[str
         tensor = np.asarray(tensor)
         tensor = Rows(tensor.shape, tensor.__getitem__)
       target = leaf if i is None else leaf[i]
-      if tuple(tensor.shape) != (target.shape[::-1] if flip else target.shape):
+      expected = target.shape[::-1] if flip else target.shape  # in the checkpoint's layout
+      if tuple(tensor.shape) != expected:
         raise InputError(f"tensor {hf_name.format(i=i)} has shape {tuple(tensor.shape)}, but "
-                         f"the config implies {target.shape[::-1] if flip else target.shape}.")
+                         f"the config implies {expected}.")
       for rows, block in tensor.blocks():  # cast on assignment: no converted copy
         if flip:
           target[..., rows] = block.T
@@ -391,6 +392,7 @@ def load_gguf(path: str, dtype, place: Placer = default_placer) -> tuple[ModelCo
       if arch.gguf_norm_shift and gguf_name.endswith("norm.weight"):
         weight = weight - arch.gguf_norm_shift
       return weight
+    # A 1-D tensor's data is one row of quantised blocks: it is read in one piece.
     return Rows(shape, rows, multiple=head_rows if len(shape) > 1 else shape[0])
 
   return config, build_params(config, dict(arch.gguf_names), read, place)
